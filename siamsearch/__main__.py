@@ -1,0 +1,5 @@
+"""python -m siamsearch → the command line."""
+
+from .cli import app
+
+app()

@@ -1,0 +1,158 @@
+"""Self-describing checkpoints: weights + encoder config + eval preprocessing + calibration.
+
+Saved atomically, loaded with `weights_only=True`, versioned, and fingerprinted by a hash of the
+weights so an index can refuse vectors from a different model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import EncoderConfig, Preprocess, TrainConfig, from_dict, to_dict
+from .model import Encoder
+
+FORMAT_VERSION = 1
+KIND_MODEL = "siamsearch.encoder"
+KIND_RESUME = "siamsearch.resume"
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message says what to do."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything a model file holds besides the network object itself."""
+
+    encoder: EncoderConfig
+    preprocess: Preprocess
+    state_dict: dict[str, torch.Tensor]
+    fingerprint: str
+    train: TrainConfig | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """Short SHA-256 of the weights (names, shapes, bytes): the identity of a trained encoder."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip DataParallel / torch.compile prefixes so any wrapped model loads."""
+    out = {}
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(path: Path, model: Encoder, train: TrainConfig | None = None,
+               history: list[dict[str, Any]] | None = None, calibration: dict[str, Any] | None = None) -> str:
+    """Write a model file; returns its fingerprint."""
+    state = {k: v.detach().cpu() for k, v in _clean_state(model.state_dict()).items()}
+    fp = fingerprint(state)
+    atomic_save({
+        "kind": KIND_MODEL, "format_version": FORMAT_VERSION, "fingerprint": fp,
+        "encoder": to_dict(model.cfg), "preprocess": to_dict(model.cfg.preprocess()),
+        "train": to_dict(train) if train else None, "history": history or [],
+        "calibration": calibration or {}, "state_dict": state,
+    }, path)
+    return fp
+
+
+def _read(path: Path, kind: str) -> dict[str, Any]:
+    """torch.load with weights_only=True and one-line errors for every way a file can be wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no model file at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"{path} is not a readable siamsearch checkpoint ({type(exc).__name__}); "
+                              "was it written completely?") from None
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise CheckpointError(f"{path} is not a siamsearch {kind.split('.')[1]} file")
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format {data['format_version']}; this siamsearch reads up to "
+                              f"{FORMAT_VERSION}: upgrade siamsearch")
+    return data
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a model file without building the network."""
+    data = _read(path, KIND_MODEL)
+    return Checkpoint(
+        encoder=from_dict(EncoderConfig, data["encoder"]),
+        preprocess=from_dict(Preprocess, data["preprocess"]),
+        state_dict=_clean_state(data["state_dict"]),
+        fingerprint=data["fingerprint"],
+        train=from_dict(TrainConfig, data["train"]) if data.get("train") else None,
+        history=data.get("history", []),
+        calibration=data.get("calibration", {}),
+    )
+
+
+def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encoder, Checkpoint]:
+    """Build the encoder a model file describes, load its weights, eval mode, on `device`."""
+    ckpt = load_checkpoint(path)
+    model = Encoder(dataclasses.replace(ckpt.encoder, pretrained=False))  # weights come from the file
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match the stored encoder config ({first})") from None
+    return model.to(device).eval(), ckpt
+
+
+def update_model_file(path: Path, **fields: Any) -> None:
+    """Replace metadata (calibration, history) in a model file; weights and fingerprint stay the same."""
+    data = _read(path, KIND_MODEL)
+    unknown = set(fields) - {"calibration", "history"}
+    if unknown:
+        raise ValueError(f"cannot update {', '.join(sorted(unknown))} in a model file")
+    data.update(fields)
+    atomic_save(data, path)
+
+
+def save_resume(path: Path, state: dict[str, Any]) -> None:
+    """Write the full training state (model, optimizer, epoch, history) for --resume."""
+    atomic_save({"kind": KIND_RESUME, "format_version": FORMAT_VERSION, **state}, path)
+
+
+def load_resume(path: Path) -> dict[str, Any]:
+    """Read a training state written by save_resume."""
+    return _read(path, KIND_RESUME)

@@ -1,0 +1,249 @@
+"""The `siamsearch` command line: each command validates, makes one library call and prints."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
+from .images import Failure
+from .losses import DEFAULT_MARGINS
+from .search import EmbedOptions, Searcher, index_folder
+from .store import Store, StoreError
+from .train import train as train_model
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    """One-line error and a non-zero exit: how every user mistake ends."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def report_failures(failures: list[Failure], shown: int = 10) -> None:
+    """Bad files are listed (the first few) and counted at the end of a run."""
+    if not failures:
+        return
+    err.print(f"[yellow]skipped {len(failures)} unreadable file(s):[/]")
+    for f in failures[:shown]:
+        err.print(f"  {f.path}: {f.reason}", highlight=False)
+    if len(failures) > shown:
+        err.print(f"  … and {len(failures) - shown} more")
+
+
+def _fmt(value: Any) -> str:
+    """Compact table cell for a metric."""
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+class TrainProgress:
+    """Rich progress bar (images/s, ETA) and a per-epoch line: the CLI's training Observer."""
+
+    columns = ("epoch", "loss", "roc_auc", "p_at_1", "one_shot", "threshold_best_f1", "minutes")
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+                            TimeRemainingColumn(), console=err, transient=True)
+        self.task: Any = None
+        self.images = 0
+
+    def message(self, text: str) -> None:
+        err.print(text, highlight=False)
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self.bar.start()
+        self.images, self.t0 = 0, time.perf_counter()
+        self.task = self.bar.add_task("train", total=steps, epoch=epoch, loss=float("nan"), ips=0.0)
+
+    def step(self, images: int, loss: float) -> None:
+        self.images += images
+        self.bar.update(self.task, advance=1, loss=loss, ips=self.images / max(1e-9, time.perf_counter() - self.t0))
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        self.bar.remove_task(self.task)
+        self.bar.stop()
+        console.print("  ".join(f"{k} {_fmt(record[k])}" for k in self.columns if k in record), highlight=False)
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (best epoch).")] = Path("model.pt"),
+    backbone: Annotated[str, typer.Option(help=f"One of {', '.join(BACKBONES)}.")] = "small",
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 64,
+    channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB.")] = 3,
+    dim: Annotated[int, typer.Option(help="Embedding size.")] = 128,
+    pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet weights (downloads).")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
+    loss: Annotated[str, typer.Option(help=f"One of {', '.join(LOSSES)}.")] = "contrastive",
+    margin: Annotated[Optional[float], typer.Option(help="Loss margin (default 1.0 contrastive, 0.2 triplet).")] = None,
+    epochs: Annotated[int, typer.Option()] = 20,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best epoch so far is kept.")] = None,
+    ids_per_batch: Annotated[int, typer.Option("--ids-per-batch", "-P", help="Identities per batch.")] = 32,
+    images_per_id: Annotated[int, typer.Option("--images-per-id", "-K", help="Images per identity.")] = 4,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    finetune_lr: Annotated[float, typer.Option(help="Learning rate of blocks unfrozen later.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option()] = 1e-4,
+    freeze_backbone: Annotated[bool, typer.Option(help="Train only the projection head.")] = False,
+    unfreeze: Annotated[Optional[list[str]], typer.Option(help="EPOCH:BLOCK[,BLOCK] e.g. 3:layer3,layer4.")] = None,
+    accumulate: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    amp: Annotated[bool, typer.Option(help="bf16/fp16 autocast on CUDA.")] = False,
+    self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image.")] = False,
+    augment: Annotated[str, typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = "faces",
+    val_fraction: Annotated[float, typer.Option(help="Fraction of identities held out.")] = 0.2,
+    val_group_depth: Annotated[int, typer.Option(help="Hold out whole top folders (1 = alphabets).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
+) -> None:
+    """Train a Siamese encoder on an identity folder."""
+    if augment not in AUGMENT_PRESETS:
+        fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+    if not data_dir.is_dir():
+        fail(f"no such folder: {data_dir}")
+    try:
+        enc = EncoderConfig(backbone=backbone, dim=dim, image_size=image_size, channels=channels,
+                            pretrained=pretrained)
+        cfg = TrainConfig(loss=loss, margin=DEFAULT_MARGINS.get(loss, 1.0) if margin is None else margin,
+                          epochs=epochs, max_minutes=max_minutes, ids_per_batch=ids_per_batch,
+                          images_per_id=images_per_id, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay,
+                          freeze_backbone=freeze_backbone, unfreeze=parse_unfreeze(unfreeze or []),
+                          accumulate=accumulate, amp=amp, self_supervised=self_supervised, augment=augment,
+                          augment_cfg=AUGMENT_PRESETS[augment], val_fraction=val_fraction,
+                          val_group_depth=val_group_depth, device=device, workers=workers, seed=seed)
+        result = train_model(data_dir, out, enc, cfg, weights_file=weights, resume=resume,
+                                 observer=TrainProgress())
+    except (ValueError, CheckpointError, FileNotFoundError) as exc:
+        fail(str(exc))
+    report_failures(result.failures)
+    if result.stopped == "interrupted":
+        err.print(f"interrupted: state saved to {result.resume_path}; continue with the same command and --resume")
+    if result.best is None:
+        fail("no epoch finished, so no model was written")
+    best = result.best
+    console.print(f"best epoch {best['epoch']} (stopped by {result.stopped}): "
+                  + "  ".join(f"{k} {_fmt(best[k])}" for k in ("roc_auc", "p_at_1", "one_shot") if k in best))
+    if result.calibration:
+        console.print(f"calibration: duplicate distance ≤ {result.calibration['threshold_best_f1']:.4f} (best F1), "
+                      f"≤ {result.calibration['threshold_at_precision']:.4f} at "
+                      f"{result.calibration['target_precision']:.0%} precision")
+    console.print(f"wrote {out} (fingerprint {result.fingerprint})")
+
+
+@app.command()
+def version() -> None:
+    """Print the siamsearch version."""
+    console.print(__version__)
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    """Errors that end a command with one line rather than a traceback."""
+    return (ValueError, FileNotFoundError, CheckpointError, StoreError)
+
+
+def _progress_bar(label: str) -> Progress:
+    """A transient bar with a count and ETA, on stderr so --json stays clean."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True)
+
+
+@app.command()
+def index(
+    image_dir: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
+    model: Annotated[Optional[Path], typer.Option(help="Model file; an existing index remembers its own.")] = None,
+    index_dir: Annotated[Optional[Path], typer.Option("--index", help="Index folder (default indexes/NAME).")] = None,
+    kind: Annotated[str, typer.Option(help="auto, flat, hnsw, ivf or ivfpq.")] = "auto",
+    rebuild: Annotated[bool, typer.Option(help="Start over: embed every file again.")] = False,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    workers: Annotated[Optional[int], typer.Option(help="Decode workers (default: cores - 1).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Embed a folder into a persistent index; a second run embeds only new and changed files."""
+    target = index_dir or Path("indexes") / image_dir.resolve().name
+    bar = _progress_bar("embedding")
+    task = bar.add_task("embed", total=None)
+    try:
+        with bar:
+            store, report = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild,
+                                         opts=EmbedOptions(batch_size, workers, device),
+                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except _store_errors() as exc:
+        fail(str(exc))
+    report_failures(report.failures)
+    console.print(f"{target}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
+                  f"added {report.added}, updated {report.updated}, removed {report.removed}, "
+                  f"unchanged {report.unchanged}, skipped {len(report.failures)} in {report.seconds:.1f}s")
+
+
+@app.command()
+def query(
+    images: Annotated[list[Path], typer.Argument(help="Query images or folders.")],
+    index_dir: Annotated[Path, typer.Option("--index", help="Index folder.")],
+    k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
+    max_distance: Annotated[Optional[float], typer.Option(help="Drop neighbours farther than this.")] = None,
+    exclude_self: Annotated[bool, typer.Option(help="Drop the query itself when it is indexed.")] = False,
+    model: Annotated[Optional[Path], typer.Option(help="Model file (default: the index's own).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Nearest neighbours of images in an index."""
+    try:
+        searcher = Searcher.open(index_dir, model, EmbedOptions(device=device, workers=0))
+        results, failures = searcher.query_images(images, k, max_distance, exclude_self)
+    except _store_errors() as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps([{"query": str(r.query), "neighbors": [
+            {"rank": n.rank, "path": n.path, "distance": round(n.distance, 6), "identity": n.identity} for n in r.neighbors]}
+            for r in results], indent=2))
+    else:
+        for r in results:
+            table = Table("rank", "distance", "path", "identity", title=str(r.query), title_justify="left")
+            for n in r.neighbors:
+                table.add_row(str(n.rank), f"{n.distance:.4f}", n.path, n.identity or "")
+            console.print(table)
+    for f in failures:
+        err.print(f"[bold red]error:[/] cannot read {f.path}: {f.reason}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(
+    index_dir: Annotated[Path, typer.Option("--index", help="Index folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What an index holds: model fingerprint, kind, size, counts."""
+    try:
+        with Store.open(index_dir) as store:
+            data = store.info()
+            identities = len({r.identity for r in store.iter_rows() if r.identity})
+    except _store_errors() as exc:
+        fail(str(exc))
+    data["identities"] = identities
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    table = Table("field", "value", show_header=False)
+    for key in ("path", "root", "count", "identities", "index_kind", "approximate", "dim", "metric",
+                "fingerprint", "model", "created", "updated", "bytes"):
+        table.add_row(key, str(data.get(key)))
+    console.print(table)

@@ -1,0 +1,162 @@
+"""Configuration: frozen dataclasses, one per concern, saved inside checkpoints and manifests."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
+LOSSES = ("contrastive", "triplet")
+
+# ImageNet statistics for torchvision backbones; a neutral grey for the small net.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples become lists) so a config can live in JSON and in a checkpoint."""
+    return dataclasses.asdict(cfg)
+
+
+def _tuples(value: Any) -> Any:
+    """Lists back to (nested) tuples, as the frozen dataclasses declare them."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a config, ignoring unknown keys so older checkpoints stay loadable."""
+    defaults = cls()  # type: ignore[call-arg]
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value, default = data[f.name], getattr(defaults, f.name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = from_dict(type(default), value)
+        kwargs[f.name] = _tuples(value)
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The exact eval preprocessing an encoder expects; stored with its weights."""
+
+    image_size: int = 224
+    channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What network to build: backbone, embedding size and input format."""
+
+    backbone: str = "resnet18"
+    dim: int = 128
+    image_size: int = 224
+    channels: int = 3
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.channels not in (1, 3):
+            raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
+        if self.dim < 2 or self.image_size < 8:
+            raise ValueError("dim must be >= 2 and image_size >= 8")
+
+    def preprocess(self) -> Preprocess:
+        """Eval preprocessing for this encoder (ImageNet stats for torchvision backbones)."""
+        if self.backbone == "small":
+            mean, std = (0.5,) * self.channels, (0.5,) * self.channels
+        elif self.channels == 1:
+            mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+        else:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        return Preprocess(self.image_size, self.channels, mean, std)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentations, applied per sample on the batch; see PRESETS for per-domain choices."""
+
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    crop_ratio: tuple[float, float] = (0.8, 1.25)
+    flip: bool = True
+    rotate: float = 10.0
+    shear: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    grayscale_p: float = 0.0
+    blur_p: float = 0.0
+
+
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    # Handwriting and symbols: no flips (a mirrored character is another character), gentle affine.
+    "characters": AugmentConfig(crop_scale=(0.85, 1.0), crop_ratio=(0.9, 1.1), flip=False, rotate=10.0,
+                                shear=10.0, translate=0.05, brightness=0.0, contrast=0.0, saturation=0.0),
+    # Faces and objects of one identity: mild crops, flips, lighting changes.
+    "faces": AugmentConfig(crop_scale=(0.7, 1.0), flip=True, rotate=10.0, translate=0.05,
+                           brightness=0.3, contrast=0.3, saturation=0.2, blur_p=0.1),
+    # Near-duplicate photos (self-supervised): strong crops, colour, grayscale and blur.
+    "photos": AugmentConfig(crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33), flip=True, rotate=10.0,
+                            brightness=0.4, contrast=0.4, saturation=0.4, grayscale_p=0.2, blur_p=0.3),
+    "none": AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotate=0.0,
+                          brightness=0.0, contrast=0.0, saturation=0.0),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: data split, sampling, loss, optimisation and budget."""
+
+    loss: str = "contrastive"
+    margin: float = 1.0
+    epochs: int = 20
+    max_minutes: float | None = None
+    ids_per_batch: int = 32  # P
+    images_per_id: int = 4  # K
+    lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    freeze_backbone: bool = False
+    unfreeze: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    accumulate: int = 1
+    amp: bool = False
+    self_supervised: bool = False
+    augment: str = "faces"
+    val_fraction: float = 0.2
+    val_group_depth: int = 0  # 0: split identities; 1: split by first folder (e.g. whole alphabets)
+    ways: int = 20
+    episodes: int = 400
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    cache_gb: float = 4.0
+    augment_cfg: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["faces"])
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.images_per_id < 2 or self.ids_per_batch < 2:
+            raise ValueError("a batch needs at least 2 identities with at least 2 images each")
+        if self.accumulate < 1 or self.epochs < 1:
+            raise ValueError("accumulate and epochs must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+
+
+def parse_unfreeze(spec: list[str]) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """Turn ['3:layer3,layer4', '5:layer2'] into ((3, ('layer3', 'layer4')), (5, ('layer2',)))."""
+    out = []
+    for item in spec:
+        epoch, sep, names = item.partition(":")
+        if not sep or not epoch.strip().isdigit() or not names.strip():
+            raise ValueError(f"--unfreeze expects EPOCH:NAME[,NAME...], got {item!r}")
+        out.append((int(epoch), tuple(n.strip() for n in names.split(",") if n.strip())))
+    return tuple(sorted(out))

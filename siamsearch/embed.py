@@ -1,0 +1,148 @@
+"""Batched decoding and embedding of many images: the one torch → numpy boundary.
+
+Bad files never raise here: they come back as a list of Failure(path, reason).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .config import Preprocess
+from .images import BadImageError, Failure, load_image
+from .transforms import normalize, square_view
+
+Progress = Callable[[int], None]  # called with the number of images just finished
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → CUDA when present, else CPU; a clear error when CUDA is asked for but missing."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def default_workers() -> int:
+    """Decode workers: all cores but one for the main process, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class DecodedImages(Dataset):
+    """Decodes image i to square uint8 views at one or more sizes; a bad file yields its reason."""
+
+    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], channels: int) -> None:
+        self.paths, self.sizes, self.channels = list(paths), tuple(sizes), channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, tuple[torch.Tensor, ...] | None, tuple[int, int], str]:
+        try:
+            img = load_image(self.paths[i], self.channels, draft_size=max(self.sizes))
+        except BadImageError as exc:
+            return i, None, (0, 0), exc.reason
+        return i, tuple(square_view(img, s) for s in self.sizes), img.size, ""
+
+
+def _collate(items: list) -> list:
+    """Keep items as a list: failed ones carry None instead of tensors."""
+    return items
+
+
+def _batches(paths: Sequence[Path], sizes: Sequence[int], channels: int, batch_size: int, workers: int,
+             pin: bool = False):
+    """Yield (indices, tensors per size, original sizes, failures) batch by batch, in order."""
+    loader = DataLoader(DecodedImages(paths, sizes, channels), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, pin_memory=False, persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    for items in loader:
+        good = [it for it in items if it[1] is not None]
+        failures = [Failure(Path(paths[it[0]]), it[3]) for it in items if it[1] is None]
+        stacks = tuple(torch.stack([it[1][j] for it in good]) if good else None for j in range(len(sizes)))
+        if pin and good:
+            stacks = tuple(s.pin_memory() for s in stacks)
+        yield [it[0] for it in good], stacks, [it[2] for it in good], failures
+
+
+def decode_images(paths: Sequence[Path], sizes: Sequence[int], channels: int, workers: int = 0,
+                  progress: Progress | None = None) -> tuple[np.ndarray, tuple[torch.Tensor, ...], list[Failure]]:
+    """Decode every image once into memory (training cache).
+
+    Returns:
+        (kept indices into paths, one uint8 (N, C, s, s) tensor per size, failures).
+    """
+    kept: list[int] = []
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    failures: list[Failure] = []
+    for idx, stacks, _, bad in _batches(paths, sizes, channels, 256, workers):
+        kept.extend(idx)
+        failures.extend(bad)
+        if idx:
+            chunks.append(stacks)
+        if progress:
+            progress(len(idx) + len(bad))
+    empty = tuple(torch.empty(0, channels, s, s, dtype=torch.uint8) for s in sizes)
+    tensors = tuple(torch.cat([c[j] for c in chunks]) if chunks else empty[j] for j in range(len(sizes)))
+    return np.array(kept, dtype=np.int64), tensors, failures
+
+
+@dataclass
+class EmbedResult:
+    """Embeddings of the readable images, in input order, and the files that were skipped."""
+
+    paths: list[Path] = field(default_factory=list)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, D), unit rows
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height)
+    failures: list[Failure] = field(default_factory=list)
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked for (fp16 on GPUs without bf16); a no-op on CPU."""
+    if not amp or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.inference_mode()
+def embed_tensors(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, device: torch.device,
+                  amp: bool = False) -> np.ndarray:
+    """uint8 or [0, 1] (B, C, S, S) images → (B, D) float32 unit vectors."""
+    x = normalize(batch.to(device, non_blocking=True), pre).contiguous(memory_format=torch.channels_last)
+    with autocast(device, amp):
+        return model(x).float().cpu().numpy()
+
+
+def embed_paths(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path], *, batch_size: int = 64,
+                workers: int | None = None, device: torch.device | str = "cpu", amp: bool = True,
+                progress: Progress | None = None) -> EmbedResult:
+    """Embed many image files in batches with worker processes decoding ahead of the model.
+
+    Returns:
+        EmbedResult with vectors (N, D) float32, rows L2-normalised, for the readable files.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    workers = default_workers() if workers is None else workers
+    out, vecs = EmbedResult(), []
+    for idx, (stack,), sizes, bad in _batches(paths, [pre.image_size], pre.channels, batch_size, workers,
+                                              pin=device.type == "cuda"):
+        out.failures.extend(bad)
+        if idx:
+            vecs.append(embed_tensors(model, stack, pre, device, amp))
+            out.paths.extend(Path(paths[i]) for i in idx)
+            out.sizes.extend(sizes)
+        if progress:
+            progress(len(idx) + len(bad))
+    dim = model.cfg.dim if hasattr(model, "cfg") else 0
+    out.vectors = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
+    return out

@@ -1,0 +1,78 @@
+"""Contrastive and triplet losses: embeddings and labels in, a scalar out (never the model)."""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
+
+
+def contrastive_terms(distance: torch.Tensor, same: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hadsell, Chopra and LeCun (2006): a similar pair pays d², a dissimilar one max(0, margin − d)²."""
+    same = same.bool()
+    return torch.where(same, distance.pow(2), (margin - distance).clamp(min=0).pow(2))
+
+
+def contrastive_loss(emb_a: torch.Tensor, emb_b: torch.Tensor, same: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Mean contrastive loss over explicit pairs.
+
+    Args:
+        emb_a, emb_b: (N, D) embeddings of the two images of each pair.
+        same: (N,) bool, True where the two images show the same identity (so there is no
+            "does label 1 mean similar?" ambiguity).
+        margin: dissimilar pairs closer than this are pushed apart.
+    """
+    return contrastive_terms(torch.linalg.vector_norm(emb_a - emb_b, dim=1), same, margin).mean()
+
+
+def _pair_distances(emb: torch.Tensor) -> torch.Tensor:
+    """(N, N) Euclidean distances with a gradient-safe sqrt at zero."""
+    sq = (emb.unsqueeze(1) - emb.unsqueeze(0)).pow(2).sum(-1)
+    return sq.clamp(min=1e-12).sqrt() * (sq > 0)
+
+
+def batch_contrastive_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Contrastive loss over every pair inside a P×K batch.
+
+    Positives and negatives are averaged separately and added, so the many easy negatives neither
+    drown the positives nor dilute the gradient: negatives are averaged over those still inside the
+    margin (pytorch-metric-learning's "average non-zero" reduction).
+
+    Args:
+        emb: (N, D) embeddings; labels: (N,) identity ids.
+    """
+    d = _pair_distances(emb)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    upper = torch.triu(torch.ones_like(same), diagonal=1)
+    terms = contrastive_terms(d, same, margin)
+    pos, neg = terms[same & upper], terms[~same & upper]
+    pos_loss = pos.mean() if pos.numel() else emb.sum() * 0
+    active = neg[neg > 0]
+    neg_loss = active.mean() if active.numel() else emb.sum() * 0
+    return pos_loss + neg_loss
+
+
+def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                        margin: float = 0.2) -> torch.Tensor:
+    """Mean of max(0, d(a, p) − d(a, n) + margin) over explicit (N, D) triplets."""
+    d_ap = torch.linalg.vector_norm(anchor - positive, dim=1)
+    d_an = torch.linalg.vector_norm(anchor - negative, dim=1)
+    return (d_ap - d_an + margin).clamp(min=0).mean()
+
+
+def batch_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Triplet loss over every valid (anchor, positive, negative) in a P×K batch ("batch all").
+
+    Averaged over the triplets that still violate the margin (Hermans et al., 2017), so the loss
+    keeps its scale as training makes most triplets easy.
+    """
+    d = _pair_distances(emb)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    valid = (same & ~eye).unsqueeze(2) & (~same).unsqueeze(1)  # [a, p, n]
+    losses = (d.unsqueeze(2) - d.unsqueeze(1) + margin).clamp(min=0)[valid]
+    active = losses[losses > 0]
+    return active.mean() if active.numel() else emb.sum() * 0
+
+
+BATCH_LOSSES = {"contrastive": batch_contrastive_loss, "triplet": batch_triplet_loss}

@@ -1,0 +1,145 @@
+"""The encoder: backbone → projection head → L2 norm; freezing and unfreezing blocks by name.
+
+One network with shared weights embeds both images of a pair: a Siamese "pair" is simply two rows
+of the same batch, so the gradients of both branches add up on the one set of parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .config import EncoderConfig
+
+RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3x3 conv-BN-ReLU layers and a 2x2 max-pool: the unit of the small backbone."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class SmallNet(nn.Module):
+    """A compact conv net for small images (characters, thumbnails) that trains fast on a CPU."""
+
+    widths = (32, 64, 128, 256)
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        w = self.widths
+        self.layer1 = _conv_block(channels, w[0])
+        self.layer2 = _conv_block(w[0], w[1])
+        self.layer3 = _conv_block(w[1], w[2])
+        self.layer4 = _conv_block(w[2], w[3])
+        self.out_features = w[3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → (B, out_features) pooled features."""
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet without its classifier, with blocks named for freezing."""
+
+    def __init__(self, arch: str, pretrained: bool) -> None:
+        super().__init__()
+        weights = torchvision.models.get_model_weights(arch).DEFAULT if pretrained else None
+        net = torchvision.models.get_model(arch, weights=weights)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_features = net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → (B, out_features) pooled features."""
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a plain torchvision ResNet state dict (its `fc` is ignored)."""
+        renamed = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head in ("conv1", "bn1"):
+                key = f"stem.{0 if head == 'conv1' else 1}.{rest}"
+            elif head == "fc":
+                continue
+            renamed[key] = value
+        self.load_state_dict(renamed, strict=True)
+
+
+class Encoder(nn.Module):
+    """Image → L2-normalised embedding of size `dim`; frozen BatchNorm layers stay in eval mode."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.backbone == "small":
+            self.backbone: nn.Module = SmallNet(cfg.channels)
+        else:
+            self.backbone = ResNetTrunk(cfg.backbone, cfg.pretrained)
+        f = self.backbone.out_features
+        self.head = nn.Sequential(nn.Linear(f, f), nn.BatchNorm1d(f), nn.ReLU(inplace=True), nn.Linear(f, cfg.dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised images → (B, dim) float32 unit vectors."""
+        if self.cfg.backbone != "small" and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grayscale into an RGB backbone
+        z = self.head(self.backbone(x))
+        return F.normalize(z.float(), dim=1)
+
+    def train(self, mode: bool = True) -> "Encoder":
+        """Like nn.Module.train, but BatchNorm layers whose weights are frozen keep their statistics."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
+
+    def block_names(self) -> tuple[str, ...]:
+        """Names of backbone blocks that --unfreeze accepts."""
+        return tuple(name for name, _ in self.backbone.named_children())
+
+    def blocks(self, names: tuple[str, ...] | list[str]) -> list[nn.Module]:
+        """The named backbone blocks, with a clear error for a name that does not exist."""
+        known = dict(self.backbone.named_children())
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown block(s) {', '.join(unknown)}; this backbone has {', '.join(known)}")
+        return [known[n] for n in names]
+
+
+def set_trainable(modules: list[nn.Module] | nn.Module, trainable: bool) -> list[nn.Parameter]:
+    """Switch requires_grad for every parameter of the modules; returns the parameters touched."""
+    modules = [modules] if isinstance(modules, nn.Module) else modules
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(trainable)
+    return params
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, printed at the start of training."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def build_encoder(cfg: EncoderConfig, weights_file: Path | None = None) -> Encoder:
+    """Build an encoder; `weights_file` is a local torchvision ResNet state dict (no download)."""
+    model = Encoder(cfg)
+    if weights_file is not None:
+        if not isinstance(model.backbone, ResNetTrunk):
+            raise ValueError("--weights takes a torchvision ResNet state dict; the small backbone has none")
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        model.backbone.load_torchvision_state(state.get("state_dict", state))
+    return model

@@ -1,0 +1,82 @@
+"""Identity labels → held-out splits and P×K batches, where every pair inside a batch is used."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+def encode_labels(identities: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Map identity names to int ids: (ids (N,) int64, names indexed by id)."""
+    names = sorted(set(identities))
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[x] for x in identities], dtype=np.int64), names
+
+
+def split_identities(identities: Sequence[str], val_fraction: float, group_depth: int = 0,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole identities (or whole groups of them) for validation.
+
+    Args:
+        identities: identity of each image, e.g. "Latin/character05".
+        val_fraction: fraction of groups that go to validation.
+        group_depth: 0 splits identities; 1 splits by their first folder (whole alphabets), etc.
+
+    Returns:
+        (train indices, val indices) into `identities`.
+    """
+    groups = ["/".join(x.split("/")[:group_depth]) if group_depth else x for x in identities]
+    names = sorted(set(groups))
+    if val_fraction <= 0 or len(names) < 2:
+        return np.arange(len(identities)), np.array([], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    n_val = min(len(names) - 1, max(1, round(len(names) * val_fraction)))
+    val_names = set(rng.permutation(names)[:n_val].tolist())
+    is_val = np.array([g in val_names for g in groups])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+class PKSampler:
+    """Batches of P identities × K images each, plus singleton identities as extra negatives.
+
+    Identities with at least `min_images` images are drawn as the P; their K images are drawn
+    without replacement when there are enough, else with replacement (self-supervised training uses
+    min_images=1 and K=2: two augmented views of one image). Identities below `min_images` join
+    each batch only as single images, so they serve as negatives and never as positives.
+    """
+
+    def __init__(self, labels: np.ndarray, p: int, k: int, batches: int | None = None,
+                 min_images: int = 2, seed: int = 0) -> None:
+        self.labels = np.asarray(labels)
+        self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        by_id: dict[int, list[int]] = {}
+        for i, lab in enumerate(self.labels.tolist()):
+            by_id.setdefault(lab, []).append(i)
+        self.members = {lab: np.array(ix) for lab, ix in by_id.items() if len(ix) >= min_images}
+        self.singletons = np.array([ix[0] for ix in by_id.values() if len(ix) < min_images], dtype=np.int64)
+        if len(self.members) < 2:
+            raise ValueError(f"need at least 2 identities with {min_images}+ images to form pairs; "
+                             f"found {len(self.members)}")
+        self.batches = batches or max(1, math.ceil(len(self.labels) / (p * k)))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed so each epoch differs yet a resumed run repeats the same batches."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        ids = np.array(list(self.members))
+        p = min(self.p, len(ids))
+        for _ in range(self.batches):
+            batch: list[int] = []
+            for lab in rng.choice(ids, size=p, replace=False):
+                pool = self.members[int(lab)]
+                batch.extend(rng.choice(pool, size=self.k, replace=len(pool) < self.k).tolist())
+            if len(self.singletons):
+                batch.extend(rng.choice(self.singletons, size=min(p, len(self.singletons)), replace=False).tolist())
+            yield batch

@@ -1,0 +1,130 @@
+"""Eval preprocessing (PIL image → tensor) and batched training augmentation on the device."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import AugmentConfig, Preprocess
+
+# Training images are cached a little larger than the input so random crops keep detail.
+TRAIN_OVERSIZE = 1.15
+
+
+def train_load_size(image_size: int) -> int:
+    """Side of the cached training view: the eval view at a slightly higher resolution."""
+    return int(round(image_size * TRAIN_OVERSIZE))
+
+
+def square_view(img: Image.Image, size: int) -> torch.Tensor:
+    """Resize the shorter side to `size` and centre-crop: (C, size, size) uint8, the eval view."""
+    w, h = img.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def normalize(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """uint8 or [0, 1] float (B, C, H, W) → normalised float with the encoder's mean and std."""
+    x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _affine_thetas(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample 2x3 sampling matrices: random resized crop, rotation, shear, shift and flip."""
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    area = uniform(*cfg.crop_scale)
+    log_ratio = uniform(math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    ratio = log_ratio.exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (1 - w) * uniform(-1, 1) + cfg.translate * 2 * uniform(-1, 1)
+    cy = (1 - h) * uniform(-1, 1) + cfg.translate * 2 * uniform(-1, 1)
+    angle = torch.deg2rad(uniform(-cfg.rotate, cfg.rotate))
+    shear = torch.tan(torch.deg2rad(uniform(-cfg.shear, cfg.shear)))
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n)
+    cos, sin = angle.cos(), angle.sin()
+    # A = diag(w, h) @ R(angle) @ [[1, shear], [0, 1]] @ diag(flip, 1)
+    a11, a12 = cos, cos * shear - sin
+    a21, a22 = sin, sin * shear + cos
+    theta = torch.stack([
+        torch.stack([w * a11 * flip, w * a12, cx], dim=1),
+        torch.stack([h * a21 * flip, h * a22, cy], dim=1),
+    ], dim=1)
+    return theta
+
+
+def _colour(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample brightness, contrast, saturation and random grayscale on [0, 1] images."""
+    n, c = x.shape[:2]
+
+    def factor(strength: float) -> torch.Tensor:
+        return (1 + strength * (2 * torch.rand(n, generator=gen) - 1)).to(x.device).view(n, 1, 1, 1)
+
+    if cfg.brightness:
+        x = x * factor(cfg.brightness)
+    gray = x.mean(dim=1, keepdim=True) if c == 1 else (
+        0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    if cfg.contrast:
+        mean = gray.mean(dim=(2, 3), keepdim=True)
+        x = (x - mean) * factor(cfg.contrast) + mean
+    if c == 3 and cfg.saturation:
+        x = (x - gray) * factor(cfg.saturation) + gray
+    if c == 3 and cfg.grayscale_p:
+        pick = (torch.rand(n, generator=gen) < cfg.grayscale_p).to(x.device).view(n, 1, 1, 1)
+        x = torch.where(pick, gray.expand_as(x), x)
+    return x.clamp(0, 1)
+
+
+def _blur(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian blur on a random subset of the batch (sigma up to 1.5% of the image side)."""
+    pick = torch.rand(x.shape[0], generator=gen) < p
+    if not pick.any():
+        return x
+    sigma = float(0.1 + torch.rand(1, generator=gen)) * max(1.0, 0.015 * x.shape[-1])
+    radius = max(1, int(math.ceil(2 * sigma)))
+    grid = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (grid / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    sub = x[pick.to(x.device)]
+    sub = F.conv2d(F.pad(sub, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    sub = F.conv2d(F.pad(sub, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    out = x.clone()
+    out[pick.to(x.device)] = sub
+    return out
+
+
+def augment_batch(batch: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random views of a uint8 (B, C, L, L) batch → float (B, C, size, size) in [0, 1].
+
+    One grid_sample does crop, resize, rotation, shear, shift and flip for the whole batch, so
+    augmentation costs little next to the forward pass, on CPU and GPU alike. Randomness comes
+    from `gen` (a CPU generator) so runs are reproducible.
+    """
+    x = batch.float().div_(255.0)
+    theta = _affine_thetas(x.shape[0], cfg, gen).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = _colour(x, cfg, gen)
+    return _blur(x, cfg.blur_p, gen) if cfg.blur_p else x
+
+
+def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, C, L, L) → float [0, 1] (B, C, size, size), antialiased: the un-augmented view."""
+    x = batch.float().div_(255.0)
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)

@@ -1,0 +1,47 @@
+"""Fixtures: tiny synthetic identity folders and bad files, made fresh for each test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def grating(angle: float, freq: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A sinusoidal grating: its angle and frequency are the identity; phase, tint and noise vary."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    wave = np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 2 * np.pi))
+    tint = rng.uniform(0.5, 1.0, size=3)
+    img = (0.5 + 0.4 * wave)[..., None] * tint + rng.normal(0, 0.05, (size, size, 3))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def make_identities(root: Path, n_ids: int = 16, per_id: int = 6, size: int = 32, seed: int = 0) -> Path:
+    """Write n_ids identity folders of per_id PNG gratings each under root."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_ids):
+        angle, freq = np.pi * i / n_ids, 2 + (i % 3)
+        folder = root / f"id{i:02d}"
+        folder.mkdir(parents=True)
+        for j in range(per_id):
+            Image.fromarray(grating(angle, freq, size, rng)).save(folder / f"{j}.png")
+    return root
+
+
+def add_bad_files(root: Path) -> list[Path]:
+    """Empty, truncated and non-image files with image extensions: each must be skipped."""
+    folder = root / "id00"
+    empty, trunc, text = folder / "empty.jpg", folder / "truncated.png", folder / "notes.png"
+    empty.write_bytes(b"")
+    good = (folder / "0.png").read_bytes()
+    trunc.write_bytes(good[: len(good) // 3])
+    text.write_text("this is not an image")
+    return [empty, trunc, text]
+
+
+@pytest.fixture
+def identity_dir(tmp_path: Path) -> Path:
+    """16 identities x 6 images of 32x32 RGB gratings."""
+    return make_identities(tmp_path / "data")

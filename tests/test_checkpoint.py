@@ -1,0 +1,67 @@
+"""Checkpoints describe themselves, load safely and give identical embeddings."""
+
+import pytest
+import torch
+
+from siamsearch.checkpoint import (CheckpointError, fingerprint, load_checkpoint, load_encoder, save_model,
+                                   update_model_file)
+from siamsearch.config import EncoderConfig, TrainConfig
+from siamsearch.model import build_encoder
+
+
+def test_round_trip_gives_identical_embeddings_and_config(tmp_path):
+    enc = EncoderConfig(backbone="small", dim=8, image_size=24, channels=1)
+    model = build_encoder(enc).eval()
+    fp = save_model(tmp_path / "m.pt", model, TrainConfig(loss="triplet"), calibration={"threshold_best_f1": 0.7})
+    loaded, ckpt = load_encoder(tmp_path / "m.pt")
+    x = torch.randn(3, 1, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert ckpt.encoder == enc and ckpt.fingerprint == fp and ckpt.train.loss == "triplet"
+    assert ckpt.preprocess.image_size == 24 and ckpt.preprocess.channels == 1
+    assert ckpt.calibration["threshold_best_f1"] == 0.7
+
+
+def test_fingerprint_follows_the_weights_not_the_metadata(tmp_path):
+    model = build_encoder(EncoderConfig(backbone="small", dim=8, image_size=24))
+    fp = save_model(tmp_path / "m.pt", model)
+    update_model_file(tmp_path / "m.pt", calibration={"threshold_best_f1": 0.5})
+    assert load_checkpoint(tmp_path / "m.pt").fingerprint == fp == fingerprint(model.state_dict())
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert fingerprint(model.state_dict()) != fp
+
+
+def test_wrapped_prefixes_are_stripped(tmp_path):
+    model = build_encoder(EncoderConfig(backbone="small", dim=8, image_size=24))
+    save_model(tmp_path / "m.pt", model)
+    data = torch.load(tmp_path / "m.pt", weights_only=True)
+    data["state_dict"] = {f"module._orig_mod.{k}": v for k, v in data["state_dict"].items()}
+    torch.save(data, tmp_path / "wrapped.pt")
+    load_encoder(tmp_path / "wrapped.pt")
+
+
+@pytest.mark.parametrize("content,match", [(b"", "not a readable"), (b"garbage" * 10, "not a readable")])
+def test_bad_files_give_one_line_errors(tmp_path, content, match):
+    (tmp_path / "bad.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_encoder(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="no model file"):
+        load_encoder(tmp_path / "missing.pt")
+
+
+def test_truncated_and_foreign_and_future_files_are_refused(tmp_path):
+    model = build_encoder(EncoderConfig(backbone="small", dim=8, image_size=24))
+    save_model(tmp_path / "m.pt", model)
+    raw = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "t.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="written completely"):
+        load_encoder(tmp_path / "t.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a siamsearch"):
+        load_encoder(tmp_path / "other.pt")
+    data = torch.load(tmp_path / "m.pt", weights_only=True)
+    data["format_version"] = 99
+    torch.save(data, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="upgrade"):
+        load_encoder(tmp_path / "future.pt")

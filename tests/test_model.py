@@ -1,0 +1,92 @@
+"""Shared weights, freezing and progressive unfreezing: what trains and what does not."""
+
+import pytest
+import torch
+
+from siamsearch.config import EncoderConfig
+from siamsearch.losses import contrastive_loss
+from siamsearch.model import build_encoder, set_trainable
+from siamsearch.train import _unfreeze
+
+
+def small(channels=3, size=32, backbone="small"):
+    torch.manual_seed(0)
+    return build_encoder(EncoderConfig(backbone=backbone, dim=16, image_size=size, channels=channels))
+
+
+def grads_of(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_both_branches_add_their_gradients_to_the_one_set_of_weights():
+    """Why shared-weight updates seem to vanish: each branch's gradient lands on the same tensor."""
+    model = small().eval()  # eval: BatchNorm uses stored statistics, so the branches are independent
+    a, b = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    same = torch.tensor([True, False, True, False])
+    full = grads_of(model, contrastive_loss(model(a), model(b), same))
+    only_a = grads_of(model, contrastive_loss(model(a), model(b).detach(), same))
+    only_b = grads_of(model, contrastive_loss(model(a).detach(), model(b), same))
+    for name, g in full.items():
+        assert torch.allclose(g, only_a[name] + only_b[name], atol=1e-6), name
+    assert any(only_a[n].abs().sum() > 0 and only_b[n].abs().sum() > 0 for n in full)
+
+
+def test_one_step_changes_shared_weights_and_every_trainable_parameter_gets_a_gradient():
+    model = small().train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    a, b = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    loss = contrastive_loss(model(a), model(b), torch.arange(8) % 2 == 0)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    opt.step()
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_frozen_backbone_gets_no_gradient_and_its_batchnorm_stays_in_eval():
+    model = small()
+    set_trainable(model.backbone, False)
+    model.train()
+    loss = contrastive_loss(model(torch.randn(4, 3, 32, 32)), model(torch.randn(4, 3, 32, 32)),
+                            torch.tensor([True, False, True, False]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == name.startswith("backbone."), name
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert model.head[1].training  # the head's BatchNorm still learns
+
+
+def test_unfreeze_adds_exactly_the_named_blocks_at_the_finetune_lr():
+    model = small(backbone="resnet18", size=32)
+    set_trainable(model.backbone, False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    _unfreeze(model, opt, ("layer3", "layer4"), lr=1e-5)
+    added = {id(p) for p in opt.param_groups[1]["params"]}
+    expected = {id(p) for blk in (model.backbone.layer3, model.backbone.layer4) for p in blk.parameters()}
+    assert added == expected and opt.param_groups[1]["lr"] == 1e-5
+    still_frozen = [n for n, p in model.backbone.named_parameters() if not n.startswith(("layer3", "layer4"))]
+    assert all(not dict(model.backbone.named_parameters())[n].requires_grad for n in still_frozen)
+    with pytest.raises(ValueError, match="unknown block"):
+        _unfreeze(model, opt, ("layer9",), lr=1e-5)
+
+
+@pytest.mark.parametrize("backbone,channels", [("small", 1), ("small", 3), ("resnet18", 1), ("resnet18", 3)])
+def test_output_is_unit_norm_for_grey_and_colour(backbone, channels):
+    model = small(channels=channels, backbone=backbone).eval()
+    with torch.no_grad():
+        z = model(torch.randn(2, channels, 32, 32))
+    assert z.shape == (2, 16)
+    assert torch.allclose(z.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_local_torchvision_weights_load(tmp_path):
+    import torchvision
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    model = build_encoder(EncoderConfig(backbone="resnet18", dim=8, image_size=32), tmp_path / "r18.pth")
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    assert torch.equal(model.backbone.stem[0].weight, ref.conv1.weight)
