@@ -9,7 +9,7 @@ This is the notebook API:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -18,7 +18,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError, load_encoder
 from .config import to_dict
-from .embed import embed_paths, resolve_device
+from .embed import EmbedResult, embed_paths, resolve_device
 from .images import Failure, find_images
 from .model import Encoder
 from .store import MANIFEST, Progress, Store, StoreError, SyncReport
@@ -53,7 +53,8 @@ class EmbedOptions:
     amp: bool = True
 
 
-def _embed_fn(model: Encoder, ckpt: Checkpoint, opts: EmbedOptions, progress=None):
+def _embed_fn(model: Encoder, ckpt: Checkpoint, opts: EmbedOptions,
+              progress: Callable[[int], None] | None = None) -> Callable[[Sequence[Path]], EmbedResult]:
     """The store's embedding function: paths → EmbedResult with this encoder."""
     return partial(embed_paths, model, ckpt.preprocess, batch_size=opts.batch_size, workers=opts.workers,
                    device=resolve_device(opts.device), amp=opts.amp, progress=progress)
@@ -96,9 +97,26 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
                              encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
                              root=image_dir, index_kind=kind, overwrite=exists)
     store.check_model(ckpt.fingerprint)
-    report = store.sync(image_dir, _embed_fn(model, ckpt, opts), rebuild=rebuild, commit_every=commit_every,
-                        progress=progress)
+    counter = _Counter(progress)
+    report = store.sync(image_dir, _embed_fn(model, ckpt, opts, counter.images), rebuild=rebuild,
+                        commit_every=commit_every, progress=counter.chunk)
     return store, report
+
+
+class _Counter:
+    """Merges the store's per-chunk (done, total) with per-batch image counts into one smooth stream."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress, self.done, self.total = progress, 0, 0
+
+    def chunk(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        self.images(0)
+
+    def images(self, n: int) -> None:
+        self.done = min(self.total, self.done + n)
+        if self.progress:
+            self.progress(self.done, self.total)
 
 
 class Searcher:

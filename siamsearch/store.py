@@ -11,18 +11,20 @@ deletions commit first and write index.faiss after. So a crash can only leave ve
 which loading drops. Rows without a vector (e.g. an older index.faiss put back) are dropped too,
 so the next sync embeds those files again. Both files are replaced atomically (temp file, fsync, rename).
 
-Kinds: flat is exact. hnsw, ivf and ivfpq are approximate. Every index starts flat; at the end of a
-sync the kind the size calls for is built, and an approximate one is rebuilt when the collection has
-doubled or halved since (HNSW also on any deletion: it cannot remove). Each build tunes efSearch or
-nprobe to reach TARGET_RECALL on vectors held out of it. ivfpq stores compressed vectors: its recall
-stays below the target and `vectors()` returns approximations, so auto never picks it.
+Commit cost: each commit rewrites the whole index.faiss, so a sync commits chunks of commit_every files
+or a tenth of the vectors already stored, whichever is more. A first load of N files then writes about
+11·N vectors in O(log N) commits instead of N²/(2·commit_every), and a killed run loses at most the
+chunk in flight: commit_every files or a tenth of what it had stored.
+
+Kinds (siamsearch.ann): every index starts flat; at the end of a sync the kind the size calls for is
+built, and an approximate one is rebuilt when the collection has doubled or halved since (HNSW also on
+any deletion: it cannot remove).
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import sqlite3
 import time
@@ -36,18 +38,12 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
+from .ann import KINDS, build_index, index_ids, kind_of, new_index, plan_kind, reconstruct
 from .images import Failure, find_images, identity_of
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
-KINDS = ("flat", "hnsw", "ivf", "ivfpq")
-AUTO_APPROX_MIN = 200_000  # auto: exact flat search below this many vectors, ivf above
-MIN_TRAIN = {"ivf": 1_000, "ivfpq": 10_000}  # IVF kinds stay flat (exact) until this many vectors exist
-TRAIN_PER_LIST = 50  # k-means sample: points per inverted list (FAISS wants at least 39)
-HNSW_M, HNSW_EF_CONSTRUCTION = 32, 40
-TARGET_RECALL = 0.95
-TUNE_QUERIES = 500  # held-out vectors that tune an approximate index when it is built
-EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+COMMIT_GROWTH = 0.1  # a sync's chunk is at least this fraction of the vectors stored: O(N) bytes written
 COLUMNS = "id, path, identity, size, mtime_ns, width, height"
 SCHEMA = """
 CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, identity TEXT,
@@ -123,166 +119,6 @@ class SyncReport:
     unchanged: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
-
-
-# ---- index factory: free functions, shared with scripts/bench_search.py --------------------------
-
-
-def nlist_for(n: int) -> int:
-    """About 4·sqrt(n) inverted lists, each with at least 39 training points (FAISS warns below)."""
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
-
-
-def plan_kind(requested: str, n: int) -> str:
-    """The kind an index of n vectors gets: auto by size; IVF kinds wait as flat until trainable."""
-    kind = requested if requested != "auto" else ("flat" if n < AUTO_APPROX_MIN else "ivf")
-    return "flat" if n < MIN_TRAIN.get(kind, 0) else kind
-
-
-def new_index(kind: str, dim: int, n: int = 0) -> faiss.Index:
-    """An empty L2 index of one kind, sized for about n vectors (IVF kinds still need training)."""
-    if kind == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
-    if kind == "hnsw":
-        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M)
-        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        return faiss.IndexIDMap2(hnsw)  # HNSW cannot remove: deletions rebuild it
-    if kind not in ("ivf", "ivfpq"):
-        raise ValueError(f"unknown index kind {kind!r}; choose one of auto, {', '.join(KINDS)}")
-    quantizer = faiss.IndexFlatL2(dim)
-    if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist_for(n))
-    else:  # 4 dimensions per byte-sized sub-quantizer: 16x smaller than float32
-        m = max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist_for(n), m, 8)
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
-    return index
-
-
-def build_index(kind: str, ids: np.ndarray, vectors: np.ndarray, *, target: float = TARGET_RECALL,
-                seed: int = 0) -> tuple[faiss.Index, dict[str, Any]]:
-    """An index of one kind holding vectors (N, D) float32 under int64 ids, trained and tuned.
-
-    IVF kinds train on a random sample. Approximate kinds hold back up to TUNE_QUERIES random vectors, tune
-    their search setting with them as unseen queries (tune_index), then add them too.
-
-    Returns:
-        (index, tuning): tuning is {"setting", "value", "recall", "n"}, or {} for flat.
-    """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    n = len(vectors)
-    index = new_index(kind, vectors.shape[1], n)
-    if kind == "flat":
-        index.add_with_ids(vectors, ids)
-        return index, {}
-    order = np.random.default_rng(seed).permutation(n)
-    held, rest = np.sort(order[:min(TUNE_QUERIES, n // 10)]), np.sort(order[min(TUNE_QUERIES, n // 10):])
-    if not index.is_trained:
-        size = max(TRAIN_PER_LIST * index.nlist, 256 * 39 if kind == "ivfpq" else 0)
-        index.train(vectors[np.sort(order[:size])])
-    base_ids, base = ids[rest], vectors[rest]
-    index.add_with_ids(base, base_ids)
-    tuning = tune_index(index, base_ids, base, vectors[held], target=target)
-    index.add_with_ids(vectors[held], ids[held])
-    return index, {**tuning, "n": n}
-
-
-def tune_index(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, *, k: int = 10,
-               target: float = TARGET_RECALL) -> dict[str, Any]:
-    """Set the cheapest efSearch / nprobe at which the index finds `target` of the true k nearest.
-
-    Stops early where more effort stops paying (ivfpq's compression caps its recall below target).
-
-    Args:
-        ids, vectors: what the index holds, (N,) int64 and (N, D) float32, for the exact answers.
-        queries: (Q, D) float32 vectors the index does not hold. Stored vectors would flatter HNSW,
-            whose graph already links each of them to its neighbours.
-
-    Returns:
-        {"setting": "efSearch" or "nprobe", "value": the chosen one, "recall": its recall@k},
-        or {} for flat and when there is nothing to tune on.
-    """
-    setting = search_setting(index)
-    if setting is None or not len(queries) or not len(vectors):
-        return {}
-    k = min(k, len(vectors))
-    truth = ids[faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), vectors, k)[1]]
-    chosen, best = setting[1], -1.0
-    for value in _candidates(index):
-        set_search_setting(index, value)
-        found = index.search(queries, k)[1]
-        recall = float((found[:, :, None] == truth[:, None, :]).any(axis=2).mean())
-        if recall < best + 0.001:  # plateau: keep the cheaper setting
-            break
-        chosen, best = value, recall
-        if recall >= target:
-            break
-    set_search_setting(index, chosen)
-    return {"setting": setting[0], "value": chosen, "recall": round(best, 4)}
-
-
-def _inner(index: faiss.Index) -> faiss.Index:
-    """The index under an IndexIDMap2, or the index itself."""
-    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-
-
-def kind_of(index: faiss.Index) -> str:
-    """flat, hnsw, ivf or ivfpq, read from the FAISS types (the file is the truth, not the manifest)."""
-    inner = _inner(index)
-    for cls, kind in ((faiss.IndexHNSW, "hnsw"), (faiss.IndexIVFPQ, "ivfpq"), (faiss.IndexIVFFlat, "ivf"),
-                      (faiss.IndexFlat, "flat")):
-        if isinstance(inner, cls):
-            return kind
-    raise CorruptIndexError(f"unexpected FAISS index type {type(inner).__name__}; rebuild the index")
-
-
-def index_ids(index: faiss.Index) -> np.ndarray:
-    """Every id the index holds, sorted: (N,) int64."""
-    if isinstance(index, faiss.IndexIDMap2):
-        return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
-    lists = index.invlists
-    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-             for i in range(index.nlist) if lists.list_size(i)]
-    return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
-
-
-def search_setting(index: faiss.Index) -> tuple[str, int] | None:
-    """The speed/recall knob of an approximate index and its value; None for flat."""
-    inner, kind = _inner(index), kind_of(index)
-    if kind == "hnsw":
-        return "efSearch", inner.hnsw.efSearch
-    return None if kind == "flat" else ("nprobe", inner.nprobe)
-
-
-def set_search_setting(index: faiss.Index, value: int) -> None:
-    """Set efSearch (hnsw) or nprobe (ivf kinds); it is saved inside index.faiss."""
-    inner = _inner(index)
-    if kind_of(index) == "hnsw":
-        inner.hnsw.efSearch = int(value)
-    else:
-        inner.nprobe = int(value)
-
-
-def _candidates(index: faiss.Index) -> list[int]:
-    """Search settings to try, cheapest first, ending with the most thorough."""
-    if kind_of(index) == "hnsw":
-        return list(EF_SEARCH)
-    values, v = [], 1
-    while v < index.nlist:
-        values.append(v)
-        v = max(v + 1, int(v * 1.4))
-    return values + [index.nlist]
-
-
-def _reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
-    """Stored vectors of those ids: (N, D) float32 (PQ approximations for ivfpq)."""
-    if not len(ids):
-        return np.zeros((0, index.d), np.float32)
-    try:
-        return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
-    except RuntimeError:
-        raise KeyError("some ids are not in the index") from None
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -436,7 +272,10 @@ class Store:
         except RuntimeError:
             raise CorruptIndexError(f"{self.path / INDEX} is missing or unreadable; "
                                     "rebuild the index with --rebuild") from None
-        kind_of(index)  # a foreign index type is corrupt
+        try:
+            kind_of(index)
+        except ValueError as exc:  # a foreign index type is corrupt
+            raise CorruptIndexError(f"{self.path / INDEX}: {exc}; rebuild the index with --rebuild") from None
         if index.d != manifest.get("dim"):
             raise CorruptIndexError(f"{self.path / INDEX} holds {index.d}-d vectors, the manifest says "
                                     f"{manifest.get('dim')}; rebuild the index with --rebuild")
@@ -485,10 +324,11 @@ class Store:
         """Make the index match the images under root, embedding only new and changed files.
 
         Files are matched to rows by relative path, size and mtime_ns. Rows of vanished and changed
-        files go first; then new and changed files are embedded commit_every at a time and each chunk
-        is committed, so an interrupted run keeps its work and the next run carries on. Unchanged
-        files keep their ids; new rows get fresh ones. Unreadable files are reported, and tried again
-        next time. rebuild=True embeds every file again.
+        files go first; then new and changed files are embedded in chunks and each chunk is committed,
+        so an interrupted run keeps its work and the next run carries on. A chunk is commit_every files,
+        or COMMIT_GROWTH of the vectors already stored if that is more, so that rewriting index.faiss
+        at each commit costs O(N) in all. Unchanged files keep their ids; new rows get fresh ones.
+        Unreadable files are reported, and tried again next time. rebuild=True embeds every file again.
 
         Raises:
             StoreLockedError: another process is writing to this index.
@@ -525,15 +365,17 @@ class Store:
         self._delete(np.array([row_id for path, (row_id, _) in known.items() if path not in keep], np.int64))
         if progress:
             progress(0, len(todo))
-        for i in range(0, len(todo), commit_every):
-            chunk = todo[i:i + commit_every]
+        done = 0
+        while done < len(todo):
+            chunk = todo[done:done + max(commit_every, int(COMMIT_GROWTH * len(self)))]
             result = embed_fn([files[path][0] for path in chunk])
             added, bad = self._add(root, result, {files[path][0]: path for path in chunk}, files)
             report.updated += len(changed.intersection(added))
             report.added += len(added) - len(changed.intersection(added))
             report.failures.extend([*result.failures, *bad])
+            done += len(chunk)
             if progress:
-                progress(min(i + commit_every, len(todo)), len(todo))
+                progress(done, len(todo))
         self._finish()
         return report
 
@@ -712,7 +554,7 @@ class Store:
             (ids (N,) int64, all of them sorted when ids is None; vectors (N, D) float32).
         """
         ids = index_ids(self._index) if ids is None else np.asarray(ids, dtype=np.int64).ravel()
-        return ids, _reconstruct(self._index, ids)
+        return ids, reconstruct(self._index, ids)
 
     def info(self) -> dict[str, Any]:
         """The manifest plus what is true now: count, kind, exactness and size on disk."""

@@ -147,16 +147,18 @@ def _val_views(data: TrainData, enc: EncoderConfig, cfg: TrainConfig) -> tuple[t
 def validate(model: Encoder, images: torch.Tensor, labels: np.ndarray, cfg: TrainConfig,
              device: torch.device) -> dict[str, float]:
     """Held-out identity metrics: verification ROC AUC, P@1, N-way one-shot and the thresholds."""
+    counts = np.unique(labels, return_counts=True)[1]
+    ways = min(cfg.ways, int((counts >= 2).sum()))
+    if ways < 2:  # nothing to verify: the run keeps its last epoch instead of a best one
+        return {}
     model.eval()
     pre = model.cfg.preprocess()
     emb = np.concatenate([embed_tensors(model, images[i:i + 512], pre, device, cfg.amp)
                           for i in range(0, len(images), 512)])
     out = metrics.verification_metrics(emb, labels, seed=cfg.seed)
     out["p_at_1"] = metrics.precision_at_1(emb, labels)
-    counts = np.bincount(np.unique(labels, return_inverse=True)[1])
-    ways = min(cfg.ways, int((counts >= 2).sum()))
     out["ways"] = ways
-    out["one_shot"] = metrics.one_shot_accuracy(emb, labels, ways, cfg.episodes, cfg.seed) if ways >= 2 else float("nan")
+    out["one_shot"] = metrics.one_shot_accuracy(emb, labels, ways, cfg.episodes, cfg.seed)
     return {k: float(v) for k, v in out.items()}  # plain floats: checkpoints load with weights_only
 
 
@@ -170,6 +172,8 @@ def _score(record: dict[str, Any]) -> float:
 
 def _calibration(record: dict[str, Any]) -> dict[str, Any]:
     """The distance thresholds dedup uses by default, from the best validation epoch."""
+    if "threshold_best_f1" not in record:
+        return {}
     keys = ("threshold_best_f1", "best_f1", "threshold_at_precision", "precision_at_threshold",
             "recall_at_threshold", "target_precision")
     return {k: record[k] for k in keys if k in record} | {"source": "validation", "epoch": record["epoch"]}
@@ -197,30 +201,50 @@ def _resume_state(model: Encoder, optimizer: torch.optim.Optimizer, cfg: TrainCo
             "train": to_dict(cfg), "epoch": epoch, "history": history, "elapsed": elapsed}
 
 
+@dataclass
+class _Setup:
+    """The model and optimizer a run starts from, fresh or resumed."""
+
+    model: Encoder
+    optimizer: torch.optim.Optimizer
+    enc: EncoderConfig
+    cfg: TrainConfig
+    start_epoch: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, state: dict[str, Any] | None) -> _Setup:
+    """Build model and optimizer; a resumed run keeps its configuration, only the budget may change."""
+    if state:
+        enc = from_dict(EncoderConfig, state["encoder"])
+        cfg = dataclasses.replace(from_dict(TrainConfig, state["train"]), epochs=cfg.epochs,
+                                  max_minutes=cfg.max_minutes)
+    model = build_encoder(enc, None if state else weights_file)
+    if cfg.freeze_backbone:
+        set_trainable(model.backbone, False)
+    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad],
+                                    "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    if not state:
+        return _Setup(model, optimizer, enc, cfg)
+    for epoch, names in cfg.unfreeze:  # recreate the optimizer groups in the order they were added
+        if epoch < state["epoch"]:
+            _unfreeze(model, optimizer, names, cfg.finetune_lr)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return _Setup(model, optimizer, enc, cfg, state["epoch"], state["history"], state["elapsed"])
+
+
 def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weights_file: Path | None = None,
           resume: bool = False, observer: Observer | None = None) -> TrainResult:
     """Train an encoder on an identity folder and write the best checkpoint to `out`."""
     obs = observer or Quiet()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    state = load_resume(resume_path_for(out)) if resume else None
-    if state:  # a resumed run keeps its configuration; only the budget may change
-        enc = from_dict(EncoderConfig, state["encoder"])
-        cfg = dataclasses.replace(from_dict(TrainConfig, state["train"]), epochs=cfg.epochs, max_minutes=cfg.max_minutes)
-    model = build_encoder(enc, None if state else weights_file)
-    if cfg.freeze_backbone:
-        set_trainable(model.backbone, False)
-    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad],
-                                    "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay)
-    start_epoch, history, elapsed0 = 1, [], 0.0
-    if state:
-        start_epoch, history, elapsed0 = state["epoch"], state["history"], state["elapsed"]
-        for epoch, names in cfg.unfreeze:
-            if epoch < start_epoch:
-                _unfreeze(model, optimizer, names, cfg.finetune_lr)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        obs.message(f"resuming at epoch {start_epoch} ({elapsed0 / 60:.1f} min trained so far)")
+    run = _setup(enc, cfg, weights_file, load_resume(resume_path_for(out)) if resume else None)
+    model, optimizer, enc, cfg, history = run.model, run.optimizer, run.enc, run.cfg, run.history
+    if resume:
+        obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
     model.to(device).to(memory_format=torch.channels_last)
     trainable, total = count_parameters(model)
     obs.message(f"{trainable:,} of {total:,} parameters train on {device}")
@@ -229,25 +253,24 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
     data = load_data(root, enc, cfg)
     failures = data.failures
     obs.message(f"{len(data.train.labels):,} training images, {len(data.val.labels):,} validation images "
-                f"({'self-supervised' if data.self_supervised else 'held-out identities'}), "
-                f"decoded in {time.perf_counter() - t_load:.1f}s" + (f"; skipped {len(failures)} unreadable"
-                                                                     if failures else ""))
+                f"({'self-supervised' if data.self_supervised else 'held-out identities'}), decoded in "
+                f"{time.perf_counter() - t_load:.1f}s" + (f"; skipped {len(failures)} unreadable" if failures else ""))
     sampler = PKSampler(data.train.labels, cfg.ids_per_batch, 2 if data.self_supervised else cfg.images_per_id,
                         min_images=1 if data.self_supervised else 2, seed=cfg.seed)
     val_images, val_labels = _val_views(data, enc, cfg) if len(data.val.labels) else (None, None)
     loss_fn, pre, load = BATCH_LOSSES[cfg.loss], enc.preprocess(), train_load_size(enc.image_size)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    use_fp16 = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler(device.type, enabled=use_fp16)
+    gen = torch.Generator().manual_seed(cfg.seed + run.start_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())  # fp16 needs loss scaling
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     total_steps = cfg.epochs * len(sampler) // cfg.accumulate
     best = max(history, key=_score) if history else None
-    step, stopped, t0 = (start_epoch - 1) * len(sampler) // cfg.accumulate, "epochs", time.perf_counter()
-    elapsed = lambda: elapsed0 + time.perf_counter() - t0  # noqa: E731
+    step, stopped, t0 = (run.start_epoch - 1) * len(sampler) // cfg.accumulate, "epochs", time.perf_counter()
+    elapsed = lambda: run.elapsed + time.perf_counter() - t0  # noqa: E731
 
-    epoch = start_epoch
+    epoch = run.start_epoch
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(run.start_epoch, cfg.epochs + 1):
             for at, names in cfg.unfreeze:
                 if at == epoch:
                     n = _unfreeze(model, optimizer, names, cfg.finetune_lr)
@@ -255,9 +278,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
             sampler.set_epoch(epoch)
             model.train()
             obs.epoch_start(epoch, len(sampler))
-            losses: list[float] = []
-            t_epoch = time.perf_counter()
-            seen = 0
+            losses, seen, t_epoch = [], 0, time.perf_counter()
             for i, (batch, labels) in enumerate(_train_batches(data.train, sampler, load, enc.channels,
                                                                 cfg.workers, failures)):
                 x = normalize(augment_batch(batch.to(device, non_blocking=True), enc.image_size,
@@ -271,25 +292,24 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
-                    factor = _lr_factor(step, total_steps, elapsed(), budget)
                     for group in optimizer.param_groups:
-                        group["lr"] = group["base_lr"] * factor
+                        group["lr"] = group["base_lr"] * _lr_factor(step, total_steps, elapsed(), budget)
                 losses.append(loss.item() * cfg.accumulate)
                 seen += len(labels)
                 obs.step(len(labels), losses[-1])
                 if budget and elapsed() >= budget:
                     stopped = "time budget"
                     break
-            record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                                      "images_per_s": seen / max(1e-9, time.perf_counter() - t_epoch),
-                                      "lr": optimizer.param_groups[0]["lr"]}
+            record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                      "images_per_s": seen / max(1e-9, time.perf_counter() - t_epoch),
+                      "lr": optimizer.param_groups[0]["lr"]}
             if val_images is not None:
                 record |= validate(model, val_images, val_labels, cfg, device)
             record["minutes"] = elapsed() / 60
             history.append(record)
             if best is None or _score(record) > _score(best):
                 best = record
-                save_model(out, model, cfg, history, _calibration(record) if val_images is not None else {})
+                save_model(out, model, cfg, history, _calibration(record))
             obs.epoch_end(record)
             save_resume(resume_path_for(out), _resume_state(model, optimizer, cfg, epoch + 1, history, elapsed()))
             if stopped != "epochs":
@@ -297,9 +317,9 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
     except KeyboardInterrupt:
         stopped = "interrupted"
         save_resume(resume_path_for(out), _resume_state(model, optimizer, cfg, epoch, history, elapsed()))
-    calibration = _calibration(best) if best and val_images is not None else {}
     fp = None
     if best is not None:  # the best file gets the whole history, for training curves
         update_model_file(out, history=history)
         fp = load_checkpoint(out).fingerprint
-    return TrainResult(out, fp, history, best, calibration, failures, stopped, resume_path_for(out))
+    return TrainResult(out, fp, history, best, _calibration(best) if best else {}, failures, stopped,
+                       resume_path_for(out))

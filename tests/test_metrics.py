@@ -32,12 +32,13 @@ def ranked_oracle(x: np.ndarray) -> np.ndarray:
 
 def test_pairwise_distances_match_float64_and_never_nan():
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+    a, b = rng.normal(size=(20, 64)).astype(np.float32), rng.normal(size=(4, 64)).astype(np.float32)
     d = m.pairwise_distances(a, b)
-    assert d.dtype == np.float32 and d.shape == (7, 4)
+    assert d.dtype == np.float32 and d.shape == (20, 4)
     np.testing.assert_allclose(d, np.sqrt(((a[:, None].astype(float) - b[None]) ** 2).sum(-1)), rtol=1e-5)
-    big = np.full((3, 64), 123.456, dtype=np.float32)  # |a|²+|b|²-2ab rounds below 0 without the clip
-    assert not np.isnan(m.pairwise_distances(big, big)).any()
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)  # |a|²+|a|²-2a·a rounds below 0 for some rows
+    self_d = np.diag(m.pairwise_distances(unit, unit))
+    assert not np.isnan(self_d).any() and (self_d < 1e-3).all()
 
 
 @pytest.mark.parametrize("exclude_self", [True, False])
@@ -82,6 +83,7 @@ def test_sample_pairs_negatives_with_one_dominant_label():
     i, j, same = m.sample_pairs(labels, max_pairs=1000, seed=0)
     assert same.sum() == 500
     assert ((i[~same] == 999) ^ (j[~same] == 999)).all()
+    assert 0.4 < (i[~same] == 999).mean() < 0.6  # uniform over ordered pairs: 999 first half the time
     with pytest.raises(ValueError, match="2 identities"):
         m.sample_pairs(np.zeros(4), max_pairs=10, seed=0)
 
@@ -120,6 +122,9 @@ def test_eer_and_tar_at_far_hand_case():
     # At t = 0.3: 2 of 3 same accepted (FRR 1/3), 1 of 3 different accepted (FAR 1/3).
     rate, t = m.eer(D, S)
     assert rate == pytest.approx(1 / 3) and t == 0.3
+    # Same 0.1, 0.2 vs different 0.15, 0.3, 0.4: |FAR - FRR| is 1/2, 1/6, 1/3, ... → t = 0.15, EER (1/3 + 1/2) / 2.
+    rate, t = m.eer([0.1, 0.2, 0.15, 0.3, 0.4], [True, True, False, False, False])
+    assert rate == pytest.approx(5 / 12) and t == 0.15
     assert m.tar_at_far(D, S, 0.0) == pytest.approx(1 / 3)  # t = 0.1
     assert m.tar_at_far(D, S, 0.34) == 1.0  # t = 0.4 accepts one different pair of three
     assert m.tar_at_far([0.5, 0.1], [True, False], 1e-3) == 0.0  # only "accept nothing" qualifies
@@ -137,8 +142,8 @@ def test_threshold_at_precision_takes_the_largest_qualifying_threshold():
     assert m.threshold_at_precision(D, S, 0.7) == (0.4, 0.75, 1.0)  # not 0.1, where it first dips
     t, precision, recall = m.threshold_at_precision(D, S, 0.99)
     assert (t, precision) == (0.1, 1.0) and recall == pytest.approx(1 / 3)
-    # Unreachable: precision 0, 0, 1/3, 1/2 → the best one, below target, is returned.
-    assert m.threshold_at_precision([0.1, 0.2, 0.5, 0.9], [False, False, True, True], 0.99) == (0.9, 0.5, 1.0)
+    # Unreachable: precision 0, 1/2, 1/3, 1/2 → the largest of the best, below target, is returned.
+    assert m.threshold_at_precision([0.1, 0.2, 0.3, 0.4], [False, True, False, True], 0.99) == (0.4, 0.5, 1.0)
 
 
 def test_map_at_r_hand_case():

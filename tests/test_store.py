@@ -1,4 +1,4 @@
-"""The store: FAISS answers match brute force, syncs are incremental, crashes and misuse are survived."""
+"""The store: searches match brute force, syncs are incremental and cheap to commit, crashes and misuse are survived."""
 
 import hashlib
 import io
@@ -7,18 +7,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from PIL import Image
 
+import siamsearch.ann as ann
 import siamsearch.store as store_mod
 from conftest import add_bad_files, make_identities
 from siamsearch.images import BadImageError, Failure, find_images, load_image
 from siamsearch.store import (CorruptIndexError, IndexExistsError, ModelMismatchError, NotAnIndexError, Store,
-                              StoreError, StoreLockedError, UnsupportedFormatError, build_index, index_ids, plan_kind,
-                              set_search_setting, tune_index)
-
-DIM = 8
+                              StoreError, StoreLockedError, UnsupportedFormatError)
+from test_ann import DIM, assert_same_neighbours, brute_force, clustered
 
 
 @dataclass
@@ -75,37 +75,26 @@ class VectorEmbed:
         return FakeResult(list(paths), self.vectors[rows], [(1, 1)] * len(rows))
 
 
-def clustered(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
-    """Unit vectors around a few centres, like embeddings of a few identities."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((8, dim))[rng.integers(8, size=n)] + 0.4 * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def brute_force(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distances and ids of the k nearest, computed the slow, obvious way."""
-    d = np.sqrt(((xq[:, None, :].astype(np.float64) - xb[None]) ** 2).sum(-1))
-    order = np.argsort(d, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(d, order, 1), ids[order]
-
-
-def assert_same_neighbours(dist, found, xb, ids, xq, k):
-    """Distances match the oracle; ids too, wherever the distance is not tied with a neighbour's."""
-    true_d, true_ids = brute_force(xb, ids, xq, k + 1)
-    np.testing.assert_allclose(dist, true_d[:, :k], atol=1e-5)
-    gaps = np.diff(true_d, axis=1) > 1e-5
-    distinct = gaps[:, :k] & np.concatenate([np.ones((len(xq), 1), bool), gaps[:, :k - 1]], axis=1)
-    assert np.array_equal(found[distinct], true_ids[:, :k][distinct])
-
-
 def vector_folder(root: Path, n: int) -> Path:
-    """n tiny files v0000.png ... for VectorEmbed."""
+    """n tiny files v0000.png ... for VectorEmbed, which never decodes them."""
     root.mkdir(parents=True)
     buf = io.BytesIO()
     Image.new("L", (1, 1)).save(buf, format="PNG")
     for i in range(n):
         (root / f"v{i:04d}.png").write_bytes(buf.getvalue())
     return root
+
+
+def count_index_writes(monkeypatch) -> list[int]:
+    """Record the vector count of every index.faiss the store writes, in order."""
+    real, written = store_mod._write_index, []
+
+    def counting(folder, index):
+        real(folder, index)
+        written.append(index.ntotal)
+
+    monkeypatch.setattr(store_mod, "_write_index", counting)
+    return written
 
 
 def new_store(tmp_path: Path, root: Path, kind: str = "auto", fingerprint: str = "a" * 16) -> Store:
@@ -119,18 +108,7 @@ def photos(tmp_path: Path) -> Path:
     return make_identities(tmp_path / "photos", n_ids=3, per_id=3, size=8)
 
 
-# ---- FAISS against brute force ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
-def test_index_kinds_with_generous_settings_match_brute_force(kind):
-    xb, xq = clustered(600), clustered(20, seed=1)
-    ids = np.arange(600, dtype=np.int64) * 7 + 3
-    index, _ = build_index(kind, ids, xb)
-    if kind != "flat":
-        set_search_setting(index, 1024 if kind == "hnsw" else index.nlist)
-    squared, found = index.search(xq, 10)
-    assert_same_neighbours(np.sqrt(np.maximum(squared, 0)), found, xb, ids, xq, 10)
+# ---- searching ----------------------------------------------------------------------------------
 
 
 def test_store_search_and_range_search_are_euclidean_and_match_brute_force(tmp_path):
@@ -158,14 +136,9 @@ def test_store_search_and_range_search_are_euclidean_and_match_brute_force(tmp_p
     assert (padded_ids[0, 300:] == -1).all() and np.isinf(padded_d[0, 300:]).all()
 
 
-def test_plan_kind_by_size_and_trainability():
-    assert plan_kind("auto", 10) == "flat" and plan_kind("auto", 300_000) == "ivf"
-    assert plan_kind("ivf", 10) == "flat" and plan_kind("hnsw", 10) == "hnsw" and plan_kind("flat", 10**7) == "flat"
-
-
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_kinds_through_the_store_tune_delete_and_find_themselves(tmp_path, monkeypatch, kind):
-    monkeypatch.setitem(store_mod.MIN_TRAIN, "ivf", 200)
+    monkeypatch.setitem(ann.MIN_TRAIN, "ivf", 200)
     xb = clustered(300)
     root = vector_folder(tmp_path / "v", 300)
     store = new_store(tmp_path, root, kind=kind)
@@ -181,17 +154,6 @@ def test_approximate_kinds_through_the_store_tune_delete_and_find_themselves(tmp
     assert np.array_equal(ids, sorted(r.id for r in store.iter_rows()))
     _, found = store.search(vectors, 1)
     assert np.mean(found[:, 0] == ids) > 0.99
-
-
-def test_ivfpq_holds_ids_removes_and_tunes_to_its_plateau():
-    xb = clustered(10_000)
-    ids = np.arange(10_000, dtype=np.int64) + 5
-    index, tuning = build_index("ivfpq", ids, xb)
-    assert np.array_equal(index_ids(index), ids) and tuning["setting"] == "nprobe" and tuning["n"] == 10_000
-    index.remove_ids(ids[:10])
-    assert np.array_equal(index_ids(index), ids[10:])
-    capped = tune_index(index, ids[10:], xb[10:], clustered(50, seed=1), target=1.1)  # PQ cannot reach it
-    assert capped["recall"] > 0.5 and capped["value"] < index.nlist  # stopped where recall stopped rising
 
 
 # ---- syncing ------------------------------------------------------------------------------------
@@ -242,6 +204,19 @@ def test_interrupted_sync_keeps_committed_chunks_and_resumes(tmp_path, photos):
     embed = FakeEmbed()
     report = reopened.sync(photos, embed, commit_every=4)
     assert report.added == 5 and len(reopened) == 9 and set(embed.seen).isdisjoint(done)
+
+
+def test_chunks_grow_with_the_index_so_a_first_load_writes_linear_bytes(tmp_path, monkeypatch):
+    n, every = 2000, 10  # fixed chunks of 10 would write index.faiss 200 times, 201,000 vectors in all
+    root = vector_folder(tmp_path / "v", n)
+    store = new_store(tmp_path, root)
+    written = count_index_writes(monkeypatch)
+    store.sync(root, VectorEmbed(clustered(n)), commit_every=every)
+    assert len(store) == n == written[-1]
+    chunks, stored = np.diff([0, *written]), np.array([0, *written[:-1]])  # stored: committed before each chunk
+    want = np.maximum(every, (store_mod.COMMIT_GROWTH * stored).astype(int))
+    assert np.array_equal(chunks[:-1], want[:-1]) and 0 < chunks[-1] <= want[-1]
+    assert len(written) < 50 and sum(written) < 12 * n
 
 
 def test_error_after_index_write_rolls_back_to_the_committed_rows(tmp_path, photos, monkeypatch):
@@ -330,6 +305,9 @@ def test_clear_errors_for_what_is_not_a_usable_index(tmp_path, photos):
     (store.path / "manifest.json").write_text(json.dumps(manifest))
     (store.path / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(CorruptIndexError, match="--rebuild"):
+        Store.open(store.path)
+    faiss.write_index(faiss.IndexLSH(DIM, 16), str(store.path / "index.faiss"))
+    with pytest.raises(CorruptIndexError, match="unexpected FAISS index type IndexLSH.*--rebuild"):
         Store.open(store.path)
     assert issubclass(CorruptIndexError, StoreError)
     fresh = Store.create(store.path, dim=4, fingerprint="b" * 16, encoder={}, model_path="m.pt", root=photos,
