@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from siamsearch.config import EncoderConfig
-from siamsearch.embed import default_workers, embed_paths, resolve_device
+from siamsearch.embed import autocast, default_workers, embed_paths, resolve_device
 from siamsearch.images import find_images
 from siamsearch.model import build_encoder
 
@@ -65,12 +65,12 @@ def naive(model: torch.nn.Module, paths: list[Path], size: int, device: torch.de
 
 
 @torch.inference_mode()
-def forward_only(model: torch.nn.Module, size: int, batch: int, n: int, device: torch.device, amp: bool) -> float:
+def forward_only(model: torch.nn.Module, size: int, batch: int, n: int, device: torch.device,
+                 amp: bool | None) -> float:
     """Batched forward on ready tensors: the most any pipeline can reach here. Returns images/s."""
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with ctx:
+    with autocast(device, amp):
         model(x)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-amp", action="store_true")
+    ap.add_argument("--amp", action="store_true", help="bf16 for siamsearch and the bound, also on a CPU with bf16")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -105,11 +105,11 @@ def main() -> None:
         embed_paths(model, pre, paths[: args.batch_size], batch_size=args.batch_size, workers=0, device=device)
         t0 = time.perf_counter()
         result = embed_paths(model, pre, paths, batch_size=args.batch_size, workers=args.workers, device=device,
-                             amp=not args.no_amp)
+                             amp=args.amp or None)
         ours = len(result.paths) / (time.perf_counter() - t0)
         slow = naive(model, paths[: args.naive_n], args.image_size, device)
     bound = forward_only(model, args.image_size, args.batch_size, max(len(paths), 2 * args.batch_size), device,
-                         not args.no_amp)
+                         args.amp or None)
     print(f"{'way':<22}{'images/s':>10}")
     print(f"{'naive (one by one)':<22}{slow:>10.1f}")
     print(f"{'siamsearch':<22}{ours:>10.1f}")

@@ -105,17 +105,28 @@ class EmbedResult:
     failures: list[Failure] = field(default_factory=list)
 
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked for (fp16 on GPUs without bf16); a no-op on CPU."""
-    if not amp or device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast(device: torch.device, amp: bool | None = None):
+    """Mixed precision: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs built for it.
+
+    amp=None means "where it surely pays": on CUDA only (on a CPU, small nets run slower in bf16).
+    """
+    amp = device.type == "cuda" if amp is None else amp
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    if amp and device.type == "cpu" and cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 @torch.inference_mode()
 def embed_tensors(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, device: torch.device,
-                  amp: bool = False) -> np.ndarray:
+                  amp: bool | None = None) -> np.ndarray:
     """uint8 or [0, 1] (B, C, S, S) images → (B, D) float32 unit vectors."""
     x = normalize(batch.to(device, non_blocking=True), pre).contiguous(memory_format=torch.channels_last)
     with autocast(device, amp):
@@ -123,7 +134,7 @@ def embed_tensors(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, 
 
 
 def embed_paths(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path], *, batch_size: int = 64,
-                workers: int | None = None, device: torch.device | str = "cpu", amp: bool = True,
+                workers: int | None = None, device: torch.device | str = "cpu", amp: bool | None = None,
                 progress: Progress | None = None) -> EmbedResult:
     """Embed many image files in batches with worker processes decoding ahead of the model.
 

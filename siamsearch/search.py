@@ -50,7 +50,7 @@ class EmbedOptions:
     batch_size: int = 64
     workers: int | None = None  # None: all cores but one
     device: str = "auto"
-    amp: bool = True
+    amp: bool | None = None  # None: mixed precision on CUDA only
 
 
 def _embed_fn(model: Encoder, ckpt: Checkpoint, opts: EmbedOptions,
