@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import time
@@ -16,8 +17,10 @@ from rich.table import Table
 from . import __version__
 from .checkpoint import CheckpointError
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
+from .dedup import CrossResult, DedupResult, default_margin, find_duplicates, find_duplicates_in
 from .images import Failure
 from .losses import DEFAULT_MARGINS
+from .moves import MovePlan, MoveReport, apply_moves, plan_moves, undo_moves
 from .search import EmbedOptions, Searcher, index_folder
 from .store import Store, StoreError
 from .train import train as train_model
@@ -247,3 +250,103 @@ def info(
                 "fingerprint", "model", "created", "updated", "bytes"):
         table.add_row(key, str(data.get(key)))
     console.print(table)
+
+
+def _dedup_table(result: DedupResult | CrossResult) -> Table:
+    """Groups (kept file first, with the group's largest inner distance) or cross pairs, one row per file."""
+    if isinstance(result, CrossResult):
+        table = Table("path", "duplicate in the other index", "distance", "status",
+                      title=f"{len(result.pairs)} pair(s)", title_justify="left")
+        for p in result.pairs:
+            table.add_row(p.path, p.other_path, f"{p.distance:.4f}", p.status)
+        return table
+    members = [m for g in result.groups for m in g.members]
+    review = sum(m.status == "review" for m in members)
+    table = Table("group", "path", "distance", "status", title=f"{len(result.groups)} group(s): "
+                  f"{len(members) - review} duplicate(s), {review} to review", title_justify="left")
+    for n, g in enumerate(result.groups, start=1):
+        table.add_row(str(n), g.keep.path, "", f"keep (max distance {g.max_distance:.4f})")
+        for m in g.members:
+            table.add_row("", m.path, f"{m.distance:.4f}", m.status)
+    return table
+
+
+def _write_csv(path: Path, result: DedupResult | CrossResult) -> None:
+    """One row per group member or cross pair, with a header even when there are none."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=result.FIELDS)
+        writer.writeheader()
+        writer.writerows(result.records())
+
+
+def _print_moves(plan: MovePlan, report: MoveReport | None, out: Console) -> None:
+    """A dry run lists what would move; a real one says how to undo it. Skipped files come with a reason."""
+    if report is None:
+        out.print(f"dry run: would move {len(plan.moves)} duplicate(s) to {plan.dest} (add --yes to move them)",
+                  highlight=False)
+        for move in plan.moves:
+            out.print(f"  {move.path}", highlight=False)
+    else:
+        out.print(f"moved {len(report.done)} duplicate(s) to {plan.dest}; undo with: siamsearch undo "
+                  f"{report.manifest}", highlight=False)
+    for skip in plan.skipped if report is None else report.skipped:
+        out.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
+
+
+@app.command()
+def dedup(
+    index_dir: Annotated[Path, typer.Option("--index", help="Index folder.")],
+    margin: Annotated[Optional[float], typer.Option(help="Duplicate distance (default: the model's calibrated "
+                                                         "threshold_best_f1).")] = None,
+    review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
+                                                                "are formed with it.")] = None,
+    linkage: Annotated[str, typer.Option(help="single (pairs chain) or complete (all members within the "
+                                              "review margin of each other).")] = "single",
+    keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
+    against: Annotated[Optional[Path], typer.Option(help="Another index: images of this one with a duplicate "
+                                                         "there.")] = None,
+    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative "
+                                                         "paths.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
+    if against is not None and move_to is not None:
+        fail("--move-to works within one index; it does not combine with --against")
+    try:
+        with Store.open(index_dir) as store:
+            chosen = default_margin(store) if margin is None else margin
+            if against is None:
+                result = find_duplicates(store, chosen, review_margin, linkage, keep)
+            else:
+                with Store.open(against) as other:
+                    result = find_duplicates_in(store, other, chosen, review_margin)
+        plan = plan_moves(result, move_to) if move_to is not None else None
+        moved = apply_moves(plan) if plan is not None and yes else None
+        if csv_file is not None:
+            _write_csv(csv_file, result)
+    except (*_store_errors(), OSError) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        console.print(_dedup_table(result))
+        console.print(f"margin {result.margin:.4f}, review margin {result.review_margin:.4f}"
+                      + ("; approximate index: a few duplicates may be missed" if result.approximate else ""))
+    if plan is not None:
+        _print_moves(plan, moved, err if as_json else console)
+
+
+@app.command()
+def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")]) -> None:
+    """Move files back where dedup --move-to took them from; never overwrites, checks each file's hash."""
+    try:
+        report = undo_moves(manifest)
+    except (*_store_errors(), OSError) as exc:
+        fail(str(exc))
+    for skip in report.skipped:
+        err.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
+    console.print(f"restored {len(report.done)} file(s), skipped {len(report.skipped)}")
+    if report.skipped:
+        raise typer.Exit(1)

@@ -1,0 +1,354 @@
+"""Margin search over stored vectors → groups → which file to keep.
+
+Works on the embeddings a Store already holds: nothing is embedded again. Two images are duplicates
+when the Euclidean distance of their embeddings is within the margin (by default the calibrated
+threshold_best_f1 of the model that built the index). A wider review margin adds a "needs review" band.
+
+Pairs come from FAISS range searches of the stored vectors against their own index, one block of
+queries at a time, so memory holds one block and the pairs found, never an N×N matrix. Pairs then
+become groups: single linkage (connected components, which chain) or complete linkage (every member
+within the margin of every other). Each group keeps one file by a policy and lists the others with
+their distance to it. siamsearch.moves moves the duplicates out of the way and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .store import ModelMismatchError, Row, Store
+
+Status = Literal["duplicate", "review"]
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids (P,) int64, ids (P,) int64, distances (P,) float)
+BLOCK = 4096  # query vectors per range search
+LINKAGES = ("single", "complete")
+KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
+    "largest": lambda r: (-r.width * r.height, -r.size, r.path),
+    "smallest": lambda r: (r.width * r.height, r.size, r.path),
+    "newest": lambda r: (-r.mtime_ns, r.path),
+    "oldest": lambda r: (r.mtime_ns, r.path),
+    "first": lambda r: (r.path,),
+}
+
+
+class DedupError(ValueError):
+    """Dedup cannot run as asked; the message is one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file of a group other than the kept one, with its distance to the kept file."""
+
+    row: Row
+    distance: float
+    status: Status
+
+    @property
+    def path(self) -> str:
+        """Relative to the index root."""
+        return self.row.path
+
+
+@dataclass(frozen=True)
+class Group:
+    """Images within the margin: the one to keep, the others nearest first, the largest inner distance."""
+
+    keep: Row
+    max_distance: float
+    members: list[Member]
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    """The groups of one index; paths are relative to root."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("group", "keep", "path", "distance", "status")  # of records()
+    root: Path
+    margin: float
+    review_margin: float
+    approximate: bool
+    groups: list[Group]
+    pairs: int  # pairs found within the review margin, the edges the groups were formed from
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: margins, approximate, groups of {keep, max_distance, members}."""
+        return {"margin": self.margin, "review_margin": self.review_margin, "approximate": self.approximate,
+                "groups": [{"keep": g.keep.path, "max_distance": round(g.max_distance, 6),
+                            "members": [{"path": m.path, "distance": round(m.distance, 6), "status": m.status}
+                                        for m in g.members]} for g in self.groups]}
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per member, for CSV."""
+        return [{"group": n, "keep": g.keep.path, "path": m.path, "distance": round(m.distance, 6), "status": m.status}
+                for n, g in enumerate(self.groups, start=1) for m in g.members]
+
+
+@dataclass(frozen=True)
+class CrossPair:
+    """An image of this index and its duplicate in the other one."""
+
+    path: str
+    other_path: str
+    distance: float
+    status: Status
+
+
+@dataclass(frozen=True)
+class CrossResult:
+    """Images of one index with a duplicate in another (e.g. test images leaked into training data)."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("path", "other_path", "distance", "status")  # of records()
+    margin: float
+    review_margin: float
+    approximate: bool
+    pairs: list[CrossPair]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: margins, approximate, pairs of {path, other_path, distance, status}."""
+        return {"margin": self.margin, "review_margin": self.review_margin, "approximate": self.approximate,
+                "pairs": self.records()}
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per pair, for CSV."""
+        return [{"path": p.path, "other_path": p.other_path, "distance": round(p.distance, 6), "status": p.status}
+                for p in self.pairs]
+
+
+# ---- margins -------------------------------------------------------------------------------------
+
+
+def default_margin(store: Store) -> float:
+    """The calibrated duplicate distance (threshold_best_f1) of the model file the index names.
+
+    Raises:
+        DedupError: no model file, not the model that built the index, or no calibration in it.
+    """
+    model = store.info().get("model")
+    if not model:
+        raise DedupError(f"{store.path} names no model file to read a calibrated margin from; pass --margin")
+    try:
+        ckpt = load_checkpoint(Path(model))
+    except CheckpointError as exc:
+        raise DedupError(f"{exc}; pass --margin") from None
+    if ckpt.fingerprint != store.fingerprint:
+        raise DedupError(f"{model} is not the model that built {store.path}; pass --margin")
+    if "threshold_best_f1" not in ckpt.calibration:
+        raise DedupError(f"{model} holds no calibration; pass --margin")
+    return float(ckpt.calibration["threshold_best_f1"])
+
+
+def _margins(margin: float, review_margin: float | None) -> float:
+    """The review margin (margin when None), after checking 0 < margin <= review margin."""
+    review = margin if review_margin is None else review_margin
+    if not 0 < margin <= review:
+        raise DedupError(f"need 0 < margin <= review margin, got {margin} and {review}")
+    return review
+
+
+def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
+    """An unknown option fails at once, before any search."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _status(distance: float, margin: float) -> Status:
+    """duplicate within the margin, review beyond it."""
+    return "duplicate" if distance <= margin else "review"
+
+
+# ---- pairs ---------------------------------------------------------------------------------------
+
+
+def _blocks(store: Store, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The stored (ids, vectors), `block` rows at a time: bounded memory at any size."""
+    if block < 1:
+        raise ValueError("block must be >= 1")
+    ids = np.fromiter((row.id for row in store.iter_rows()), np.int64)
+    for start in range(0, len(ids), block):
+        yield store.vectors(ids[start:start + block])
+
+
+def _search_blocks(store: Store, index: Store, radius: float, block: int) -> Iterator[Pairs]:
+    """(query id, found id, distance) of every hit closer than radius, from store's vectors in index."""
+    for ids, queries in _blocks(store, block):
+        lims, distances, found = index.range_search(queries, radius)
+        yield np.repeat(ids, np.diff(lims)), found, distances
+
+
+def _concat(parts: list[Pairs]) -> Pairs:
+    """Join the blocks' pairs into three arrays."""
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
+
+
+def find_pairs(store: Store, radius: float, *, block: int = BLOCK) -> Pairs:
+    """Every pair of stored images closer than radius, each once.
+
+    On approximate kinds a pair counts when either image finds the other, which recovers some misses.
+
+    Returns:
+        (i (P,) int64, j (P,) int64, distances (P,) float32) with i < j, sorted by (i, j).
+    """
+    parts = []
+    for query, found, distances in _search_blocks(store, store, radius, block):
+        other = found != query
+        parts.append((np.minimum(query, found)[other], np.maximum(query, found)[other], distances[other]))
+    i, j, d = _concat(parts)
+    order = np.lexsort((d, j, i))
+    i, j, d = i[order], j[order], d[order]
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], d[first]
+
+
+def check_same_model(store: Store, other: Store) -> None:
+    """Refuse to compare indexes of two encoders: their distances mean nothing to each other.
+
+    Raises:
+        ModelMismatchError: the fingerprints differ.
+    """
+    if store.fingerprint != other.fingerprint:
+        raise ModelMismatchError(f"{store.path} and {other.path} were built by different models "
+                                 f"({store.fingerprint[:12]} and {other.fingerprint[:12]}); re-index one with the other's")
+
+
+def find_cross_pairs(store: Store, other: Store, radius: float, *, block: int = BLOCK) -> Pairs:
+    """Every (image of store, image of other) pair closer than radius.
+
+    Returns:
+        (ids in store (P,) int64, ids in other (P,) int64, distances (P,) float32), by store id then distance.
+
+    Raises:
+        ModelMismatchError: the two indexes were built by different models.
+    """
+    check_same_model(store, other)
+    return _concat(list(_search_blocks(store, other, radius, block)))
+
+
+# ---- groups --------------------------------------------------------------------------------------
+
+
+def _root(parent: list[int], x: int) -> int:
+    """Union-find root of x, halving the path on the way."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def _components(nodes: np.ndarray, parent: list[int]) -> list[np.ndarray]:
+    """The ids of each union-find set of two or more, each sorted, sets ordered by their first id."""
+    roots = np.array([_root(parent, x) for x in range(len(nodes))], np.int64)
+    order = np.argsort(roots, kind="stable")
+    sets = np.split(nodes[order], np.flatnonzero(np.diff(roots[order])) + 1)
+    return sorted((s for s in sets if len(s) > 1), key=lambda s: s[0])
+
+
+def max_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
+    """Largest Euclidean distance between a row of a (M, D) and a row of b (K, D), in blocks of a's rows."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    b_sq, worst = (b * b).sum(1), 0.0
+    for start in range(0, len(a), block):
+        part = a[start:start + block]
+        squared = (part * part).sum(1)[:, None] + b_sq[None, :] - 2 * part @ b.T
+        worst = max(worst, float(squared.max(initial=0.0)))
+    return float(np.sqrt(worst))
+
+
+def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, radius: float,
+          linkage: str = "single") -> list[np.ndarray]:
+    """Turn pairs into groups of ids (each sorted; groups ordered by their first id).
+
+    single: connected components, which chain (A~B and B~C put A and C together however far apart).
+    complete: pairs are merged in ascending distance, and two clusters join only when every cross pair
+    is within radius (computed from the vectors), so no two members of a group are farther apart.
+
+    Args:
+        pairs: (i, j, distances) as find_pairs returns them.
+        ids, vectors: (M,) sorted int64 ids, covering every id in pairs, and their (M, D) vectors.
+    """
+    _check_choice(linkage, LINKAGES, "linkage")
+    i, j, d = pairs
+    a_all, b_all = np.searchsorted(ids, i), np.searchsorted(ids, j)
+    parent = list(range(len(ids)))
+    members = {x: [x] for x in parent}
+    refused: set[tuple[int, int]] = set()  # roots that failed: their clusters only grow, so they stay refused
+    for a, b in zip(*(column[np.argsort(d, kind="stable")].tolist() for column in (a_all, b_all))):
+        ra, rb = sorted((_root(parent, a), _root(parent, b)), key=lambda r: -len(members[r]))
+        if ra == rb or (ra, rb) in refused or (rb, ra) in refused:
+            continue
+        if linkage == "complete" and max_distance(vectors[members[ra]], vectors[members[rb]]) > radius:
+            refused.add((ra, rb))
+            continue
+        parent[rb] = ra
+        members[ra].extend(members.pop(rb))
+    return _components(ids, parent)
+
+
+def choose_keep(rows: Sequence[Row], policy: str) -> Row:
+    """The file a group keeps: largest / smallest (pixels, then bytes), newest / oldest (mtime), first (path).
+
+    Remaining ties go to the first path.
+    """
+    _check_choice(policy, list(KEEP_ORDER), "keep policy")
+    return min(rows, key=KEEP_ORDER[policy])
+
+
+def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) -> Group:
+    """One group: the kept file, the others by distance to it with their status, the largest inner distance."""
+    kept = choose_keep(rows, keep)
+    k = rows.index(kept)
+    distances = np.linalg.norm(vectors.astype(np.float64) - vectors[k], axis=1)
+    members = [Member(row, float(dist), _status(float(dist), margin))
+               for n, (row, dist) in enumerate(zip(rows, distances)) if n != k]
+    members.sort(key=lambda m: (m.distance, m.path))
+    return Group(kept, max_distance(vectors, vectors), members)
+
+
+# ---- the two searches ----------------------------------------------------------------------------
+
+
+def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "single",
+                    keep: str = "largest", *, block: int = BLOCK) -> DedupResult:
+    """Groups of duplicate images in one index, each with the file to keep; groups ordered by that file.
+
+    Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
+    when its distance to the kept file is within margin, else it is for review.
+
+    Raises:
+        DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
+    """
+    review = _margins(margin, review_margin)
+    _check_choice(linkage, LINKAGES, "linkage")
+    _check_choice(keep, list(KEEP_ORDER), "keep policy")
+    pairs = find_pairs(store, review, block=block)
+    ids, vectors = store.vectors(np.unique(np.concatenate(pairs[:2])))
+    rows = dict(zip(ids.tolist(), store.rows(ids)))
+    groups = []
+    for members in group(pairs, ids, vectors, review, linkage):
+        at = np.searchsorted(ids, members)
+        groups.append(_describe([rows[x] for x in members.tolist()], vectors[at], margin, keep))
+    groups.sort(key=lambda g: g.keep.path)
+    return DedupResult(store.root, margin, review, store.approximate, groups, len(pairs[0]))
+
+
+def find_duplicates_in(store: Store, other: Store, margin: float, review_margin: float | None = None, *,
+                       block: int = BLOCK) -> CrossResult:
+    """Images of store with a duplicate in other, by path then distance: e.g. test images leaked into training.
+
+    Raises:
+        ModelMismatchError: the indexes were built by different models. DedupError: bad margins.
+    """
+    review = _margins(margin, review_margin)
+    i, j, d = find_cross_pairs(store, other, review, block=block)
+    mine, theirs = store.rows(i), other.rows(j)
+    pairs = [CrossPair(a.path, b.path, float(dist), _status(float(dist), margin))
+             for a, b, dist in zip(mine, theirs, d.tolist())]
+    pairs.sort(key=lambda p: (p.path, p.distance, p.other_path))
+    return CrossResult(margin, review, other.approximate, pairs)

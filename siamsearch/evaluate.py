@@ -1,0 +1,148 @@
+"""Evaluate an encoder on an identity-labelled folder, and calibrate its thresholds on it.
+
+The folder is read like a training folder: the identity of an image is its parent folder relative
+to the root (images at the root itself have none and are left out). Every number comes from
+siamsearch.metrics, so `eval` and training validation measure the same things the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .checkpoint import Checkpoint, load_encoder, update_model_file
+from .embed import embed_paths, resolve_device
+from .images import Failure, find_images, identity_of
+
+Progress = Callable[[int], None]  # called with the number of images just embedded
+
+# The calibration keys train.py writes from its best validation epoch; dedup reads these.
+CALIBRATION_KEYS = ("threshold_best_f1", "best_f1", "threshold_at_precision", "precision_at_threshold",
+                    "recall_at_threshold", "target_precision")
+
+
+@dataclass
+class Labelled:
+    """Embeddings of the readable images of an identity folder, with their identities."""
+
+    root: Path
+    paths: list[Path]
+    labels: np.ndarray  # (N,) str identities
+    vectors: np.ndarray  # (N, D) float32, rows L2-normalised
+    failures: list[Failure]
+    unlabelled: int  # images at the root, which have no identity
+    ckpt: Checkpoint
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` measured, plus the raw material the report draws from.
+
+    `metrics` is a flat dict of floats (JSON-able); `distances` and `same` are the sampled
+    verification pairs behind the verification metrics, for histograms and ROC curves.
+    """
+
+    root: Path
+    fingerprint: str
+    metrics: dict[str, float]
+    counts: dict[str, int]
+    distances: np.ndarray  # (P,) float32
+    same: np.ndarray  # (P,) bool
+    paths: list[Path]  # the embedded images, in the order of labels and vectors
+    labels: np.ndarray  # (N,) str identities
+    vectors: np.ndarray  # (N, D) float32, rows L2-normalised
+    failures: list[Failure]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary: metrics, counts, notes and skipped files (no arrays)."""
+        return {"root": str(self.root), "fingerprint": self.fingerprint, "metrics": self.metrics,
+                "counts": self.counts, "notes": self.notes,
+                "failures": [{"path": str(f.path), "reason": f.reason} for f in self.failures]}
+
+
+def embed_labelled(data_dir: Path | str, model_path: Path | str, *, device: str = "auto",
+                   workers: int | None = None, batch_size: int = 64, progress: Progress | None = None) -> Labelled:
+    """Embed every labelled image of a folder with a model file; bad files are collected, not fatal.
+
+    Raises:
+        FileNotFoundError: no such folder. ValueError: fewer than 2 identities or no identity
+        with 2+ readable images, so nothing can be measured.
+    """
+    root = Path(data_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    found = find_images(root)
+    labelled = [p for p in found if identity_of(p, root) is not None]
+    dev = resolve_device(device)
+    model, ckpt = load_encoder(Path(model_path), dev)
+    emb = embed_paths(model, ckpt.preprocess, labelled, batch_size=batch_size, workers=workers, device=dev,
+                      progress=progress)
+    labels = np.array([identity_of(p, root) for p in emb.paths], dtype=str)
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or counts.max(initial=0) < 2:
+        raise ValueError(f"{root} needs at least 2 identity sub-folders and one with 2+ readable images; "
+                         f"found {len(counts)} identities in {len(labels)} labelled images")
+    return Labelled(root, emb.paths, labels, emb.vectors, emb.failures, len(found) - len(labelled), ckpt)
+
+
+def evaluate(data_dir: Path | str, model_path: Path | str, *, ways: int = 20, episodes: int = 400,
+             target_precision: float = 0.99, seed: int = 0, device: str = "auto", workers: int | None = None,
+             max_pairs: int = 200_000, batch_size: int = 64, progress: Progress | None = None) -> EvalResult:
+    """Retrieval, verification and N-way one-shot metrics of a model on an identity folder.
+
+    Every image queries all others for P@1, recall@1/5/10, R-precision and MAP@R. Verification uses
+    a seeded sample of at most max_pairs pairs (half same, half different identity). One-shot uses
+    `episodes` seeded episodes; `ways` shrinks (with a note) when fewer identities have 2+ images.
+
+    Raises:
+        FileNotFoundError, ValueError (see embed_labelled), CheckpointError.
+    """
+    data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,
+                          progress=progress)
+    emb, labels = data.vectors, data.labels
+    found = metrics.retrieval_metrics(emb, labels) | metrics.verification_metrics(
+        emb, labels, max_pairs=max_pairs, seed=seed, target_precision=target_precision)
+    i, j, same = metrics.sample_pairs(labels, max_pairs, seed)  # the same seeded pairs, kept for plots
+    names, counts = np.unique(labels, return_counts=True)
+    eligible = int((counts >= 2).sum())
+    notes = []
+    if data.unlabelled:
+        notes.append(f"{data.unlabelled} image(s) directly in {data.root} have no identity folder: left out")
+    if eligible < ways:
+        notes.append(f"{ways}-way one-shot asked, but only {eligible} identities have 2+ images: "
+                     + (f"measured {eligible}-way" if eligible >= 2 else "one-shot skipped"))
+        ways = eligible
+    if ways >= 2:
+        found |= {"one_shot": metrics.one_shot_accuracy(emb, labels, ways, episodes, seed), "ways": ways,
+                  "episodes": episodes}
+    tally = {"images": len(labels), "identities": len(names), "identities_with_pairs": eligible,
+             "skipped": len(data.failures), "unlabelled": data.unlabelled}
+    return EvalResult(data.root, data.ckpt.fingerprint, {k: float(v) for k, v in found.items()}, tally,
+                      metrics.pair_distances(emb, i, j), same, data.paths, labels, emb, data.failures, notes)
+
+
+def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision: float = 0.99, seed: int = 0,
+              device: str = "auto", workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Recompute the duplicate thresholds on the user's labelled data and store them in the model file.
+
+    The weights (and so the fingerprint, and every index built with the model) stay the same; only
+    the calibration that dedup uses by default is replaced.
+
+    Returns:
+        The new calibration: CALIBRATION_KEYS plus "source" ("calibrate:<folder>") and "pairs".
+    """
+    data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,
+                          progress=progress)
+    found = metrics.verification_metrics(data.vectors, data.labels, max_pairs=max_pairs, seed=seed,
+                                         target_precision=target_precision)
+    calibration = {k: found[k] for k in CALIBRATION_KEYS} | {"source": f"calibrate:{data.root}",
+                                                              "pairs": int(found["pairs"])}
+    update_model_file(Path(model_path), calibration=calibration)
+    return calibration

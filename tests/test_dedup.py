@@ -1,0 +1,286 @@
+"""Dedup: pairs match brute force, groups keep their linkage invariants, moves are undone byte for byte."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from siamsearch.checkpoint import save_model
+from siamsearch.cli import app
+from siamsearch.config import EncoderConfig
+from siamsearch.dedup import (DedupError, choose_keep, find_duplicates, find_duplicates_in, find_pairs, group,
+                              max_distance)
+from siamsearch.model import build_encoder
+from siamsearch.moves import apply_moves, plan_moves, undo_moves
+from siamsearch.store import ModelMismatchError, Row, Store
+from test_ann import clustered
+from test_store import VectorEmbed
+
+runner = CliRunner()
+
+
+def make_store(folder: Path, vectors: np.ndarray, fingerprint: str = "f" * 16, model: Path | None = None,
+               kind: str = "flat") -> Store:
+    """A flat store whose file d{i%3}/v{i:04d}.png (distinct bytes, i+1 lines) holds vectors[i]."""
+    root = folder / "images"
+    for i in range(len(vectors)):
+        path = root / f"d{i % 3}" / f"v{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"image {i}\n".encode() * (i + 1))
+    store = Store.create(folder / "index", dim=vectors.shape[1], fingerprint=fingerprint, encoder={},
+                         model_path=str(model) if model else None, root=root, index_kind=kind)
+    store.sync(root, VectorEmbed(vectors))
+    return store
+
+
+def index_of(path: str) -> int:
+    """d1/v0042.png -> 42."""
+    return int(Path(path).stem[1:])
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def planted(seed: int = 0, dim: int = 16) -> np.ndarray:
+    """30 random unit vectors, then 4 near copies of vectors 0-3 (distance ~0.03) and one of vector 4 at ~0.15."""
+    rng = np.random.default_rng(seed)
+    base = unit(rng.standard_normal((30, dim)))
+    near = unit(base[:4] + 0.03 / np.sqrt(dim) * rng.standard_normal((4, dim)))
+    farther = unit(base[4:5] + 0.15 / np.sqrt(dim) * rng.standard_normal((1, dim)))
+    return np.concatenate([base, near, farther])
+
+
+def pairwise(x: np.ndarray) -> np.ndarray:
+    """All Euclidean distances, the slow, obvious way."""
+    return np.sqrt(((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1))
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---- pairs and groups -----------------------------------------------------------------------------
+
+
+def test_pairs_match_brute_force_in_any_block_size(tmp_path):
+    x = clustered(300)
+    dist = pairwise(x)
+    radius = float(np.quantile(dist[np.triu_indices(300, 1)], 0.02))
+    store = make_store(tmp_path, x)
+    to_index = {r.id: index_of(r.path) for r in store.iter_rows()}
+    i, j, d = find_pairs(store, radius)
+    assert np.all(i < j) and len(set(zip(i.tolist(), j.tolist()))) == len(i)
+    found = {tuple(sorted((to_index[a], to_index[b]))): dd for a, b, dd in zip(i.tolist(), j.tolist(), d.tolist())}
+    pairs = {(a, b): dist[a, b] for a, b in zip(*np.nonzero(dist < radius + 1e-4)) if a < b}
+    assert {p for p, dd in pairs.items() if dd < radius - 1e-4} <= set(found) <= set(pairs)
+    assert all(abs(found[p] - pairs[p]) < 1e-4 for p in found)
+    small = find_pairs(store, radius, block=7)
+    assert all(np.array_equal(a, b) for a, b in zip(small, (i, j, d)))
+
+
+def components_oracle(n: int, edges: list[tuple[int, int]]) -> set[frozenset[int]]:
+    """Connected components by boolean matrix closure (reachability), components of two or more."""
+    reach = np.eye(n, dtype=bool)
+    for a, b in edges:
+        reach[a, b] = reach[b, a] = True
+    while True:
+        grown = (reach.astype(np.int64) @ reach.astype(np.int64)) > 0
+        if np.array_equal(grown, reach):
+            break
+        reach = grown
+    return {frozenset(np.flatnonzero(row).tolist()) for row in reach if row.sum() > 1}
+
+
+def test_single_linkage_is_connected_components_and_complete_linkage_stays_within_the_radius(tmp_path):
+    x = clustered(200, seed=3)
+    dist = pairwise(x)
+    radius = float(np.quantile(dist[np.triu_indices(200, 1)], 0.01))
+    store = make_store(tmp_path, x)
+    to_index = {r.id: index_of(r.path) for r in store.iter_rows()}
+    pairs = find_pairs(store, radius)
+    ids, vectors = store.vectors(np.unique(np.concatenate(pairs[:2])))
+    as_sets = lambda groups: {frozenset(to_index[k] for k in g.tolist()) for g in groups}  # noqa: E731
+
+    single = as_sets(group(pairs, ids, vectors, radius, "single"))
+    assert single == components_oracle(200, [(to_index[a], to_index[b]) for a, b in zip(*map(list, pairs[:2]))])
+    assert max(dist[np.ix_(list(g), list(g))].max() for g in single) > radius  # chains do happen here
+
+    complete = as_sets(group(pairs, ids, vectors, radius, "complete"))
+    assert len(complete) > len(single)
+    for g in complete:
+        assert dist[np.ix_(list(g), list(g))].max() <= radius + 1e-6
+        assert any(g <= s for s in single)
+    members = [k for g in complete for k in g]
+    assert len(members) == len(set(members))
+
+
+@pytest.mark.parametrize("linkage", ["single", "complete"])
+def test_groups_report_distances_and_statuses_from_the_vectors(tmp_path, linkage):
+    x = clustered(120, seed=5)
+    dist = pairwise(x)
+    margin, review = np.quantile(dist[np.triu_indices(120, 1)], [0.01, 0.03]).tolist()
+    result = find_duplicates(make_store(tmp_path, x), margin, review, linkage=linkage, keep="first")
+    assert result.groups and (result.margin, result.review_margin, result.approximate) == (margin, review, False)
+    statuses = set()
+    for g in result.groups:
+        members = [index_of(g.keep.path), *(index_of(m.path) for m in g.members)]
+        assert g.max_distance == pytest.approx(dist[np.ix_(members, members)].max(), abs=1e-5)
+        assert g.keep.path == min(g.keep.path, *(m.path for m in g.members))
+        for m in g.members:
+            assert m.distance == pytest.approx(dist[members[0], index_of(m.path)], abs=1e-5)
+            assert m.status == ("duplicate" if m.distance <= margin else "review")
+            statuses.add(m.status)
+        if linkage == "complete":
+            assert g.max_distance <= review + 1e-6
+    assert statuses == {"duplicate", "review"}
+    with pytest.raises(DedupError):
+        find_duplicates(make_store(tmp_path / "again", x), margin, margin / 2)
+
+
+def test_max_distance_matches_brute_force_across_blocks():
+    x, y = clustered(50, seed=1), clustered(30, seed=2)
+    full = np.sqrt(((x[:, None].astype(np.float64) - y[None]) ** 2).sum(-1)).max()
+    assert max_distance(x, y, block=7) == pytest.approx(full, abs=1e-9)
+
+
+def test_each_keep_policy_and_its_tie_breaks():
+    def row(path, wh, size, mtime):
+        return Row(0, path, Path(path), None, size, mtime, wh, wh)
+
+    rows = [row("b.png", 100, 10, 3), row("c.png", 100, 20, 1), row("a.png", 10, 50, 2), row("d.png", 10, 50, 3)]
+    chosen = {policy: choose_keep(rows, policy).path for policy in ("largest", "smallest", "newest", "oldest", "first")}
+    assert chosen == {"largest": "c.png",  # same pixels as b.png, more bytes
+                      "smallest": "a.png",  # same pixels and bytes as d.png, first path
+                      "newest": "b.png",  # same mtime as d.png, first path
+                      "oldest": "c.png", "first": "a.png"}
+    with pytest.raises(ValueError, match="keep policy"):
+        choose_keep(rows, "biggest")
+
+
+def test_an_approximate_index_is_flagged_in_json_and_table(tmp_path):
+    store = make_store(tmp_path, planted(), kind="hnsw")
+    assert store.approximate
+    res = run("dedup", "--index", store.path, "--margin", 0.1, "--json")
+    data = json.loads(res.stdout)
+    assert data["approximate"] is True and len(data["groups"]) == 4
+    res = run("dedup", "--index", store.path, "--margin", 0.1)
+    assert res.exit_code == 0 and "approximate index" in res.stdout
+
+
+# ---- moving and undoing -----------------------------------------------------------------------------
+
+
+def test_dry_run_moves_nothing_and_move_then_undo_restores_every_byte(tmp_path):
+    store = make_store(tmp_path, planted())
+    root, dest = store.root, tmp_path / "dups"
+    result = find_duplicates(store, 0.1, 0.3, keep="largest")
+    assert {frozenset([index_of(g.keep.path), *(index_of(m.path) for m in g.members)]) for g in result.groups} \
+        == {frozenset({k, 30 + k}) for k in range(4)} | {frozenset({4, 34})}
+    assert [g.keep.path for g in result.groups if g.members[0].status == "review"] == ["d1/v0034.png"]  # largest
+    before = snapshot(root)
+
+    changed = root / "d2/v0002.png"  # a duplicate edited since it was indexed
+    changed.write_bytes(b"edited")
+    plan = plan_moves(result, dest)
+    assert snapshot(root) == {**before, "d2/v0002.png": b"edited"} and not dest.exists()
+    assert sorted(m.path for m in plan.moves) == ["d0/v0000.png", "d0/v0003.png", "d1/v0001.png"]
+    assert [(s.path, s.reason) for s in plan.skipped] == [("d2/v0002.png", "changed since it was indexed")]
+
+    report = apply_moves(plan)
+    assert sorted(report.done) == sorted(m.path for m in plan.moves)
+    assert all(not (root / p).exists() and (dest / p).read_bytes() == before[p] for p in report.done)
+    manifest = json.loads(report.manifest.read_text())
+    assert manifest["root"] == str(root) and manifest["dest"] == str(dest.resolve()) and manifest["created"]
+    assert {m["from"]: m["size"] for m in manifest["moves"]} == {p: len(before[p]) for p in report.done}
+
+    changed.write_bytes(before["d2/v0002.png"])
+    undone = undo_moves(report.manifest)
+    assert sorted(undone.done) == sorted(report.done) and not undone.skipped
+    assert snapshot(root) == before
+
+
+def test_undo_refuses_to_overwrite_and_skips_changed_files(tmp_path):
+    store = make_store(tmp_path, planted())
+    dest = tmp_path / "dups"
+    report = apply_moves(plan_moves(find_duplicates(store, 0.1), dest))
+    first, second, *_ = sorted(report.done)
+    (store.root / first).write_bytes(b"a new file in the old place")
+    (dest / second).write_bytes(b"edited after the move")
+    undone = undo_moves(report.manifest)
+    assert {s.path: s.reason.split()[-1] for s in undone.skipped} == {first: "overwritten", second: "moved"}
+    assert (store.root / first).read_bytes() == b"a new file in the old place"
+    assert (dest / first).exists() and (dest / second).exists() and len(undone.done) == len(report.done) - 2
+
+
+# ---- against another index ----------------------------------------------------------------------------
+
+
+def test_against_finds_planted_cross_duplicates_and_refuses_another_model(tmp_path):
+    x = planted()[:30]
+    rng = np.random.default_rng(9)
+    leaked = unit(x[[3, 7, 11]] + 0.02 * rng.standard_normal((3, x.shape[1])))
+    other_vectors = np.concatenate([unit(rng.standard_normal((20, x.shape[1]))), leaked])
+    mine, other = make_store(tmp_path / "a", x), make_store(tmp_path / "b", other_vectors)
+    result = find_duplicates_in(mine, other, 0.1)
+    assert [(index_of(p.path), index_of(p.other_path)) for p in result.pairs] == [(3, 20), (7, 21), (11, 22)]
+    assert all(p.status == "duplicate" and p.distance < 0.1 for p in result.pairs)
+    stranger = make_store(tmp_path / "c", other_vectors, fingerprint="e" * 16)
+    with pytest.raises(ModelMismatchError, match="different models"):
+        find_duplicates_in(mine, stranger, 0.1)
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_json_follows_the_schema_and_csv_has_a_row_per_member(tmp_path):
+    store = make_store(tmp_path, planted())
+    res = run("dedup", "--index", store.path, "--margin", 0.1, "--review-margin", 0.3, "--json",
+              "--csv", tmp_path / "out.csv")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert set(data) == {"margin", "review_margin", "approximate", "groups"}
+    assert (data["margin"], data["review_margin"], data["approximate"]) == (0.1, 0.3, False)
+    assert len(data["groups"]) == 5
+    for g in data["groups"]:
+        assert set(g) == {"keep", "max_distance", "members"} and (store.root / g["keep"]).is_file()
+        for m in g["members"]:
+            assert set(m) == {"path", "distance", "status"} and m["status"] in ("duplicate", "review")
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "group,keep,path,distance,status" and len(lines) == 1 + 5
+
+
+def test_cli_moves_only_with_yes_and_undo_puts_files_back(tmp_path):
+    store = make_store(tmp_path, planted())
+    before, dest = snapshot(store.root), tmp_path / "dups"
+    res = run("dedup", "--index", store.path, "--margin", 0.1, "--move-to", dest)
+    assert res.exit_code == 0 and "dry run: would move 4" in res.stdout and snapshot(store.root) == before
+    res = run("dedup", "--index", store.path, "--margin", 0.1, "--move-to", dest, "--yes")
+    assert res.exit_code == 0 and "moved 4 duplicate(s)" in res.stdout and len(snapshot(store.root)) == 31
+    res = run("undo", res.stdout.split("siamsearch undo ")[1].strip())
+    assert res.exit_code == 0 and "restored 4 file(s), skipped 0" in res.stdout and snapshot(store.root) == before
+
+
+def test_cli_margin_comes_from_the_calibration_or_is_a_one_line_error(tmp_path):
+    torch.manual_seed(0)
+    model = build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32))
+    calibrated, bare = tmp_path / "calibrated.pt", tmp_path / "bare.pt"
+    fingerprint = save_model(calibrated, model, calibration={"threshold_best_f1": 0.1, "threshold_at_precision": 0.05})
+    save_model(bare, model)
+    res = run("dedup", "--index", make_store(tmp_path / "a", planted(), fingerprint, calibrated).path, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["margin"] == 0.1
+    for store in (make_store(tmp_path / "b", planted(), fingerprint, bare),
+                  make_store(tmp_path / "c", planted(), fingerprint, None),
+                  make_store(tmp_path / "d", planted(), fingerprint, tmp_path / "missing.pt")):
+        res = run("dedup", "--index", store.path)
+        assert res.exit_code == 2 and "pass --margin" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    other = make_store(tmp_path / "e", planted(), "0" * 16)
+    res = run("dedup", "--index", other.path, "--against", tmp_path / "a" / "index", "--margin", 0.1)
+    assert res.exit_code == 2 and "different models" in res.stderr

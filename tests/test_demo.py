@@ -1,0 +1,36 @@
+"""The demo's scoring of dedup groups against planted copies; the whole demo run is opt-in (-m slow)."""
+
+import pytest
+
+from siamsearch.demo import score_groups
+
+PLANTED = {"a_jpeg.jpg": "a.png", "b_rotated.jpg": "b.png", "c_resized.jpg": "c.png"}
+
+
+def member(path, status="duplicate"):
+    return {"path": path, "distance": 0.1, "status": status}
+
+
+def test_score_groups_counts_found_copies_and_wrong_members():
+    groups = [
+        {"keep": "a.png", "max_distance": 0.1, "members": [member("a_jpeg.jpg")]},  # right
+        {"keep": "b.png", "max_distance": 0.4, "members": [member("b_rotated.jpg", "review"),  # right, review
+                                                           member("d.png", "review")]},  # wrong, review
+        {"keep": "e.png", "max_distance": 0.2, "members": [member("c_resized.jpg")]},  # wrong: c.png not here
+    ]
+    assert score_groups(groups, PLANTED) == {"planted": 3, "groups": 3, "found": 2, "found_as_duplicate": 1,
+                                             "wrong_duplicate": 1, "wrong_review": 1}
+
+
+@pytest.mark.slow
+def test_the_demo_finds_the_planted_copies(tmp_path):
+    pytest.importorskip("sklearn", reason='the demo needs pip install -e ".[demo]"')
+    pytest.importorskip("skimage", reason='the demo needs pip install -e ".[demo]"')
+    from siamsearch.demo import run_demo
+
+    summary = run_demo(tmp_path, minutes=2.0, device="cpu")
+    assert all(p.is_file() and p.stat().st_size > 0 for p in summary.files.values())
+    assert {"query_html", "query_sheet", "dedup_html", "plot_roc", "plot_distances"} <= set(summary.files)
+    assert summary.eval_metrics["precision_at_1"] > 0.8 and summary.query_accuracy > 0.8
+    dedup = summary.dedup
+    assert dedup["planted"] == 12 and dedup["found"] >= 11 and dedup["wrong_duplicate"] <= 1
