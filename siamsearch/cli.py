@@ -350,3 +350,27 @@ def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedu
     console.print(f"restored {len(report.done)} file(s), skipped {len(report.skipped)}")
     if report.skipped:
         raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, models and reports.")] = Path("runs/demo"),
+    minutes: Annotated[float, typer.Option(help="Training time for both encoders together.")] = 2.0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """The whole product on built-in data: train, evaluate, index, query, dedup, reports."""
+    from .demo import run_demo  # needs the demo extra (scikit-learn, scikit-image, matplotlib)
+
+    try:
+        s = run_demo(out, minutes, observer=TrainProgress(), device=device)
+    except (ValueError, FileNotFoundError, CheckpointError, StoreError) as exc:
+        fail(str(exc))
+    console.print(f"demo finished in {s.minutes:.1f} min")
+    console.print("digits model, held-out images: " + "  ".join(
+        f"{k} {_fmt(s.eval_metrics[k])}" for k in ("precision_at_1", "map_at_r", "roc_auc", "one_shot")
+        if k in s.eval_metrics) + f"  query neighbour accuracy {s.query_accuracy:.3f}")
+    console.print("dedup of planted photo copies: " + "  ".join(f"{k} {v}" for k, v in s.dedup.items()))
+    for note in s.notes:
+        console.print(f"note: {note}")
+    for name, path in s.files.items():
+        console.print(f"{name}: {path}")

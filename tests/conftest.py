@@ -45,3 +45,18 @@ def add_bad_files(root: Path) -> list[Path]:
 def identity_dir(tmp_path: Path) -> Path:
     """16 identities x 6 images of 32x32 RGB gratings."""
     return make_identities(tmp_path / "data")
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """A small untrained encoder saved as a model file (weights seeded, so runs repeat)."""
+    import torch
+
+    from siamsearch.checkpoint import save_model
+    from siamsearch.config import EncoderConfig
+    from siamsearch.model import build_encoder
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    save_model(path, build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32)))
+    return path

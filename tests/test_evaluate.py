@@ -19,13 +19,6 @@ RATES = ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "r_prec
          "tar_at_far_1e-2", "tar_at_far_1e-3", "best_f1", "precision_at_threshold", "recall_at_threshold", "one_shot")
 
 
-@pytest.fixture
-def model_file(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "m.pt"
-    save_model(path, build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32)))
-    return path
-
 
 def test_metrics_are_complete_in_range_and_json(identity_dir, model_file):
     result = evaluate(identity_dir, model_file, episodes=50, workers=0)

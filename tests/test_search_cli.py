@@ -17,13 +17,6 @@ from siamsearch.store import ModelMismatchError, Store
 runner = CliRunner()
 
 
-@pytest.fixture
-def model_file(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "m.pt"
-    save_model(path, build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32)))
-    return path
-
 
 def run(*args):
     return runner.invoke(__import__("siamsearch.cli", fromlist=["app"]).app, [str(a) for a in args])
