@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import __version__
-from .checkpoint import CheckpointError
+from . import __version__, report
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
 from .dedup import CrossResult, DedupResult, default_margin, find_duplicates, find_duplicates_in
+from .evaluate import calibrate as calibrate_model
+from .evaluate import evaluate
 from .images import Failure
 from .losses import DEFAULT_MARGINS
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves, undo_moves
@@ -205,13 +207,21 @@ def query(
     exclude_self: Annotated[bool, typer.Option(help="Drop the query itself when it is indexed.")] = False,
     model: Annotated[Optional[Path], typer.Option(help="Model file (default: the index's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page "
+                                                                      "of the queries and neighbours.")] = None,
+    sheet: Annotated[Optional[Path], typer.Option(help="Also write the same as a contact-sheet PNG.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Nearest neighbours of images in an index."""
     try:
         searcher = Searcher.open(index_dir, model, EmbedOptions(device=device, workers=0))
-        results, failures = searcher.query_images(images, k, max_distance, exclude_self)
-    except _store_errors() as exc:
+        with searcher.store:
+            results, failures = searcher.query_images(images, k, max_distance, exclude_self)
+        if html_file is not None:
+            report.query_page(results, searcher.store.root, html_file)
+        if sheet is not None and results:
+            report.contact_sheet(results, searcher.store.root, sheet)
+    except (*_store_errors(), OSError) as exc:
         fail(str(exc))
     if as_json:
         print(json.dumps([{"query": str(r.query), "neighbors": [
@@ -223,6 +233,9 @@ def query(
             for n in r.neighbors:
                 table.add_row(str(n.rank), f"{n.distance:.4f}", n.path, n.identity or "")
             console.print(table)
+    for written in (html_file, sheet if results else None):
+        if written is not None:
+            err.print(f"wrote {written}", highlight=False)
     for f in failures:
         err.print(f"[bold red]error:[/] cannot read {f.path}: {f.reason}", highlight=False)
     if failures:
@@ -309,11 +322,15 @@ def dedup(
                                                          "paths.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page of "
+                                                                      "the groups.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
     if against is not None and move_to is not None:
         fail("--move-to works within one index; it does not combine with --against")
+    if against is not None and html_file is not None:
+        fail("--html shows the groups of one index; with --against use --json or --csv")
     try:
         with Store.open(index_dir) as store:
             chosen = default_margin(store) if margin is None else margin
@@ -326,6 +343,8 @@ def dedup(
         moved = apply_moves(plan) if plan is not None and yes else None
         if csv_file is not None:
             _write_csv(csv_file, result)
+        if html_file is not None:
+            report.dedup_page(result.to_dict()["groups"], html_file, root=result.root)
     except (*_store_errors(), OSError) as exc:
         fail(str(exc))
     if as_json:
@@ -350,6 +369,89 @@ def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedu
     console.print(f"restored {len(report.done)} file(s), skipped {len(report.skipped)}")
     if report.skipped:
         raise typer.Exit(1)
+
+
+def _labelled_bar(label: str) -> tuple[Progress, Any]:
+    """A bar for embedding a labelled folder, and its callback (it is told each batch's size)."""
+    bar = _progress_bar(label)
+    task = bar.add_task(label, total=None)
+    return bar, lambda n: bar.advance(task, n)
+
+
+# (title, metric keys) of the eval table, in the order a reader wants them
+EVAL_SECTIONS = (
+    ("retrieval", ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "r_precision", "map_at_r")),
+    ("verification", ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")),
+    ("one-shot", ("one_shot", "ways", "episodes")),
+    ("thresholds", ("threshold_best_f1", "best_f1", "threshold_at_precision", "target_precision",
+                    "precision_at_threshold", "recall_at_threshold")),
+)
+
+
+@app.command("eval")
+def eval_(
+    data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
+    model: Annotated[Path, typer.Option(help="Model file.")],
+    ways: Annotated[int, typer.Option(help="Identities per one-shot episode.")] = 20,
+    episodes: Annotated[int, typer.Option(help="Seeded one-shot episodes.")] = 400,
+    target_precision: Annotated[float, typer.Option(help="Precision the second threshold is set for.")] = 0.99,
+    seed: Annotated[int, typer.Option()] = 0,
+    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write ROC, distance and training "
+                                                                         "plots (PNG) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Decode workers (default: cores - 1).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
+    bar, advance = _labelled_bar("embedding")
+    try:
+        with bar:
+            result = evaluate(data_dir, model, ways=ways, episodes=episodes, target_precision=target_precision,
+                              seed=seed, device=device, workers=workers, progress=advance)
+        plots = report.write_eval_report(result, load_checkpoint(model), report_dir) if report_dir else []
+    except (*_store_errors(), ImportError, OSError) as exc:
+        fail(str(exc))
+    report_failures(result.failures)
+    if as_json:
+        print(json.dumps(result.to_dict() | {"plots": [str(p) for p in plots]}, indent=2))
+        return
+    table = Table("metric", "value", title=f"{result.root}: {result.counts['images']:,} images, "
+                  f"{result.counts['identities']:,} identities", title_justify="left")
+    for section, keys in EVAL_SECTIONS:
+        table.add_section()
+        for key in keys:
+            if key in result.metrics:
+                value = result.metrics[key]
+                table.add_row(f"{section}: {key}", str(int(value)) if value.is_integer() and value > 1 else _fmt(value))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    for path in plots:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def calibrate(
+    data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities (your own data).")],
+    model: Annotated[Path, typer.Option(help="Model file; its thresholds are replaced, its weights kept.")],
+    target_precision: Annotated[float, typer.Option(help="Precision the second threshold is set for.")] = 0.99,
+    seed: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Decode workers (default: cores - 1).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
+    bar, advance = _labelled_bar("embedding")
+    try:
+        with bar:
+            found = calibrate_model(data_dir, model, target_precision=target_precision, seed=seed, device=device,
+                                    workers=workers, progress=advance)
+    except (*_store_errors(), OSError) as exc:
+        fail(str(exc))
+    console.print(f"duplicate distance ≤ {found['threshold_best_f1']:.4f} (best F1 {found['best_f1']:.4f}); "
+                  f"≤ {found['threshold_at_precision']:.4f} for precision {found['precision_at_threshold']:.4f} "
+                  f"(target {found['target_precision']:g}), recall {found['recall_at_threshold']:.4f}, "
+                  f"from {found['pairs']:,} pairs", highlight=False)
+    console.print(f"stored in {model}; the weights and fingerprint are unchanged, so its indexes stay valid")
 
 
 @app.command()

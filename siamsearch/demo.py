@@ -102,16 +102,28 @@ def build_digits(folder: Path, test_fraction: float = 1 / 3, seed: int = 0) -> t
     return folder / "train", folder / "test"
 
 
-def _sample_photo(name: str) -> Image.Image:
-    """One of scikit-image's bundled sample images as RGB, longer side PHOTO_SIDE."""
-    import skimage.data
-
-    arr = np.asarray(getattr(skimage.data, name)())
+def photo_from_array(arr: np.ndarray) -> Image.Image:
+    """A bundled (H, W[, C]) uint8 or bool sample image as RGB, longer side PHOTO_SIDE."""
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     img = Image.fromarray(arr).convert("RGB")
     img.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.LANCZOS)
     return img
+
+
+def sample_photo(name: str) -> Image.Image:
+    """One of scikit-image's bundled sample images (a skimage.data function name) as photo_from_array."""
+    import skimage.data
+
+    return photo_from_array(np.asarray(getattr(skimage.data, name)()))
+
+
+def save_tiles(img: Image.Image, stem: str, folder: Path, tiles: int) -> None:
+    """A tiles x tiles grid of img as folder/<stem>_<row><col>.png, the names build_copies picks up."""
+    w, h = img.width // tiles, img.height // tiles
+    for r in range(tiles):
+        for c in range(tiles):
+            img.crop((c * w, r * h, (c + 1) * w, (r + 1) * h)).save(folder / f"{stem}_{r}{c}.png")
 
 
 def build_photos(folder: Path, tiles: int = 3, seed: int = 0) -> tuple[Path, Path, dict[str, str]]:
@@ -131,13 +143,10 @@ def build_photos(folder: Path, tiles: int = 3, seed: int = 0) -> tuple[Path, Pat
     copy_of = dict(zip(rng.permutation(len(PHOTOS)).tolist(), [kind for kind in COPIES for _ in range(2)]))
     planted = {}
     for i, name in enumerate(PHOTOS):
-        img = _sample_photo(name)
+        img = sample_photo(name)
         img.save(collection / f"{name}.png")
         img.save(training / f"{name}.png")
-        w, h = img.width // tiles, img.height // tiles
-        for r in range(tiles):
-            for c in range(tiles):
-                img.crop((c * w, r * h, (c + 1) * w, (r + 1) * h)).save(training / f"{name}_{r}{c}.png")
+        save_tiles(img, name, training, tiles)
         if i in copy_of:
             kind = copy_of[i]
             COPIES[kind](img).convert("RGB").save(collection / f"{name}_{kind}.jpg", quality=90)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner, Result
 
 
 def grating(angle: float, freq: float, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -60,3 +61,10 @@ def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "m.pt"
     save_model(path, build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32)))
     return path
+
+
+def run_cli(*args: object) -> Result:
+    """Invoke the siamsearch CLI in-process with every argument as a string."""
+    from siamsearch.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])

@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from conftest import run_cli as run
 from siamsearch.checkpoint import save_model
-from siamsearch.cli import app
 from siamsearch.config import EncoderConfig
 from siamsearch.dedup import (DedupError, choose_keep, find_duplicates, find_duplicates_in, find_pairs, group,
                               max_distance)
@@ -18,8 +17,6 @@ from siamsearch.moves import apply_moves, plan_moves, undo_moves
 from siamsearch.store import ModelMismatchError, Row, Store
 from test_ann import clustered
 from test_store import VectorEmbed
-
-runner = CliRunner()
 
 
 def make_store(folder: Path, vectors: np.ndarray, fingerprint: str = "f" * 16, model: Path | None = None,
@@ -234,10 +231,6 @@ def test_against_finds_planted_cross_duplicates_and_refuses_another_model(tmp_pa
 
 
 # ---- the command line ---------------------------------------------------------------------------------
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_cli_json_follows_the_schema_and_csv_has_a_row_per_member(tmp_path):

@@ -5,21 +5,13 @@ import shutil
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import add_bad_files
+from conftest import add_bad_files, run_cli as run
 from siamsearch.checkpoint import load_checkpoint, save_model
 from siamsearch.config import EncoderConfig
 from siamsearch.model import build_encoder
 from siamsearch.search import Searcher, index_folder
 from siamsearch.store import ModelMismatchError, Store
-
-runner = CliRunner()
-
-
-
-def run(*args):
-    return runner.invoke(__import__("siamsearch.cli", fromlist=["app"]).app, [str(a) for a in args])
 
 
 def test_index_query_json_follows_the_schema(identity_dir, model_file, tmp_path):
