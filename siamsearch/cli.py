@@ -65,7 +65,8 @@ class TrainProgress:
     def __init__(self) -> None:
         self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
-                            TimeRemainingColumn(), console=err, transient=True)
+                            TimeRemainingColumn(), console=err, transient=True,
+                            disable=not err.is_terminal)  # a log file gets the epoch lines only
         self.task: Any = None
         self.images = 0
 
@@ -167,7 +168,7 @@ def _store_errors() -> tuple[type[Exception], ...]:
 def _progress_bar(label: str) -> Progress:
     """A transient bar with a count and ETA, on stderr so --json stays clean."""
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True)
+                    console=err, transient=True, disable=not err.is_terminal)
 
 
 @app.command()

@@ -68,3 +68,13 @@ def run_cli(*args: object) -> Result:
     from siamsearch.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The whole demo, run once per session (about 2 minutes on a CPU): a DemoSummary."""
+    pytest.importorskip("sklearn", reason='the demo needs pip install -e ".[demo]"')
+    pytest.importorskip("skimage", reason='the demo needs pip install -e ".[demo]"')
+    from siamsearch.demo import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("demo"), minutes=2.0, device="cpu")

@@ -23,12 +23,8 @@ def test_score_groups_counts_found_copies_and_wrong_members():
 
 
 @pytest.mark.slow
-def test_the_demo_finds_the_planted_copies(tmp_path):
-    pytest.importorskip("sklearn", reason='the demo needs pip install -e ".[demo]"')
-    pytest.importorskip("skimage", reason='the demo needs pip install -e ".[demo]"')
-    from siamsearch.demo import run_demo
-
-    summary = run_demo(tmp_path, minutes=2.0, device="cpu")
+def test_the_demo_finds_the_planted_copies(demo_run):
+    summary = demo_run
     assert all(p.is_file() and p.stat().st_size > 0 for p in summary.files.values())
     assert {"query_html", "query_sheet", "dedup_html", "plot_roc", "plot_distances"} <= set(summary.files)
     assert summary.eval_metrics["precision_at_1"] > 0.8 and summary.query_accuracy > 0.8
