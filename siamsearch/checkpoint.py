@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import write_atomic
 from .config import EncoderConfig, Preprocess, TrainConfig, from_dict, to_dict
 from .model import Encoder
 
@@ -65,19 +64,8 @@ def _clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save that never leaves a half-written file (see siamsearch.atomic)."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_model(path: Path, model: Encoder, train: TrainConfig | None = None,

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json
 from .dedup import DedupResult
 
 
@@ -130,16 +131,6 @@ def _try_move(src: Path, dst: Path) -> str | None:
     return None
 
 
-def _write_manifest(path: Path, data: dict[str, Any]) -> None:
-    """Replace the manifest atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _new_manifest_path(dest: Path) -> Path:
     """A manifest name in dest that no file has yet."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -173,7 +164,7 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     report.manifest = _new_manifest_path(plan.dest)
     data = {"root": str(plan.root), "dest": str(plan.dest), "created": datetime.now(timezone.utc).isoformat(
         timespec="seconds"), "moves": entries}
-    _write_manifest(report.manifest, data)  # first: an interrupted run can still be undone
+    write_json(report.manifest, data)  # first: an interrupted run can still be undone
     moved = []
     for entry in entries:
         reason = _try_move(plan.root / entry["from"], plan.dest / entry["to"])
@@ -182,7 +173,7 @@ def apply_moves(plan: MovePlan) -> MoveReport:
         else:
             moved.append(entry)
             report.done.append(entry["from"])
-    _write_manifest(report.manifest, {**data, "moves": moved})
+    write_json(report.manifest, {**data, "moves": moved})
     return report
 
 

@@ -23,9 +23,7 @@ any deletion: it cannot remove).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +37,7 @@ import faiss
 import numpy as np
 
 from .ann import KINDS, build_index, index_ids, kind_of, new_index, plan_kind, reconstruct
+from .atomic import LockedError, exclusive_lock, write_atomic, write_json
 from .images import Failure, find_images, identity_of
 
 FORMAT_VERSION = 1
@@ -124,39 +123,19 @@ class SyncReport:
 # ---- files -----------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write to a temp file beside path, fsync, rename over path, fsync the folder: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def _write_index(folder: Path, index: faiss.Index) -> None:
     """Replace index.faiss atomically."""
-    _write_atomic(folder / INDEX, lambda tmp: faiss.write_index(index, tmp))
+    write_atomic(folder / INDEX, lambda tmp: faiss.write_index(index, tmp))
 
 
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """Hold the index's exclusive write lock, or fail at once if another process has it."""
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        with exclusive_lock(folder / LOCK):
+            yield
+    except LockedError:
         raise StoreLockedError(f"{folder}: another siamsearch process is writing to this index") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 @contextmanager
@@ -259,7 +238,7 @@ class Store:
                         "fingerprint": fingerprint, "encoder": encoder, "metric": "l2", "dim": dim,
                         "index_kind": kind_of(index), "requested_kind": index_kind, "search": {},
                         "count": 0, "created": now, "updated": now}
-            _write_atomic(path / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+            write_json(path / MANIFEST, manifest)
         return cls(path)
 
     # -- loading and repair
@@ -446,8 +425,7 @@ class Store:
     def _write_manifest(self) -> None:
         """Replace manifest.json atomically with the current kind and count."""
         self._manifest.update(index_kind=self.kind, count=len(self), updated=_now())
-        text = json.dumps(self._manifest, indent=2)
-        _write_atomic(self.path / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+        write_json(self.path / MANIFEST, self._manifest)
 
     # -- reading
 
