@@ -1,4 +1,4 @@
-"""Metrics against hand-worked cases and brute-force oracles on tiny data."""
+"""Metrics against hand-worked cases, brute-force oracles on tiny data, and reference implementations."""
 
 import json
 
@@ -218,3 +218,121 @@ def test_verification_metrics_are_plain_floats_and_perfect_on_separated_clusters
     assert out["best_f1"] == 1.0 and out["recall_at_threshold"] == 1.0
     assert out["precision_at_threshold"] == 100 / 101  # the largest threshold at 99%: one different pair in
     assert out["pairs"] == 200  # all 10 x 10 positives and as many negatives
+
+
+# --- Against reference implementations: scikit-learn (verification), pytorch-metric-learning (retrieval) ---
+
+
+TIE_BREAKS = {  # hand-sized cases where the documented tie-breaking rules decide the answer
+    "f1_tie": ([1.0, 2, 3, 4], [True, False, False, True]),  # best F1 2/3 at t = 1 and at t = 4
+    "precision_tie": ([1.0, 2, 3, 4], [False, True, False, True]),  # best precision 1/2 at t = 2 and t = 4
+}
+
+
+def verification_case(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, same): a tie-break case, "ties" on a 12-step integer grid, or float32 distances of sampled pairs."""
+    if kind in TIE_BREAKS:
+        return tuple(np.array(v) for v in TIE_BREAKS[kind])
+    rng = np.random.default_rng(seed)
+    if kind == "ties":
+        d = rng.integers(0, 12, size=400).astype(np.float64)
+        return d, rng.random(400) < 0.1 + 0.06 * (12 - d)  # informative, far from perfect
+    x, labels = clusters(25, 6, noise=0.25, seed=seed)
+    i, j, same = m.sample_pairs(labels, max_pairs=600, seed=seed)
+    return m.pair_distances(x, i, j), same
+
+
+VERIFICATION_CASES = [(k, 0) for k in TIE_BREAKS] + [(k, seed) for k in ("ties", "pairs") for seed in (0, 1, 2)]
+
+
+@pytest.mark.parametrize("kind, seed", VERIFICATION_CASES)
+def test_roc_auc_and_curve_equal_sklearn(kind, seed):
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the ROC reference (test extra)")
+    d, s = verification_case(kind, seed)
+    # sklearn ranks scores, higher = positive: score -d accepts "-d >= -t", i.e. our "d <= t".
+    assert m.roc_auc(d, s) == pytest.approx(skm.roc_auc_score(s, -d), abs=1e-12)
+    fpr, tpr, thr = skm.roc_curve(s, -d, drop_intermediate=False)  # ours keeps every observed threshold
+    far, tar, t = m.roc_curve(d, s)
+    np.testing.assert_array_equal(t, -thr)  # both start at "accept nothing": -inf for us, +inf for sklearn
+    np.testing.assert_allclose(far, fpr, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(tar, tpr, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind, seed", VERIFICATION_CASES)
+def test_eer_and_tar_at_far_equal_their_definitions_on_the_sklearn_curve(kind, seed):
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the ROC reference (test extra)")
+    d, s = verification_case(kind, seed)
+    fpr, tpr, thr = skm.roc_curve(s, -d, drop_intermediate=False)
+    fnr = 1 - tpr
+    # sklearn has no EER, and the usual interpolated crossing differs by design: ours is the mean of FAR
+    # and FRR at the observed threshold where they are closest (first such, the accept-nothing point excluded).
+    k = 1 + int(np.argmin(np.abs(fpr[1:] - fnr[1:])))
+    rate, t = m.eer(d, s)
+    assert t == -thr[k] and rate == pytest.approx((fpr[k] + fnr[k]) / 2, abs=1e-15)
+    for far in (0.0, 1e-3, 1e-2, 0.1, 0.5):  # TAR@FAR: the highest TPR at FPR <= far on the full curve
+        assert m.tar_at_far(d, s, far) == tpr[fpr <= far].max()
+
+
+@pytest.mark.parametrize("kind, seed", VERIFICATION_CASES)
+def test_best_f1_and_threshold_at_precision_equal_sklearn(kind, seed):
+    skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the F1/PR reference (test extra)")
+    d, s = verification_case(kind, seed)
+    prec, rec, thr = skm.precision_recall_curve(s, -d, drop_intermediate=False)
+    prec, rec, t = prec[:-1], rec[:-1], -thr  # drop sklearn's (1, 0) end point, which has no threshold
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(prec), where=prec + rec > 0)
+    t_f1, best, precision, recall = m.best_f1_threshold(d, s)
+    assert best == pytest.approx(f1.max(), rel=1e-12)
+    assert t_f1 == t[np.isclose(f1, f1.max(), rtol=1e-12, atol=0)].min()  # smallest threshold on ties
+    accept = d <= t_f1  # and sklearn's own scores of that decision
+    assert best == pytest.approx(skm.f1_score(s, accept), rel=1e-12)
+    assert precision == pytest.approx(skm.precision_score(s, accept), rel=1e-12)
+    assert recall == pytest.approx(skm.recall_score(s, accept), rel=1e-12)
+    for target in (0.5, 0.7, 0.9, 0.99, 1.0):
+        ok = prec >= target  # the largest qualifying threshold; if none, the largest of best precision
+        expected = t[ok].max() if ok.any() else t[prec == prec.max()].max()
+        k = int(np.flatnonzero(t == expected)[0])
+        assert m.threshold_at_precision(d, s, target) == (expected, prec[k], rec[k])
+
+
+def retrieval_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """~180 unit vectors in 8-D: 40 identities of 1-8 items, singletons being queries with R = 0.
+
+    Noisy enough that P@1, R-precision and MAP@R land well inside (0, 1).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(40), rng.integers(1, 9, size=40))
+    centres = rng.normal(size=(40, 8))
+    x = centres[labels] / np.linalg.norm(centres[labels], axis=1, keepdims=True)
+    x = x + rng.normal(scale=0.3, size=x.shape)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    # No near-ties among the neighbours that count, so float32 rounding in FAISS and here agrees on order.
+    d2 = sq_dist_oracle(x)
+    np.fill_diagonal(d2, np.inf)
+    nearest = np.sort(d2, axis=1)[:, :np.bincount(labels).max()]
+    assert np.diff(nearest, axis=1).min() > 1e-6
+    return x, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_retrieval_metrics_equal_pytorch_metric_learning(seed):
+    pytest.importorskip("pytorch_metric_learning", reason="Musgrave et al.'s reference metrics (test extra)")
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator  # kNN by FAISS, CPU here
+    from pytorch_metric_learning.utils.inference import FaissKNN
+
+    x, labels = retrieval_case(seed)
+    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                              k="max_bin_count", device=torch.device("cpu"))
+    ref = calc.get_accuracy(x, labels, x, labels, ref_includes_query=True)  # each item queries all others
+    out = m.retrieval_metrics(x, labels, ks=(1, 3, 10), block=50)
+    assert 0.1 < out["map_at_r"] < out["precision_at_1"] < 0.9  # informative, not saturated
+    assert out["precision_at_1"] == out["recall_at_1"] == pytest.approx(ref["precision_at_1"], abs=1e-12)
+    assert out["r_precision"] == pytest.approx(ref["r_precision"], abs=1e-12)
+    assert out["map_at_r"] == pytest.approx(ref["mean_average_precision_at_r"], abs=1e-12)
+    # PML has no recall@k: count it on the reference's own FAISS neighbours (self removed, as above).
+    _, idx = FaissKNN()(torch.from_numpy(x), 10, torch.from_numpy(x), ref_includes_query=True)
+    hits = labels[idx.numpy()] == labels[:, None]
+    query = np.bincount(labels)[labels] > 1
+    assert out["queries"] == query.sum()
+    for k in (3, 10):
+        assert out[f"recall_at_{k}"] == pytest.approx(hits[query, :k].any(axis=1).mean(), abs=1e-12)
