@@ -393,6 +393,8 @@ EVAL_SECTIONS = (
 def eval_(
     data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
     model: Annotated[Path, typer.Option(help="Model file.")],
+    held_out: Annotated[bool, typer.Option(help="Only the identities training held out (DATA_DIR = the "
+                                                "training folder).")] = False,
     ways: Annotated[int, typer.Option(help="Identities per one-shot episode.")] = 20,
     episodes: Annotated[int, typer.Option(help="Seeded one-shot episodes.")] = 400,
     target_precision: Annotated[float, typer.Option(help="Precision the second threshold is set for.")] = 0.99,
@@ -407,8 +409,9 @@ def eval_(
     bar, advance = _labelled_bar("embedding")
     try:
         with bar:
-            result = evaluate(data_dir, model, ways=ways, episodes=episodes, target_precision=target_precision,
-                              seed=seed, device=device, workers=workers, progress=advance)
+            result = evaluate(data_dir, model, held_out=held_out, ways=ways, episodes=episodes,
+                              target_precision=target_precision, seed=seed, device=device, workers=workers,
+                              progress=advance)
         plots = report.write_eval_report(result, load_checkpoint(model), report_dir) if report_dir else []
     except (*_store_errors(), ImportError, OSError) as exc:
         fail(str(exc))

@@ -18,6 +18,7 @@ from . import metrics
 from .checkpoint import Checkpoint, load_encoder, update_model_file
 from .embed import embed_paths, resolve_device
 from .images import Failure, find_images, identity_of
+from .train import split_folder
 
 Progress = Callable[[int], None]  # called with the number of images just embedded
 
@@ -66,21 +67,40 @@ class EvalResult:
                 "failures": [{"path": str(f.path), "reason": f.reason} for f in self.failures]}
 
 
-def embed_labelled(data_dir: Path | str, model_path: Path | str, *, device: str = "auto",
+def held_out_images(found: list[Path], root: Path, ckpt: Checkpoint) -> list[Path]:
+    """The images of the identities that training held out for validation, found as training found them.
+
+    Raises:
+        ValueError: the model file has no training config, trained self-supervised, or held nothing out.
+    """
+    if ckpt.train is None:
+        raise ValueError("this model file has no training config, so its held-out identities are unknown")
+    _, _, val, self_sup = split_folder(found, root, ckpt.train)
+    if self_sup:
+        raise ValueError("the model trained self-supervised: it held out images, not identities")
+    if not len(val):
+        raise ValueError("the model's training held nothing out (val_fraction 0)")
+    return [found[i] for i in val]
+
+
+def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False, device: str = "auto",
                    workers: int | None = None, batch_size: int = 64, progress: Progress | None = None) -> Labelled:
     """Embed every labelled image of a folder with a model file; bad files are collected, not fatal.
 
+    held_out: only the identities that training held out (data_dir must be the training folder).
+
     Raises:
         FileNotFoundError: no such folder. ValueError: fewer than 2 identities or no identity
-        with 2+ readable images, so nothing can be measured.
+        with 2+ readable images, so nothing can be measured; see held_out_images.
     """
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
-    found = find_images(root)
-    labelled = [p for p in found if identity_of(p, root) is not None]
     dev = resolve_device(device)
     model, ckpt = load_encoder(Path(model_path), dev)
+    found = find_images(root)
+    found = held_out_images(found, root, ckpt) if held_out else found
+    labelled = [p for p in found if identity_of(p, root) is not None]
     emb = embed_paths(model, ckpt.preprocess, labelled, batch_size=batch_size, workers=workers, device=dev,
                       progress=progress)
     labels = np.array([identity_of(p, root) for p in emb.paths], dtype=str)
@@ -91,20 +111,22 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, device: str 
     return Labelled(root, emb.paths, labels, emb.vectors, emb.failures, len(found) - len(labelled), ckpt)
 
 
-def evaluate(data_dir: Path | str, model_path: Path | str, *, ways: int = 20, episodes: int = 400,
-             target_precision: float = 0.99, seed: int = 0, device: str = "auto", workers: int | None = None,
-             max_pairs: int = 200_000, batch_size: int = 64, progress: Progress | None = None) -> EvalResult:
+def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False, ways: int = 20,
+             episodes: int = 400, target_precision: float = 0.99, seed: int = 0, device: str = "auto",
+             workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
+             progress: Progress | None = None) -> EvalResult:
     """Retrieval, verification and N-way one-shot metrics of a model on an identity folder.
 
     Every image queries all others for P@1, recall@1/5/10, R-precision and MAP@R. Verification uses
     a seeded sample of at most max_pairs pairs (half same, half different identity). One-shot uses
     `episodes` seeded episodes; `ways` shrinks (with a note) when fewer identities have 2+ images.
+    held_out: measure only the identities training held out (data_dir = the training folder).
 
     Raises:
         FileNotFoundError, ValueError (see embed_labelled), CheckpointError.
     """
-    data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,
-                          progress=progress)
+    data = embed_labelled(data_dir, model_path, held_out=held_out, device=device, workers=workers,
+                          batch_size=batch_size, progress=progress)
     emb, labels = data.vectors, data.labels
     found = metrics.retrieval_metrics(emb, labels) | metrics.verification_metrics(
         emb, labels, max_pairs=max_pairs, seed=seed, target_precision=target_precision)

@@ -197,7 +197,7 @@ def roc_curve(distances: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def eer(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """Equal error rate: at the observed threshold where FAR and FRR are closest, their mean.
+    """Equal error rate: at the observed threshold where FAR and FRR are closest (the smallest on ties), their mean.
 
     Returns:
         (eer, threshold).

@@ -89,6 +89,19 @@ def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: i
     return Split([paths[i] for i in kept], labels[kept], views)
 
 
+def split_folder(paths: list[Path], root: Path, cfg: TrainConfig) -> tuple[list[str], np.ndarray, np.ndarray, bool]:
+    """Identity names and the train/validation split of a training folder; `eval --held-out` repeats it.
+
+    Returns:
+        (name of each path's identity, train indices, validation indices, self-supervised).
+    """
+    ids = [identity_of(p, root) for p in paths]
+    self_sup = cfg.self_supervised or all(i is None for i in ids)
+    names = [p.relative_to(root).as_posix() if self_sup or i is None else i for p, i in zip(paths, ids)]
+    tr, va = split_identities(names, cfg.val_fraction, 0 if self_sup else cfg.val_group_depth, cfg.seed)
+    return names, tr, va, self_sup
+
+
 def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig) -> TrainData:
     """Scan an identity folder, hold out validation identities and decode what fits in memory.
 
@@ -98,11 +111,8 @@ def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig) -> TrainData:
     paths = find_images(root)
     if not paths:
         raise ValueError(f"no images found under {root}")
-    ids = [identity_of(p, root) for p in paths]
-    self_sup = cfg.self_supervised or all(i is None for i in ids)
-    names = [p.relative_to(root).as_posix() if self_sup or i is None else i for p, i in zip(paths, ids)]
+    names, tr, va, self_sup = split_folder(paths, root, cfg)
     labels, _ = encode_labels(names)
-    tr, va = split_identities(names, cfg.val_fraction, 0 if self_sup else cfg.val_group_depth, cfg.seed)
     size, load = enc.image_size, train_load_size(enc.image_size)
     failures: list[Failure] = []
     train_paths = [paths[i] for i in tr]

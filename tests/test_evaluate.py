@@ -11,9 +11,10 @@ import torch
 from conftest import add_bad_files, make_identities
 from siamsearch import metrics
 from siamsearch.checkpoint import load_checkpoint, save_model
-from siamsearch.config import EncoderConfig
+from siamsearch.config import EncoderConfig, TrainConfig
 from siamsearch.evaluate import CALIBRATION_KEYS, calibrate, evaluate
 from siamsearch.model import build_encoder
+from siamsearch.train import load_data
 
 RATES = ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "r_precision", "map_at_r", "roc_auc", "eer",
          "tar_at_far_1e-2", "tar_at_far_1e-3", "best_f1", "precision_at_threshold", "recall_at_threshold", "one_shot")
@@ -75,3 +76,16 @@ def test_calibrate_writes_thresholds_and_keeps_the_fingerprint(identity_dir, mod
     m = evaluate(identity_dir, model_file, ways=4, episodes=20, target_precision=0.95, workers=0).metrics
     assert cal["threshold_best_f1"] == m["threshold_best_f1"]  # same seeded pairs, same answer
     assert cal["threshold_at_precision"] == m["threshold_at_precision"]
+
+
+def test_held_out_measures_exactly_the_identities_training_held_out(identity_dir, tmp_path):
+    enc, cfg = EncoderConfig(backbone="small", dim=16, image_size=32), TrainConfig(val_fraction=0.25, seed=3)
+    model = tmp_path / "held.pt"
+    save_model(model, build_encoder(enc), cfg)
+    held = evaluate(identity_dir, model, held_out=True, ways=4, episodes=10, workers=0)
+    val = load_data(identity_dir, enc, cfg).val
+    assert len(held.labels) == len(val.labels) == 4 * 6
+    assert set(held.labels) == {p.parent.name for p in val.paths}
+    save_model(model, build_encoder(enc))  # no training config: the split is unknown
+    with pytest.raises(ValueError, match="held-out"):
+        evaluate(identity_dir, model, held_out=True, workers=0)
