@@ -110,7 +110,8 @@ def train(
     freeze_backbone: Annotated[bool, typer.Option(help="Train only the projection head.")] = False,
     unfreeze: Annotated[Optional[list[str]], typer.Option(help="EPOCH:BLOCK[,BLOCK] e.g. 3:layer3,layer4.")] = None,
     accumulate: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    amp: Annotated[bool, typer.Option(help="bf16/fp16 autocast on CUDA.")] = False,
+    amp: Annotated[bool, typer.Option(help="Mixed precision: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs "
+                                           "with native bf16 (AVX512-BF16/AMX).")] = False,
     self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image.")] = False,
     augment: Annotated[str, typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = "faces",
     val_fraction: Annotated[float, typer.Option(help="Fraction of identities held out.")] = 0.2,
@@ -181,6 +182,8 @@ def index(
     batch_size: Annotated[int, typer.Option()] = 64,
     workers: Annotated[Optional[int], typer.Option(help="Decode workers (default: cores - 1).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
+                                                                        "--amp also on CPUs with native bf16).")] = None,
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
     target = index_dir or Path("indexes") / image_dir.resolve().name
@@ -189,7 +192,7 @@ def index(
     try:
         with bar:
             store, report = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild,
-                                         opts=EmbedOptions(batch_size, workers, device),
+                                         opts=EmbedOptions(batch_size, workers, device, amp),
                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     except _store_errors() as exc:
         fail(str(exc))
