@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -19,7 +20,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
 from .dedup import CrossResult, DedupResult, default_margin, find_duplicates, find_duplicates_in
 from .evaluate import calibrate as calibrate_model
-from .evaluate import evaluate
+from .evaluate import EvalResult, evaluate
 from .images import Failure
 from .losses import DEFAULT_MARGINS
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves, undo_moves
@@ -31,6 +32,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+# Options several commands share, declared once.
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+DecodeWorkers = Annotated[Optional[int], typer.Option("--workers", help="Decode workers (default: cores - 1).")]
+IndexDir = Annotated[Path, typer.Option("--index", help="Index folder.")]
+TargetPrecision = Annotated[float, typer.Option(help="Precision the second threshold is set for.")]
+Seed = Annotated[int, typer.Option()]
 
 
 def fail(message: str) -> None:
@@ -116,9 +124,9 @@ def train(
     augment: Annotated[str, typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = "faces",
     val_fraction: Annotated[float, typer.Option(help="Fraction of identities held out.")] = 0.2,
     val_group_depth: Annotated[int, typer.Option(help="Hold out whole top folders (1 = alphabets).")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
     workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Seed = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
 ) -> None:
     """Train a Siamese encoder on an identity folder."""
@@ -180,8 +188,8 @@ def index(
     kind: Annotated[str, typer.Option(help="auto, flat, hnsw, ivf or ivfpq.")] = "auto",
     rebuild: Annotated[bool, typer.Option(help="Start over: embed every file again.")] = False,
     batch_size: Annotated[int, typer.Option()] = 64,
-    workers: Annotated[Optional[int], typer.Option(help="Decode workers (default: cores - 1).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: DecodeWorkers = None,
+    device: Device = "auto",
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
                                                                         "--amp also on CPUs with native bf16).")] = None,
 ) -> None:
@@ -205,7 +213,7 @@ def index(
 @app.command()
 def query(
     images: Annotated[list[Path], typer.Argument(help="Query images or folders.")],
-    index_dir: Annotated[Path, typer.Option("--index", help="Index folder.")],
+    index_dir: IndexDir,
     k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
     max_distance: Annotated[Optional[float], typer.Option(help="Drop neighbours farther than this.")] = None,
     exclude_self: Annotated[bool, typer.Option(help="Drop the query itself when it is indexed.")] = False,
@@ -214,7 +222,7 @@ def query(
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page "
                                                                       "of the queries and neighbours.")] = None,
     sheet: Annotated[Optional[Path], typer.Option(help="Also write the same as a contact-sheet PNG.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Nearest neighbours of images in an index."""
     try:
@@ -248,7 +256,7 @@ def query(
 
 @app.command()
 def info(
-    index_dir: Annotated[Path, typer.Option("--index", help="Index folder.")],
+    index_dir: IndexDir,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What an index holds: model fingerprint, kind, size, counts."""
@@ -312,7 +320,7 @@ def _print_moves(plan: MovePlan, report: MoveReport | None, out: Console) -> Non
 
 @app.command()
 def dedup(
-    index_dir: Annotated[Path, typer.Option("--index", help="Index folder.")],
+    index_dir: IndexDir,
     margin: Annotated[Optional[float], typer.Option(help="Duplicate distance (default: the model's calibrated "
                                                          "threshold_best_f1).")] = None,
     review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
@@ -375,11 +383,15 @@ def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedu
         raise typer.Exit(1)
 
 
-def _labelled_bar(label: str) -> tuple[Progress, Any]:
-    """A bar for embedding a labelled folder, and its callback (it is told each batch's size)."""
-    bar = _progress_bar(label)
-    task = bar.add_task(label, total=None)
-    return bar, lambda n: bar.advance(task, n)
+def _embedding(call: Callable[[Callable[[int], None]], Any]) -> Any:
+    """Run call(progress) under an embedding bar (progress is told each batch's size); errors end in one line."""
+    bar = _progress_bar("embedding")
+    task = bar.add_task("embedding", total=None)
+    try:
+        with bar:
+            return call(lambda n: bar.advance(task, n))
+    except (*_store_errors(), OSError) as exc:
+        fail(str(exc))
 
 
 # (title, metric keys) of the eval table, in the order a reader wants them
@@ -400,23 +412,21 @@ def eval_(
                                                 "training folder).")] = False,
     ways: Annotated[int, typer.Option(help="Identities per one-shot episode.")] = 20,
     episodes: Annotated[int, typer.Option(help="Seeded one-shot episodes.")] = 400,
-    target_precision: Annotated[float, typer.Option(help="Precision the second threshold is set for.")] = 0.99,
-    seed: Annotated[int, typer.Option()] = 0,
+    target_precision: TargetPrecision = 0.99,
+    seed: Seed = 0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write ROC, distance and training "
                                                                          "plots (PNG) here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="Decode workers (default: cores - 1).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    workers: DecodeWorkers = None,
+    device: Device = "auto",
 ) -> None:
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
-    bar, advance = _labelled_bar("embedding")
+    result: EvalResult = _embedding(lambda progress: evaluate(
+        data_dir, model, held_out=held_out, ways=ways, episodes=episodes, target_precision=target_precision,
+        seed=seed, device=device, workers=workers, progress=progress))
     try:
-        with bar:
-            result = evaluate(data_dir, model, held_out=held_out, ways=ways, episodes=episodes,
-                              target_precision=target_precision, seed=seed, device=device, workers=workers,
-                              progress=advance)
         plots = report.write_eval_report(result, load_checkpoint(model), report_dir) if report_dir else []
-    except (*_store_errors(), ImportError, OSError) as exc:
+    except (ImportError, OSError) as exc:
         fail(str(exc))
     report_failures(result.failures)
     if as_json:
@@ -441,19 +451,15 @@ def eval_(
 def calibrate(
     data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities (your own data).")],
     model: Annotated[Path, typer.Option(help="Model file; its thresholds are replaced, its weights kept.")],
-    target_precision: Annotated[float, typer.Option(help="Precision the second threshold is set for.")] = 0.99,
-    seed: Annotated[int, typer.Option()] = 0,
-    workers: Annotated[Optional[int], typer.Option(help="Decode workers (default: cores - 1).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    target_precision: TargetPrecision = 0.99,
+    seed: Seed = 0,
+    workers: DecodeWorkers = None,
+    device: Device = "auto",
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
-    bar, advance = _labelled_bar("embedding")
-    try:
-        with bar:
-            found = calibrate_model(data_dir, model, target_precision=target_precision, seed=seed, device=device,
-                                    workers=workers, progress=advance)
-    except (*_store_errors(), OSError) as exc:
-        fail(str(exc))
+    found = _embedding(lambda progress: calibrate_model(
+        data_dir, model, target_precision=target_precision, seed=seed, device=device, workers=workers,
+        progress=progress))
     console.print(f"duplicate distance ≤ {found['threshold_best_f1']:.4f} (best F1 {found['best_f1']:.4f}); "
                   f"≤ {found['threshold_at_precision']:.4f} for precision {found['precision_at_threshold']:.4f} "
                   f"(target {found['target_precision']:g}), recall {found['recall_at_threshold']:.4f}, "
@@ -465,7 +471,7 @@ def calibrate(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, models and reports.")] = Path("runs/demo"),
     minutes: Annotated[float, typer.Option(help="Training time for both encoders together.")] = 2.0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """The whole product on built-in data: train, evaluate, index, query, dedup, reports."""
     from .demo import run_demo  # needs the demo extra (scikit-learn, scikit-image, matplotlib)
