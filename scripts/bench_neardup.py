@@ -3,19 +3,19 @@
 The sample photos that ship inside scikit-image (siamsearch.demo.PHOTOS plus gravel and colorwheel) are
 split by --seed into a training half and a test half; scikit-learn's china and flower join the test half.
 The test folder holds each test original and one copy of it per demo.COPIES kind (resized, cropped, JPEG,
-brighter, grayscale, rotated): groups of 7. The encoder trains self-supervised on tiles of the training
-photos only, is calibrated on labelled copies of those tiles (demo.build_copies; calibrate() stores the
-thresholds in the model file), indexes the test folder, and dedup groups it at default_margin, the margin
-`siamsearch dedup` uses without --margin (single linkage, no review band). A second siamsearch setting
-is the demo's: duplicate at the 99.9%-precision threshold, review up to the default margin, complete
-linkage, scored on its duplicates and then on duplicates + review. phash (64 bits) calls a pair a
-duplicate at Hamming distance <= PHASH_BITS, the default of imagededup's PHash.find_duplicates.
+brighter, grayscale, rotated): groups of 7. A small encoder (luminance only by default, as phash) trains
+self-supervised on tiles of the training photos only; calibrate() on labelled copies of training tiles
+(demo.build_copies) writes its thresholds into the model file; the test folder is indexed and grouped by
+find_duplicates at default_margin, the margin `siamsearch dedup` uses without --margin: with single
+linkage (dedup's default; its chained members beyond the margin come back as "review"), with complete
+linkage, and with complete linkage keeping only members within the 99.9%-precision margin (the demo's
+"duplicate"). phash (64 bits) pairs images within PHASH_BITS bits, imagededup's default for phash.
 
-Scores are pairwise: true pairs are all pairs of one group; predicted pairs are all pairs of files that
-share a dedup group (and the status counted), or within the phash threshold. "recall by copy" is the
-fraction of originals whose copy of that kind is paired with the original.
+Scores are pairwise: true pairs are all pairs of one group of 7; predicted pairs are the pairs of files
+sharing a dedup group (kept file and members of the statuses counted), or within the phash threshold.
+The columns by kind are the fraction of originals paired with their copy of that kind.
 
-    .venv/bin/python scripts/bench_neardup.py --minutes 6
+    .venv/bin/python scripts/bench_neardup.py    # 6 min of training at 48 px on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import imagehash
 import numpy as np
 from PIL import Image
 
-from siamsearch.dedup import default_margin, find_duplicates
+from siamsearch.dedup import DedupResult, default_margin, find_duplicates
 from siamsearch.demo import (COPIES, PHOTOS, PHOTOS_ENCODER, PHOTOS_TRAINING, build_copies, photo_from_array,
                              sample_photo, save_tiles)
 from siamsearch.evaluate import calibrate
@@ -42,7 +43,9 @@ from siamsearch.train import train
 
 EXTRA_PHOTOS = ("gravel", "colorwheel")  # sample photos the demo leaves out, real material for a benchmark
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
-PHASH_BITS = 10
+CALIBRATION_GRID = 3  # copies of these tiles calibrate: they do not overlap, unlike tiles of two grids
+IMAGE_SIZE = 48  # at the demo's 32 px, cropped and rotated copies of page (text) were missed more often
+PHASH_BITS = 10  # imagededup's default max_distance_threshold for its phash
 Pair = tuple[str, str]  # two file names, sorted
 
 
@@ -58,57 +61,57 @@ def split_photos(seed: int) -> tuple[list[str], dict[str, Image.Image]]:
     return sorted(names[:half]), test
 
 
-def build_test(photos: dict[str, Image.Image], folder: Path) -> dict[str, tuple[str, str]]:
-    """Each photo and one copy per COPIES kind; returns file name -> (photo, kind or "original")."""
+def build_test(photos: dict[str, Image.Image], folder: Path) -> list[str]:
+    """Each photo as <name>.png and one copy per COPIES kind as <name>_<kind>.jpg; returns the file names."""
     folder.mkdir(parents=True)
-    truth = {}
     for name, img in photos.items():
         img.save(folder / f"{name}.png")
-        truth[f"{name}.png"] = (name, "original")
         for kind, make in COPIES.items():
             make(img).convert("RGB").save(folder / f"{name}_{kind}.jpg", quality=90)
-            truth[f"{name}_{kind}.jpg"] = (name, kind)
-    return truth
+    return sorted(f.name for f in folder.iterdir())
 
 
 def build_training(names: list[str], folder: Path) -> Path:
-    """Unlabelled tiles (GRIDS) of the training photos: one identity each, for self-supervised training."""
-    folder.mkdir(parents=True)
+    """Tiles of the training photos in folder/grid<n>/ (n in GRIDS); self-supervised, each is its own identity."""
+    for grid in GRIDS:
+        (folder / f"grid{grid}").mkdir(parents=True)
     for name in names:
+        img = sample_photo(name)
         for grid in GRIDS:
-            save_tiles(sample_photo(name), f"{name}{grid}", folder, grid)
+            save_tiles(img, name, folder / f"grid{grid}", grid)
     return folder
+
+
+def pair(a: str, b: str) -> Pair:
+    """Two file names in sorted order, so a pair is the same whichever way it was found."""
+    return (a, b) if a <= b else (b, a)
 
 
 def pairs_of(groups: list[list[str]]) -> set[Pair]:
     """Every pair within each group of file names."""
-    return {tuple(sorted(p)) for g in groups for p in itertools.combinations(g, 2)}  # type: ignore[misc]
+    return {pair(a, b) for g in groups for a, b in itertools.combinations(g, 2)}
 
 
 def phash_pairs(folder: Path, names: list[str], bits: int) -> set[Pair]:
     """Pairs of files whose 64-bit phashes differ in at most `bits` bits."""
     hashes = {n: imagehash.phash(Image.open(folder / n)) for n in names}
-    return {tuple(sorted((a, b))) for a, b in itertools.combinations(names, 2)  # type: ignore[misc]
-            if hashes[a] - hashes[b] <= bits}
+    return {pair(a, b) for a, b in itertools.combinations(names, 2) if hashes[a] - hashes[b] <= bits}
 
 
-def dedup_pairs(result, statuses: tuple[str, ...]) -> set[Pair]:
+def dedup_pairs(result: DedupResult, statuses: tuple[str, ...]) -> set[Pair]:
     """Pairs within each dedup group among the kept file and its members of the given statuses."""
     return pairs_of([[g.keep.path] + [m.path for m in g.members if m.status in statuses] for g in result.groups])
 
 
-def score_row(method: str, setting: str, pred: set[Pair], truth: dict[str, tuple[str, str]]) -> list[str]:
+def score_row(method: str, setting: str, pred: set[Pair], photos: list[str]) -> list[str]:
     """One table row: method, setting, pairs predicted, precision, recall, F1, then recall by copy kind."""
-    by_photo: dict[str, list[str]] = {}
-    for name, (photo, _) in truth.items():
-        by_photo.setdefault(photo, []).append(name)
-    true = pairs_of(list(by_photo.values()))
+    true = pairs_of([[f"{p}.png"] + [f"{p}_{kind}.jpg" for kind in COPIES] for p in photos])
     hits = len(pred & true)
-    p, r = hits / max(len(pred), 1), hits / len(true)
-    f1 = 2 * p * r / max(p + r, 1e-12)
-    kinds = [np.mean([tuple(sorted((f"{photo}.png", f"{photo}_{kind}.jpg"))) in pred for photo in by_photo])
-             for kind in COPIES]
-    return [method, setting, str(len(pred)), f"{p:.3f}", f"{r:.3f}", f"{f1:.3f}"] + [f"{k:.2f}" for k in kinds]
+    precision, recall = hits / max(len(pred), 1), hits / len(true)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    kinds = [np.mean([pair(f"{p}.png", f"{p}_{kind}.jpg") in pred for p in photos]) for kind in COPIES]
+    return [method, setting, str(len(pred)), f"{precision:.3f}", f"{recall:.3f}", f"{f1:.3f}"] + [f"{k:.2f}"
+                                                                                                 for k in kinds]
 
 
 def print_table(rows: list[list[str]]) -> None:
@@ -119,56 +122,70 @@ def print_table(rows: list[list[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)))
 
 
+def train_and_calibrate(tiles: Path, calibration: Path, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Self-supervised training within --minutes, then calibrate() writes the thresholds into the model file."""
+    enc = dataclasses.replace(PHOTOS_ENCODER, image_size=args.image_size, channels=args.channels)
+    cfg = dataclasses.replace(PHOTOS_TRAINING, epochs=10_000, max_minutes=args.minutes, seed=args.seed,  # minutes bind
+                              device="cpu")
+    print(f"encoder: {enc}\ntraining: {cfg}")
+    t0 = time.perf_counter()
+    trained = train(tiles, model, enc, cfg)
+    best = trained.best or {}
+    print(f"trained {len(trained.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min ({trained.stopped}); "
+          f"best epoch {best.get('epoch')}: roc_auc {best.get('roc_auc', float('nan')):.4f}, "
+          f"one-shot {best.get('one_shot', float('nan')):.3f} on held-out tiles")
+    cal = calibrate(build_copies(tiles / f"grid{CALIBRATION_GRID}", calibration, seed=args.seed), model,
+                    target_precision=0.999, workers=0, device="cpu")
+    print(f"calibrated on copies of {CALIBRATION_GRID}x{CALIBRATION_GRID} training tiles ({cal['pairs']} pairs): "
+          f"best-F1 distance {cal['threshold_best_f1']:.4f} (F1 {cal['best_f1']:.3f}), 99.9%-precision distance "
+          f"{cal['threshold_at_precision']:.4f} (recall {cal['recall_at_threshold']:.3f})")
+    return cal
+
+
+def siamsearch_rows(test: Path, index: Path, model: Path, strict: float, photos: list[str]) -> list[list[str]]:
+    """Index the test folder; score dedup at its default margin with either linkage, and at the strict margin."""
+    store, _ = index_folder(test, index, model, rebuild=True, opts=EmbedOptions(workers=0, device="cpu"))
+    with store:
+        margin = default_margin(store)
+        strict = min(strict, margin)
+        single, complete = find_duplicates(store, margin), find_duplicates(store, margin, linkage="complete")
+        banded = find_duplicates(store, strict, margin, linkage="complete")
+    return [score_row("siamsearch", f"margin {margin:.3f} (default), single linkage (default)",
+                      dedup_pairs(single, ("duplicate",)), photos),
+            score_row("siamsearch", "  + chained members beyond the margin (review)",
+                      dedup_pairs(single, ("duplicate", "review")), photos),
+            score_row("siamsearch", f"margin {margin:.3f} (default), complete linkage",
+                      dedup_pairs(complete, ("duplicate",)), photos),
+            score_row("siamsearch", f"  members within {strict:.3f} (99.9%-precision margin)",
+                      dedup_pairs(banded, ("duplicate",)), photos)]
+
+
 def main() -> None:
     """Build the data, train, calibrate, index, dedup, hash, and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=6.0, help="training budget")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_neardup"), help="emptied and rebuilt")
     ap.add_argument("--seed", type=int, default=0, help="photo split and training seed")
-    ap.add_argument("--image-size", type=int, default=PHOTOS_ENCODER.image_size, help="encoder input side")
+    ap.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="encoder input side")
+    ap.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1: luminance only, as phash")
     args = ap.parse_args()
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]), f"| load average {os.getloadavg()[0]:.1f}")
+    t0 = time.perf_counter()
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]), f"(load average {os.getloadavg()[0]:.1f})")
     shutil.rmtree(args.workdir, ignore_errors=True)
     data, model = args.workdir / "data", args.workdir / "photos.pt"
     train_names, test_photos = split_photos(args.seed)
-    truth = build_test(test_photos, data / "test")
+    files = build_test(test_photos, data / "test")
     tiles = build_training(train_names, data / "train")
-    print(f"train photos ({len(train_names)}, {len(list(tiles.iterdir()))} tiles): {', '.join(train_names)}")
-    print(f"test photos ({len(test_photos)}, {len(truth)} files): {', '.join(test_photos)}")
-
-    enc = dataclasses.replace(PHOTOS_ENCODER, image_size=args.image_size)
-    cfg = dataclasses.replace(PHOTOS_TRAINING, epochs=10_000, max_minutes=args.minutes, seed=args.seed,
-                              device="cpu")
-    print(f"encoder: {enc}\ntraining: {cfg}")
-    t0 = time.perf_counter()
-    trained = train(tiles, model, enc, cfg)
-    best = trained.best or {}
-    print(f"trained {trained.history[-1]['epoch']} epochs in {(time.perf_counter() - t0) / 60:.1f} min "
-          f"({trained.stopped}); best epoch {best.get('epoch')}: one-shot {best.get('one_shot', float('nan')):.3f}, "
-          f"roc_auc {best.get('roc_auc', float('nan')):.4f}")
-    cal = calibrate(build_copies(tiles, data / "calibration", seed=args.seed), model, target_precision=0.999,
-                    workers=0, device="cpu")
-    print(f"calibration on copies of training tiles: best-F1 distance {cal['threshold_best_f1']:.4f} "
-          f"(F1 {cal['best_f1']:.3f}), 99.9%-precision distance {cal['threshold_at_precision']:.4f} "
-          f"(recall {cal['recall_at_threshold']:.3f}), {cal['pairs']} pairs")
-
-    store, _ = index_folder(data / "test", args.workdir / "index", model, rebuild=True,
-                            opts=EmbedOptions(workers=0, device="cpu"))
-    with store:
-        margin = default_margin(store)
-        plain = find_duplicates(store, margin)
-        strict = cal["threshold_at_precision"]
-        demo = find_duplicates(store, min(strict, margin), margin, linkage="complete")
-    rows = [score_row("siamsearch", f"dedup default: margin {margin:.3f}, single", dedup_pairs(plain, ("duplicate",)),
-                      truth),
-            score_row("siamsearch", f"duplicate <= {min(strict, margin):.3f}, complete",
-                      dedup_pairs(demo, ("duplicate",)), truth),
-            score_row("siamsearch", f" + review <= {margin:.3f}", dedup_pairs(demo, ("duplicate", "review")), truth),
-            score_row("imagehash", f"phash hamming <= {PHASH_BITS}/64", phash_pairs(data / "test", sorted(truth),
-                                                                                    PHASH_BITS), truth)]
-    print(f"\npairwise scores on {len(truth)} test files; right-hand columns: recall of original-copy pairs by kind")
+    print(f"train photos ({len(train_names)}, {sum(1 for _ in tiles.rglob('*.png'))} tiles): {', '.join(train_names)}")
+    print(f"test photos ({len(test_photos)}, {len(files)} files): {', '.join(test_photos)}")
+    cal = train_and_calibrate(tiles, data / "calibration", model, args)
+    photos = list(test_photos)
+    rows = siamsearch_rows(data / "test", args.workdir / "index", model, cal["threshold_at_precision"], photos)
+    rows.append(score_row("imagehash", f"phash: hamming <= {PHASH_BITS}/64",
+                          phash_pairs(data / "test", files, PHASH_BITS), photos))
+    print(f"\npairwise scores on {len(files)} test files; by kind: recall of (original, copy) pairs")
     print_table(rows)
-    print(f"total {(time.perf_counter() - t0) / 60:.1f} min after data; load average {os.getloadavg()[0]:.1f}")
+    print(f"total {(time.perf_counter() - t0) / 60:.1f} min (load average {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":
