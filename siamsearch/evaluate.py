@@ -22,10 +22,6 @@ from .train import split_folder
 
 Progress = Callable[[int], None]  # called with the number of images just embedded
 
-# The calibration keys train.py writes from its best validation epoch; dedup reads these.
-CALIBRATION_KEYS = ("threshold_best_f1", "best_f1", "threshold_at_precision", "precision_at_threshold",
-                    "recall_at_threshold", "target_precision")
-
 
 @dataclass
 class Labelled:
@@ -128,9 +124,9 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
     data = embed_labelled(data_dir, model_path, held_out=held_out, device=device, workers=workers,
                           batch_size=batch_size, progress=progress)
     emb, labels = data.vectors, data.labels
-    found = metrics.retrieval_metrics(emb, labels) | metrics.verification_metrics(
-        emb, labels, max_pairs=max_pairs, seed=seed, target_precision=target_precision)
-    i, j, same = metrics.sample_pairs(labels, max_pairs, seed)  # the same seeded pairs, kept for plots
+    i, j, same = metrics.sample_pairs(labels, max_pairs, seed)  # sampled once: metrics and plots share them
+    distances = metrics.pair_distances(emb, i, j)
+    found = metrics.retrieval_metrics(emb, labels) | metrics.pair_metrics(distances, same, target_precision)
     names, counts = np.unique(labels, return_counts=True)
     eligible = int((counts >= 2).sum())
     notes = []
@@ -146,7 +142,7 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
     tally = {"images": len(labels), "identities": len(names), "identities_with_pairs": eligible,
              "skipped": len(data.failures), "unlabelled": data.unlabelled}
     return EvalResult(data.root, data.ckpt.fingerprint, {k: float(v) for k, v in found.items()}, tally,
-                      metrics.pair_distances(emb, i, j), same, data.paths, labels, emb, data.failures, notes)
+                      distances, same, data.paths, labels, emb, data.failures, notes)
 
 
 def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision: float = 0.99, seed: int = 0,
@@ -164,7 +160,7 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
                           progress=progress)
     found = metrics.verification_metrics(data.vectors, data.labels, max_pairs=max_pairs, seed=seed,
                                          target_precision=target_precision)
-    calibration = {k: found[k] for k in CALIBRATION_KEYS} | {"source": f"calibrate:{data.root}",
+    calibration = {k: found[k] for k in metrics.CALIBRATION_KEYS} | {"source": f"calibrate:{data.root}",
                                                               "pairs": int(found["pairs"])}
     update_model_file(Path(model_path), calibration=calibration)
     return calibration

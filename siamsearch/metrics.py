@@ -339,6 +339,11 @@ def one_shot_accuracy(emb: np.ndarray, labels: np.ndarray, ways: int = 20, episo
     return float((np.einsum("ewd,ewd->ew", diff, diff).argmin(axis=1) == target).mean())
 
 
+# The thresholds a model file stores as its calibration (training and `calibrate`); dedup reads them.
+CALIBRATION_KEYS = ("threshold_best_f1", "best_f1", "threshold_at_precision", "precision_at_threshold",
+                    "recall_at_threshold", "target_precision")
+
+
 def verification_metrics(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0,
                          target_precision: float = 0.99) -> dict[str, float]:
     """Everything a verification report needs from one seeded pair sample, as plain floats for JSON.
@@ -351,12 +356,20 @@ def verification_metrics(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 2
         target_precision: precision the `threshold_at_precision` threshold must reach.
 
     Returns:
+        See pair_metrics.
+    """
+    i, j, same = sample_pairs(labels, max_pairs, seed)
+    return pair_metrics(pair_distances(emb, i, j), same, target_precision)
+
+
+def pair_metrics(d: np.ndarray, same: np.ndarray, target_precision: float = 0.99) -> dict[str, float]:
+    """Verification metrics of pairs already measured (distances d, same-identity flags), as plain floats.
+
+    Returns:
         Flat dict: roc_auc, eer, eer_threshold, tar_at_far_1e-2, tar_at_far_1e-3, threshold_best_f1,
         best_f1, threshold_at_precision, precision_at_threshold, recall_at_threshold,
         target_precision, pairs.
     """
-    i, j, same = sample_pairs(labels, max_pairs, seed)
-    d = pair_distances(emb, i, j)
     rate, eer_t = eer(d, same)
     t_f1, f1, _, _ = best_f1_threshold(d, same)
     t_p, precision, recall = threshold_at_precision(d, same, target_precision)

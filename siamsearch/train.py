@@ -184,9 +184,7 @@ def _calibration(record: dict[str, Any]) -> dict[str, Any]:
     """The distance thresholds dedup uses by default, from the best validation epoch."""
     if "threshold_best_f1" not in record:
         return {}
-    keys = ("threshold_best_f1", "best_f1", "threshold_at_precision", "precision_at_threshold",
-            "recall_at_threshold", "target_precision")
-    return {k: record[k] for k in keys if k in record} | {"source": "validation", "epoch": record["epoch"]}
+    return {k: record[k] for k in metrics.CALIBRATION_KEYS if k in record} | {"source": "validation", "epoch": record["epoch"]}
 
 
 def _lr_factor(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
