@@ -108,6 +108,7 @@ def train(
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
     loss: Annotated[str, typer.Option(help=f"One of {', '.join(LOSSES)}.")] = "contrastive",
     margin: Annotated[Optional[float], typer.Option(help="Loss margin (default 1.0 contrastive, 0.2 triplet).")] = None,
+    temperature: Annotated[float, typer.Option(help="ntxent's softmax temperature.")] = 0.1,
     epochs: Annotated[int, typer.Option()] = 20,
     max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best epoch so far is kept.")] = None,
     ids_per_batch: Annotated[int, typer.Option("--ids-per-batch", "-P", help="Identities per batch.")] = 32,
@@ -138,7 +139,7 @@ def train(
         enc = EncoderConfig(backbone=backbone, dim=dim, image_size=image_size, channels=channels,
                             pretrained=pretrained)
         cfg = TrainConfig(loss=loss, margin=DEFAULT_MARGINS.get(loss, 1.0) if margin is None else margin,
-                          epochs=epochs, max_minutes=max_minutes, ids_per_batch=ids_per_batch,
+                          temperature=temperature, epochs=epochs, max_minutes=max_minutes, ids_per_batch=ids_per_batch,
                           images_per_id=images_per_id, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay,
                           freeze_backbone=freeze_backbone, unfreeze=parse_unfreeze(unfreeze or []),
                           accumulate=accumulate, amp=amp, self_supervised=self_supervised, augment=augment,
@@ -322,11 +323,12 @@ def _print_moves(plan: MovePlan, report: MoveReport | None, out: Console) -> Non
 def dedup(
     index_dir: IndexDir,
     margin: Annotated[Optional[float], typer.Option(help="Duplicate distance (default: the model's calibrated "
-                                                         "threshold_best_f1).")] = None,
+                                                         "best-F1 distance).")] = None,
     review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
                                                                 "are formed with it.")] = None,
-    linkage: Annotated[str, typer.Option(help="single (pairs chain) or complete (all members within the "
-                                              "review margin of each other).")] = "single",
+    linkage: Annotated[str, typer.Option(help="complete (all members within the review margin of each other) "
+                                              "or single (pairs chain: members chained beyond --margin show "
+                                              "as review).")] = "complete",
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
     against: Annotated[Optional[Path], typer.Option(help="Another index: images of this one with a duplicate "
                                                          "there.")] = None,

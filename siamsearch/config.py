@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
-LOSSES = ("contrastive", "triplet")
+LOSSES = ("contrastive", "triplet", "ntxent")
 
 # ImageNet statistics for torchvision backbones; a neutral grey for the small net.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -117,6 +117,7 @@ class TrainConfig:
 
     loss: str = "contrastive"
     margin: float = 1.0
+    temperature: float = 0.1  # ntxent only
     epochs: int = 20
     max_minutes: float | None = None
     ids_per_batch: int = 32  # P

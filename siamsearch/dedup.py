@@ -2,13 +2,14 @@
 
 Works on the embeddings a Store already holds: nothing is embedded again. Two images are duplicates
 when the Euclidean distance of their embeddings is within the margin (by default the calibrated
-threshold_best_f1 of the model that built the index). A wider review margin adds a "needs review" band.
+threshold_best_f1 of the model that built the index). A wider review margin adds a "needs review"
+band.
 
 Pairs come from FAISS range searches of the stored vectors against their own index, one block of
 queries at a time, so memory holds one block and the pairs found, never an N×N matrix. Pairs then
-become groups: single linkage (connected components, which chain) or complete linkage (every member
-within the margin of every other). Each group keeps one file by a policy and lists the others with
-their distance to it. siamsearch.moves moves the duplicates out of the way and back.
+become groups: complete linkage (every member within the margin of every other; the default) or
+single linkage (connected components, which chain). Each group keeps one file by a policy and lists
+the others with their distance to it. siamsearch.moves moves the duplicates out of the way and back.
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ class CrossResult:
 def default_margin(store: Store) -> float:
     """The calibrated duplicate distance (threshold_best_f1) of the model file the index names.
 
+    Fitted on balanced same/different pairs, it is looser than a collection's best margin (different
+    pairs outnumber same ones there), which complete linkage absorbs: a merge needs every cross pair
+    within it. Single linkage at this margin chains groups together.
+
     Raises:
         DedupError: no model file, not the model that built the index, or no calibration in it.
     """
@@ -138,7 +143,8 @@ def default_margin(store: Store) -> float:
     if ckpt.fingerprint != store.fingerprint:
         raise DedupError(f"{model} is not the model that built {store.path}; pass --margin")
     if "threshold_best_f1" not in ckpt.calibration:
-        raise DedupError(f"{model} holds no calibration; pass --margin")
+        raise DedupError(f"{model} holds no calibration; run `siamsearch calibrate` on labelled data or pass "
+                         "--margin")
     return float(ckpt.calibration["threshold_best_f1"])
 
 
@@ -262,7 +268,7 @@ def max_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
 
 
 def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, radius: float,
-          linkage: str = "single") -> list[np.ndarray]:
+          linkage: str = "complete") -> list[np.ndarray]:
     """Turn pairs into groups of ids (each sorted; groups ordered by their first id).
 
     single: connected components, which chain (A~B and B~C put A and C together however far apart).
@@ -314,7 +320,7 @@ def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) ->
 # ---- the two searches ----------------------------------------------------------------------------
 
 
-def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "single",
+def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "complete",
                     keep: str = "largest", *, block: int = BLOCK) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; groups ordered by that file.
 

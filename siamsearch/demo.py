@@ -42,6 +42,7 @@ PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", 
           "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
           "text")
 PHOTO_SIDE = 384  # originals are stored with this longer side: small files, fast to decode
+MIN_DETAIL = 10.0  # luminance standard deviation (of 255) below which a tile is near-blank
 
 
 def _rotate(img: Image.Image) -> Image.Image:
@@ -75,7 +76,7 @@ DIGITS_TRAINING = TrainConfig(epochs=30, ids_per_batch=8, images_per_id=12, lr=3
 NEAR_DUPLICATES = AugmentConfig(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip=False, rotate=6.0,
                                 brightness=0.4, contrast=0.3, saturation=0.4, grayscale_p=0.25, blur_p=0.3)
 PHOTOS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=32, channels=3)
-PHOTOS_TRAINING = TrainConfig(epochs=200, ids_per_batch=16, images_per_id=2, lr=3e-3, margin=1.0,
+PHOTOS_TRAINING = TrainConfig(loss="ntxent", epochs=200, ids_per_batch=64, images_per_id=2, lr=3e-3,
                               self_supervised=True, augment="near-duplicates", augment_cfg=NEAR_DUPLICATES,
                               val_fraction=0.2, ways=20, episodes=200, workers=0)
 
@@ -154,13 +155,19 @@ def build_photos(folder: Path, tiles: int = 3, seed: int = 0) -> tuple[Path, Pat
     return collection, training, planted
 
 
+def _has_detail(path: Path) -> bool:
+    """False for a near-blank tile (sky, paper, black border): its copies are no longer an identity of its own."""
+    return float(np.asarray(Image.open(path).convert("L"), np.float32).std()) >= MIN_DETAIL
+
+
 def build_copies(training: Path, folder: Path, count: int = 60, seed: int = 0) -> Path:
     """A labelled calibration folder: `count` training tiles, each with one copy of every COPIES kind.
 
     Each tile is an identity (tile/original.png, tile/<kind>.jpg), so `calibrate` learns from it how
-    far a copy may be from its original; the collection's photos themselves are never used.
+    far a copy may be from its original; the collection's photos themselves are never used. Near-blank
+    tiles are left out: two of them, brightened to white, are the same image under two labels.
     """
-    tiles = sorted(training.glob("*_[0-9][0-9].png"))
+    tiles = [t for t in sorted(training.glob("*_[0-9][0-9].png")) if _has_detail(t)]
     rng = np.random.default_rng(seed)
     for i in rng.choice(len(tiles), size=min(count, len(tiles)), replace=False):
         img = Image.open(tiles[i]).convert("RGB")
@@ -241,10 +248,11 @@ def _photos(work: Path, minutes: float, obs: Observer, opts: EmbedOptions) -> di
                     dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes, device=opts.device), observer=obs)
     obs.message("calibrating it on synthetic copies of tiles, indexing the photos, finding duplicates")
     calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=opts.device)
-    margin = calibration["threshold_at_precision"]  # "duplicate": 99.9% precision on the copies
+    review = calibration["threshold_best_f1"]  # `siamsearch dedup`'s default margin
+    margin = min(calibration["threshold_at_precision"], review)  # "duplicate": 99.9% precision on the copies
     store, _ = index_folder(photos, work / "indexes" / "photos", model, rebuild=True, opts=opts)
-    with store:  # "review": up to the best-F1 distance; complete linkage, so groups do not chain
-        found = find_duplicates(store, margin, max(margin, calibration["threshold_best_f1"]), linkage="complete")
+    with store:  # grouped as `siamsearch dedup` groups them; members beyond the 99.9% margin are "review"
+        found = find_duplicates(store, margin, review)
     groups = found.to_dict()["groups"]
     files = {"dedup_html": report.dedup_page(groups, work / "dedup.html", root=photos,
                                              title="siamsearch demo: photos")}

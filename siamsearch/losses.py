@@ -1,6 +1,9 @@
-"""Contrastive and triplet losses: embeddings and labels in, a scalar out (never the model)."""
+"""Contrastive, triplet and NT-Xent losses: embeddings and labels in, a scalar out (never the model)."""
 
 from __future__ import annotations
+
+from functools import partial
+from typing import Callable
 
 import torch
 
@@ -75,4 +78,29 @@ def batch_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 
     return active.mean() if active.numel() else emb.sum() * 0
 
 
-BATCH_LOSSES = {"contrastive": batch_contrastive_loss, "triplet": batch_triplet_loss}
+def batch_ntxent_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """NT-Xent (SimCLR, Chen et al. 2020) over a P×K batch; with K > 2, its multi-positive form (SupCon).
+
+    Each image's positives compete, in a softmax over cosine similarity / temperature, against every
+    other image of the batch, so the nearest negatives get the most gradient without any mining.
+
+    Args:
+        emb: (N, D) unit embeddings; labels: (N,) identity ids.
+    """
+    eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    logits = (emb @ emb.T / temperature).masked_fill(eye, float("-inf"))
+    positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
+    log_prob = (logits - logits.logsumexp(dim=1, keepdim=True)).masked_fill(~positives, 0)
+    counts = positives.sum(1)
+    anchors = counts > 0
+    if not anchors.any():
+        return emb.sum() * 0
+    return -(log_prob.sum(1)[anchors] / counts[anchors]).mean()
+
+
+BATCH_LOSSES = {"contrastive": batch_contrastive_loss, "triplet": batch_triplet_loss, "ntxent": batch_ntxent_loss}
+
+
+def batch_loss(name: str, margin: float, temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The batch loss `name` with its one setting bound: ntxent's temperature, or the others' margin."""
+    return partial(BATCH_LOSSES[name], **({"temperature": temperature} if name == "ntxent" else {"margin": margin}))

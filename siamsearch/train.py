@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint, load_resume, save_model, save_resume, u
 from .config import EncoderConfig, TrainConfig, from_dict, to_dict
 from .embed import DecodedImages, _collate, autocast, decode_images, embed_tensors, resolve_device
 from .images import Failure, find_images, identity_of
-from .losses import BATCH_LOSSES
+from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
 from .pairs import PKSampler, encode_labels, split_identities
 from .transforms import augment_batch, normalize, resize_batch, train_load_size
@@ -266,7 +266,8 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
     sampler = PKSampler(data.train.labels, cfg.ids_per_batch, 2 if data.self_supervised else cfg.images_per_id,
                         min_images=1 if data.self_supervised else 2, seed=cfg.seed)
     val_images, val_labels = _val_views(data, enc, cfg) if len(data.val.labels) else (None, None)
-    loss_fn, pre, load = BATCH_LOSSES[cfg.loss], enc.preprocess(), train_load_size(enc.image_size)
+    loss_fn = batch_loss(cfg.loss, cfg.margin, cfg.temperature)
+    pre, load = enc.preprocess(), train_load_size(enc.image_size)
     gen = torch.Generator().manual_seed(cfg.seed + run.start_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
                                   and not torch.cuda.is_bf16_supported())  # fp16 needs loss scaling
@@ -293,7 +294,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
                                             cfg.augment_cfg, gen), pre).contiguous(memory_format=torch.channels_last)
                 with autocast(device, cfg.amp):
                     emb = model(x)
-                loss = loss_fn(emb.float(), labels.to(device), cfg.margin) / cfg.accumulate
+                loss = loss_fn(emb.float(), labels.to(device)) / cfg.accumulate
                 scaler.scale(loss).backward()
                 if (i + 1) % cfg.accumulate == 0:
                     scaler.step(optimizer)

@@ -115,6 +115,18 @@ def test_single_linkage_is_connected_components_and_complete_linkage_stays_withi
     assert len(members) == len(set(members))
 
 
+def test_cli_groups_by_complete_linkage_unless_told_to_chain(tmp_path):
+    # Four points 0.08 apart on a line: each pair of neighbours is within 0.1, the ends are 0.24 apart.
+    x = np.zeros((4, 8), np.float32)
+    x[:, 0] = np.arange(4) * 0.08
+    store = make_store(tmp_path, x)
+    sizes = lambda res: sorted(len(g["members"]) + 1 for g in json.loads(res.stdout)["groups"])  # noqa: E731
+    assert sizes(run("dedup", "--index", store.path, "--margin", 0.1, "--json")) == [2, 2]
+    chained = run("dedup", "--index", store.path, "--margin", 0.1, "--linkage", "single", "--json")
+    assert sizes(chained) == [4]
+    assert {m["status"] for g in json.loads(chained.stdout)["groups"] for m in g["members"]} == {"duplicate", "review"}
+
+
 @pytest.mark.parametrize("linkage", ["single", "complete"])
 def test_groups_report_distances_and_statuses_from_the_vectors(tmp_path, linkage):
     x = clustered(120, seed=5)

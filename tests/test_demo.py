@@ -1,8 +1,11 @@
-"""The demo's scoring of dedup groups against planted copies; the whole demo run is opt-in (-m slow)."""
+"""The demo's calibration copies and its scoring of dedup groups against planted copies; the whole demo
+run is opt-in (-m slow)."""
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from siamsearch.demo import score_groups
+from siamsearch.demo import COPIES, build_copies, save_tiles, score_groups
 
 PLANTED = {"a_jpeg.jpg": "a.png", "b_rotated.jpg": "b.png", "c_resized.jpg": "c.png"}
 
@@ -20,6 +23,19 @@ def test_score_groups_counts_found_copies_and_wrong_members():
     ]
     assert score_groups(groups, PLANTED) == {"planted": 3, "groups": 3, "found": 2, "found_as_duplicate": 1,
                                              "wrong_duplicate": 1, "wrong_review": 1}
+
+
+def test_build_copies_labels_each_detailed_tile_with_its_copies_and_skips_featureless_ones(tmp_path):
+    rng = np.random.default_rng(0)
+    textured = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    textured[:48, :48] = 250  # a blank corner: its "brighter" copy is pure white, like any other blank tile's
+    training = tmp_path / "train"
+    training.mkdir()
+    save_tiles(Image.fromarray(textured), "noise", training, 2)
+    folder = build_copies(training, tmp_path / "copies", count=10)
+    assert sorted(p.name for p in folder.iterdir()) == ["noise_01", "noise_10", "noise_11"]
+    expected = ["original.png"] + [f"{kind}.jpg" for kind in COPIES]
+    assert all(sorted(p.name for p in tile.iterdir()) == sorted(expected) for tile in folder.iterdir())
 
 
 @pytest.mark.slow

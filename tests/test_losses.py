@@ -1,12 +1,13 @@
-"""Losses against values worked out by hand on 2-D points at known angles."""
+"""Losses against values worked out by hand on 2-D points at known angles, and NT-Xent against
+pytorch-metric-learning's reference implementation."""
 
 import math
 
 import pytest
 import torch
 
-from siamsearch.losses import (batch_contrastive_loss, batch_triplet_loss, contrastive_loss,
-                               triplet_margin_loss)
+from siamsearch.losses import (batch_contrastive_loss, batch_loss, batch_ntxent_loss, batch_triplet_loss,
+                               contrastive_loss, triplet_margin_loss)
 
 E0 = torch.tensor([[1.0, 0.0]])  # angle 0
 E90 = torch.tensor([[0.0, 1.0]])  # angle 90°: distance sqrt(2) from E0
@@ -67,3 +68,39 @@ def test_batch_losses_have_gradients_and_zero_when_solved():
         assert loss.item() == 0.0
         loss.backward()  # no NaN from sqrt at zero distance
         assert torch.isfinite(emb.grad).all()
+
+
+def test_ntxent_by_hand():
+    emb = torch.cat([E0, E0, E90])  # anchor 0: positive at cos 1, negative at cos 0
+    labels = torch.tensor([0, 0, 1])
+    t = 0.5
+    anchor = -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(0)))  # anchors 0 and 1 alike; 2 has none
+    assert batch_ntxent_loss(emb, labels, temperature=t).item() == pytest.approx(anchor)
+
+
+def _unit(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ntxent_equals_pytorch_metric_learning(seed):
+    pml = pytest.importorskip("pytorch_metric_learning.losses", reason="reference implementation (test extra)")
+    emb, labels = _unit(16, 8, seed), torch.arange(8).repeat(2)  # two views each: SimCLR's batch
+    ours = batch_ntxent_loss(emb, labels, temperature=0.1)
+    assert ours.item() == pytest.approx(pml.NTXentLoss(temperature=0.1)(emb, labels).item(), rel=1e-5)
+    # With K > 2 views it is the multi-positive form of Khosla et al. (SupCon's L_out).
+    emb, labels = _unit(24, 8, seed), torch.arange(6).repeat(4)
+    ours = batch_ntxent_loss(emb, labels, temperature=0.2)
+    assert ours.item() == pytest.approx(pml.SupConLoss(temperature=0.2)(emb, labels).item(), rel=1e-5)
+
+
+def test_batch_loss_binds_the_right_setting():
+    emb, labels = _unit(8, 4, 0).requires_grad_(), torch.arange(4).repeat(2)
+    assert batch_loss("ntxent", 1.0, 0.3)(emb, labels).item() == pytest.approx(
+        batch_ntxent_loss(emb, labels, temperature=0.3).item())
+    assert batch_loss("triplet", 0.4, 0.3)(emb, labels).item() == pytest.approx(
+        batch_triplet_loss(emb, labels, margin=0.4).item())
+    loss = batch_ntxent_loss(emb, labels)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
