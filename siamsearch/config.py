@@ -148,6 +148,8 @@ class TrainConfig:
             raise ValueError("a batch needs at least 2 identities with at least 2 images each")
         if self.accumulate < 1 or self.epochs < 1:
             raise ValueError("accumulate and epochs must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
 

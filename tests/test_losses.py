@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from siamsearch.config import TrainConfig
 from siamsearch.losses import (batch_contrastive_loss, batch_loss, batch_ntxent_loss, batch_triplet_loss,
                                contrastive_loss, triplet_margin_loss)
 
@@ -104,3 +105,8 @@ def test_batch_loss_binds_the_right_setting():
     loss = batch_ntxent_loss(emb, labels)
     loss.backward()
     assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
+
+
+def test_a_temperature_must_be_positive():
+    with pytest.raises(ValueError, match="temperature"):
+        TrainConfig(loss="ntxent", temperature=0.0)
