@@ -4,18 +4,19 @@ The sample photos that ship inside scikit-image (siamsearch.demo.PHOTOS plus gra
 split by --seed into a training half and a test half; scikit-learn's china and flower join the test half.
 The test folder holds each test original and one copy of it per demo.COPIES kind (resized, cropped, JPEG,
 brighter, grayscale, rotated): groups of 7. A small encoder (luminance only by default, as phash) trains
-self-supervised (NT-Xent) on tiles of the training photos only; calibrate() on labelled copies of
-training tiles (demo.build_copies) writes its thresholds into the model file; the test folder is indexed
-and grouped by find_duplicates at default_margin, the margin `siamsearch dedup` uses without --margin
-(the best-F1 distance on balanced calibration pairs), with complete linkage (dedup's default) and with
-single linkage; and, for comparison, at the 99.9%-precision distance with complete linkage. phash
-(64 bits) pairs images within PHASH_BITS bits, imagededup's default for phash.
+self-supervised (NT-Xent) on tiles of the training photos and on procedural dead-leaves images
+(siamsearch.leaves); no test photo and no copy is seen. calibrate() on labelled copies of training tiles
+(demo.build_copies) writes its thresholds into the model file; the test folder is indexed and grouped by
+find_duplicates at default_margin, the margin `siamsearch dedup` uses without --margin (the best-F1
+distance on balanced calibration pairs), with complete linkage (dedup's default) and with single linkage;
+and, for comparison, at the 99.9%-precision distance with complete linkage. phash (64 bits) pairs images
+within PHASH_BITS bits, imagededup's default for phash.
 
 Scores are pairwise: true pairs are all pairs of one group of 7; predicted pairs are the pairs of files
 sharing a dedup group (kept file and members of the statuses counted), or within the phash threshold.
 The columns by kind are the fraction of originals paired with their copy of that kind.
 
-    .venv/bin/python scripts/bench_neardup.py    # 6 min of training at 48 px on 2 CPU cores
+    .venv/bin/python scripts/bench_neardup.py    # 10 min of training at 48 px on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from siamsearch.dedup import DedupResult, default_margin, find_duplicates
 from siamsearch.demo import (COPIES, PHOTOS, PHOTOS_ENCODER, PHOTOS_TRAINING, build_copies, photo_from_array,
                              sample_photo, save_tiles)
 from siamsearch.evaluate import calibrate
+from siamsearch.leaves import write_dead_leaves
 from siamsearch.search import EmbedOptions, index_folder
 from siamsearch.train import train
 
 EXTRA_PHOTOS = ("gravel", "colorwheel")  # sample photos the demo leaves out, real material for a benchmark
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
 CALIBRATION_GRID = 3  # copies of these tiles calibrate: they do not overlap, unlike tiles of two grids
+LEAVES = 1000  # procedural images (siamsearch.leaves) beside about 300 photo tiles: less to memorise
 IMAGE_SIZE = 48  # at the demo's 32 px, cropped and rotated copies of page (text) were missed more often
 PHASH_BITS = 10  # imagededup's default max_distance_threshold for its phash
 Pair = tuple[str, str]  # two file names, sorted
@@ -71,14 +74,19 @@ def build_test(photos: dict[str, Image.Image], folder: Path) -> list[str]:
     return sorted(f.name for f in folder.iterdir())
 
 
-def build_training(names: list[str], folder: Path) -> Path:
-    """Tiles of the training photos in folder/grid<n>/ (n in GRIDS); self-supervised, each is its own identity."""
+def build_training(names: list[str], folder: Path, leaves: int, seed: int) -> Path:
+    """Tiles of the training photos in folder/grid<n>/ (n in GRIDS) and dead-leaves images in folder/leaves/.
+
+    Self-supervised: each file is its own identity.
+    """
     for grid in GRIDS:
         (folder / f"grid{grid}").mkdir(parents=True)
     for name in names:
         img = sample_photo(name)
         for grid in GRIDS:
             save_tiles(img, name, folder / f"grid{grid}", grid)
+    if leaves:
+        write_dead_leaves(folder / "leaves", leaves, seed=seed)
     return folder
 
 
@@ -159,10 +167,11 @@ def siamsearch_rows(test: Path, index: Path, model: Path, strict: float, photos:
 def main() -> None:
     """Build the data, train, calibrate, index, dedup, hash, and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=6.0, help="training budget")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_neardup"), help="emptied and rebuilt")
     ap.add_argument("--seed", type=int, default=0, help="photo split and training seed")
     ap.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="encoder input side")
+    ap.add_argument("--leaves", type=int, default=LEAVES, help="dead-leaves images added to training")
     ap.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1: luminance only, as phash")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -171,8 +180,9 @@ def main() -> None:
     data, model = args.workdir / "data", args.workdir / "photos.pt"
     train_names, test_photos = split_photos(args.seed)
     files = build_test(test_photos, data / "test")
-    tiles = build_training(train_names, data / "train")
-    print(f"train photos ({len(train_names)}, {sum(1 for _ in tiles.rglob('*.png'))} tiles): {', '.join(train_names)}")
+    tiles = build_training(train_names, data / "train", args.leaves, args.seed)
+    print(f"train photos ({len(train_names)}, {sum(1 for _ in tiles.glob('grid*/*.png'))} tiles) "
+          f"and {args.leaves} dead-leaves images: {', '.join(train_names)}")
     print(f"test photos ({len(test_photos)}, {len(files)} files): {', '.join(test_photos)}")
     cal = train_and_calibrate(tiles, data / "calibration", model, args)
     photos = list(test_photos)
