@@ -55,14 +55,12 @@ def _mask(rng: np.random.Generator, kind: str, r: float, cx: float, cy: float,
 
 
 def dead_leaves(rng: np.random.Generator, side: int = 128, leaves: int = 200) -> Image.Image:
-    """One RGB dead-leaves image: `leaves` shapes painted back to front over a textured background."""
+    """One RGB dead-leaves image: `leaves` shapes painted back to front over a background fill."""
     canvas = _fill(rng, (side, side)).copy()
     for r, kind in zip(_radii(rng, leaves, MIN_RADIUS, side / 2), rng.choice(SHAPES, size=leaves)):
         cx, cy = rng.uniform(-r / 2, side + r / 2, size=2)
         x0, x1 = int(max(cx - r, 0)), int(min(cx + r + 1, side))
-        y0, y1 = int(max(cy - r, 0)), int(min(cy + r + 1, side))
-        if x1 <= x0 or y1 <= y0:
-            continue
+        y0, y1 = int(max(cy - r, 0)), int(min(cy + r + 1, side))  # never empty: the centre is within r/2 of the canvas
         yy, xx = np.mgrid[y0:y1, x0:x1]
         mask = _mask(rng, str(kind), r, cx, cy, xx, yy)
         canvas[y0:y1, x0:x1][mask] = _fill(rng, mask.shape)[mask]
