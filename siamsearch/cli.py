@@ -18,11 +18,12 @@ from rich.table import Table
 from . import __version__, report
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
-from .dedup import CrossResult, DedupResult, default_margin, find_duplicates, find_duplicates_in
+from .dedup import CrossResult, DedupResult, calibrated_margin, default_margin, find_duplicates, find_duplicates_in
 from .evaluate import calibrate as calibrate_model
 from .evaluate import EvalResult, evaluate
 from .images import Failure
 from .losses import DEFAULT_MARGINS
+from .metrics import TARGET_RECALL
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves, undo_moves
 from .search import EmbedOptions, Searcher, index_folder
 from .store import Store, StoreError
@@ -39,6 +40,14 @@ DecodeWorkers = Annotated[Optional[int], typer.Option("--workers", help="Decode 
 IndexDir = Annotated[Path, typer.Option("--index", help="Index folder.")]
 TargetPrecision = Annotated[float, typer.Option(help="Precision the second threshold is set for.")]
 Seed = Annotated[int, typer.Option()]
+
+
+def _calibration_line(cal: dict[str, Any]) -> str:
+    """Dedup's default margin and the thresholds it comes from, for train and calibrate to print."""
+    line = f"dedup margin {calibrated_margin(cal):.4f} (best F1 {cal['threshold_best_f1']:.4f}"
+    if "threshold_at_recall" in cal:
+        line += f", {cal['target_recall']:g} of same pairs within {cal['threshold_at_recall']:.4f}"
+    return line + f"); {cal['threshold_at_precision']:.4f} for precision {cal['target_precision']:g}"
 
 
 def fail(message: str) -> None:
@@ -105,6 +114,7 @@ def train(
     channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB.")] = 3,
     dim: Annotated[int, typer.Option(help="Embedding size.")] = 128,
     pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet weights (downloads).")] = False,
+    standardize: Annotated[bool, typer.Option(help="Standardise each image first: blind to brightness and contrast.")] = False,
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
     loss: Annotated[str, typer.Option(help=f"One of {', '.join(LOSSES)}.")] = "contrastive",
     margin: Annotated[Optional[float], typer.Option(help="Loss margin (default 1.0 contrastive, 0.2 triplet).")] = None,
@@ -137,7 +147,7 @@ def train(
         fail(f"no such folder: {data_dir}")
     try:
         enc = EncoderConfig(backbone=backbone, dim=dim, image_size=image_size, channels=channels,
-                            pretrained=pretrained)
+                            pretrained=pretrained, standardize=standardize)
         cfg = TrainConfig(loss=loss, margin=DEFAULT_MARGINS.get(loss, 1.0) if margin is None else margin,
                           temperature=temperature, epochs=epochs, max_minutes=max_minutes, ids_per_batch=ids_per_batch,
                           images_per_id=images_per_id, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay,
@@ -158,9 +168,7 @@ def train(
     console.print(f"best epoch {best['epoch']} (stopped by {result.stopped}): "
                   + "  ".join(f"{k} {_fmt(best[k])}" for k in ("roc_auc", "p_at_1", "one_shot") if k in best))
     if result.calibration:
-        console.print(f"calibration: duplicate distance ≤ {result.calibration['threshold_best_f1']:.4f} (best F1), "
-                      f"≤ {result.calibration['threshold_at_precision']:.4f} at "
-                      f"{result.calibration['target_precision']:.0%} precision")
+        console.print(f"calibration: {_calibration_line(result.calibration)}", highlight=False)
     console.print(f"wrote {out} (fingerprint {result.fingerprint})")
 
 
@@ -402,7 +410,7 @@ EVAL_SECTIONS = (
     ("verification", ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")),
     ("one-shot", ("one_shot", "ways", "episodes")),
     ("thresholds", ("threshold_best_f1", "best_f1", "threshold_at_precision", "target_precision",
-                    "precision_at_threshold", "recall_at_threshold")),
+                    "precision_at_threshold", "recall_at_threshold", "threshold_at_recall", "target_recall")),
 )
 
 
@@ -454,18 +462,19 @@ def calibrate(
     data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities (your own data).")],
     model: Annotated[Path, typer.Option(help="Model file; its thresholds are replaced, its weights kept.")],
     target_precision: TargetPrecision = 0.99,
+    target_recall: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of same pairs the recall threshold holds; dedup's default margin is at most "
+                               "that distance.")] = TARGET_RECALL,
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     found = _embedding(lambda progress: calibrate_model(
-        data_dir, model, target_precision=target_precision, seed=seed, device=device, workers=workers,
-        progress=progress))
-    console.print(f"duplicate distance ≤ {found['threshold_best_f1']:.4f} (best F1 {found['best_f1']:.4f}); "
-                  f"≤ {found['threshold_at_precision']:.4f} for precision {found['precision_at_threshold']:.4f} "
-                  f"(target {found['target_precision']:g}), recall {found['recall_at_threshold']:.4f}, "
-                  f"from {found['pairs']:,} pairs", highlight=False)
+        data_dir, model, target_precision=target_precision, target_recall=target_recall, seed=seed, device=device,
+        workers=workers, progress=progress))
+    console.print(f"{_calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "
+                  f"{found['recall_at_threshold']:.4f}; from {found['pairs']:,} pairs", highlight=False)
     console.print(f"stored in {model}; the weights and fingerprint are unchanged, so its indexes stay valid")
 
 

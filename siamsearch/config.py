@@ -59,6 +59,7 @@ class EncoderConfig:
     image_size: int = 224
     channels: int = 3
     pretrained: bool = False
+    standardize: bool = False  # each image to zero mean, unit std per channel first: blind to brightness and contrast
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -106,6 +107,10 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     # Near-duplicate photos (self-supervised): strong crops, colour, grayscale and blur.
     "photos": AugmentConfig(crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33), flip=True, rotate=10.0,
                             brightness=0.4, contrast=0.4, saturation=0.4, grayscale_p=0.2, blur_p=0.3),
+    # Copies of one photo (resized, cropped, recompressed, relit): milder crops than "photos" and no flips (a
+    # mirrored photo is not a copy); brightness reaches 0.5 so a 1.4x brighter copy sits inside the range.
+    "near-duplicates": AugmentConfig(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip=False, rotate=6.0,
+                                     brightness=0.5, contrast=0.3, saturation=0.4, grayscale_p=0.25, blur_p=0.3),
     "none": AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotate=0.0,
                           brightness=0.0, contrast=0.0, saturation=0.0),
 }

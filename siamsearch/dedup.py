@@ -1,9 +1,9 @@
 """Margin search over stored vectors → groups → which file to keep.
 
 Works on the embeddings a Store already holds: nothing is embedded again. Two images are duplicates
-when the Euclidean distance of their embeddings is within the margin (by default the calibrated
-threshold_best_f1 of the model that built the index). A wider review margin adds a "needs review"
-band.
+when the Euclidean distance of their embeddings is within the margin (by default the one calibrated
+into the model that built the index: see calibrated_margin). A wider review margin adds a "needs
+review" band.
 
 Pairs come from FAISS range searches of the stored vectors against their own index, one block of
 queries at a time, so memory holds one block and the pairs found, never an N×N matrix. Pairs then
@@ -14,7 +14,8 @@ the others with their distance to it. siamsearch.moves moves the duplicates out 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -123,12 +124,24 @@ class CrossResult:
 # ---- margins -------------------------------------------------------------------------------------
 
 
-def default_margin(store: Store) -> float:
-    """The calibrated duplicate distance (threshold_best_f1) of the model file the index names.
+def calibrated_margin(calibration: Mapping[str, Any]) -> float:
+    """Dedup's default margin from a model's calibration: best F1, capped at the target-recall distance.
 
-    Fitted on balanced same/different pairs, it is looser than a collection's best margin (different
-    pairs outnumber same ones there), which complete linkage absorbs: a merge needs every cross pair
-    within it. Single linkage at this margin chains groups together.
+    The best-F1 distance is fitted on balanced same/different pairs. On near-duplicate copies it
+    reaches for the last few percent of same pairs (a brightened, cropped copy), where a collection,
+    with far more different pairs than same ones, pays for it in merged groups. The recall distance
+    needs no negatives, so calibration folders whose labels split look-alikes (tiles of one photo)
+    do not pull it in. On identity data the recall distance lies beyond best F1 and changes nothing.
+    Model files calibrated before the recall distance was stored use best F1 alone.
+    """
+    return float(min(calibration["threshold_best_f1"], calibration.get("threshold_at_recall", math.inf)))
+
+
+def default_margin(store: Store) -> float:
+    """The calibrated margin (calibrated_margin) of the model file the index names.
+
+    It can still be looser than a collection's best margin, which complete linkage absorbs: a merge
+    needs every cross pair within it. Single linkage at this margin chains groups together.
 
     Raises:
         DedupError: no model file, not the model that built the index, or no calibration in it.
@@ -145,7 +158,7 @@ def default_margin(store: Store) -> float:
     if "threshold_best_f1" not in ckpt.calibration:
         raise DedupError(f"{model} holds no calibration; run `siamsearch calibrate` on labelled data or pass "
                          "--margin")
-    return float(ckpt.calibration["threshold_best_f1"])
+    return calibrated_margin(ckpt.calibration)
 
 
 def _margins(margin: float, review_margin: float | None) -> float:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from . import report
 from .checkpoint import load_checkpoint
-from .config import AUGMENT_PRESETS, AugmentConfig, EncoderConfig, TrainConfig
-from .dedup import find_duplicates
+from .config import AUGMENT_PRESETS, EncoderConfig, TrainConfig
+from .dedup import calibrated_margin, find_duplicates
 from .evaluate import calibrate, evaluate
 from .search import EmbedOptions, Searcher, index_folder
 from .train import Observer, Quiet, train
@@ -72,12 +72,10 @@ DIGITS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=DIGIT_SIZE, 
 DIGITS_TRAINING = TrainConfig(epochs=30, ids_per_batch=8, images_per_id=12, lr=3e-3, margin=1.0,
                               augment="characters", augment_cfg=AUGMENT_PRESETS["characters"],
                               val_fraction=0.2, ways=10, episodes=200, workers=0)
-# Near-duplicate views: milder crops than the "photos" preset, no flips (a mirrored photo is not a copy).
-NEAR_DUPLICATES = AugmentConfig(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip=False, rotate=6.0,
-                                brightness=0.4, contrast=0.3, saturation=0.4, grayscale_p=0.25, blur_p=0.3)
-PHOTOS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=32, channels=3)
+PHOTOS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=32, channels=3, standardize=True)
 PHOTOS_TRAINING = TrainConfig(loss="ntxent", epochs=200, ids_per_batch=64, images_per_id=2, lr=3e-3,
-                              self_supervised=True, augment="near-duplicates", augment_cfg=NEAR_DUPLICATES,
+                              self_supervised=True, augment="near-duplicates",
+                              augment_cfg=AUGMENT_PRESETS["near-duplicates"],
                               val_fraction=0.2, ways=20, episodes=200, workers=0)
 
 
@@ -160,18 +158,23 @@ def _has_detail(path: Path) -> bool:
     return float(np.asarray(Image.open(path).convert("L"), np.float32).std()) >= MIN_DETAIL
 
 
-def build_copies(training: Path, folder: Path, count: int = 60, seed: int = 0) -> Path:
-    """A labelled calibration folder: `count` training tiles, each with one copy of every COPIES kind.
+def tile_files(folder: Path) -> list[Path]:
+    """The tiles save_tiles wrote into folder, in name order."""
+    return sorted(folder.glob("*_[0-9][0-9].png"))
 
-    Each tile is an identity (tile/original.png, tile/<kind>.jpg), so `calibrate` learns from it how
-    far a copy may be from its original; the collection's photos themselves are never used. Near-blank
-    tiles are left out: two of them, brightened to white, are the same image under two labels.
+
+def build_copies(tiles: Sequence[Path], folder: Path, count: int = 60, seed: int = 0) -> Path:
+    """A labelled calibration folder: up to `count` of the tiles, each with one copy of every COPIES kind.
+
+    Each tile is an identity (<tile's folder>_<tile>/original.png, <kind>.jpg), so `calibrate` learns from
+    it how far a copy may be from its original; the collection's photos themselves are never used.
+    Near-blank tiles are left out: two of them, brightened to white, are the same image under two labels.
     """
-    tiles = [t for t in sorted(training.glob("*_[0-9][0-9].png")) if _has_detail(t)]
+    tiles = [t for t in tiles if _has_detail(t)]
     rng = np.random.default_rng(seed)
     for i in rng.choice(len(tiles), size=min(count, len(tiles)), replace=False):
         img = Image.open(tiles[i]).convert("RGB")
-        target = folder / tiles[i].stem
+        target = folder / f"{tiles[i].parent.name}_{tiles[i].stem}"
         target.mkdir(parents=True, exist_ok=True)
         img.save(target / "original.png")
         for kind, make in COPIES.items():
@@ -241,14 +244,14 @@ def _digits(work: Path, minutes: float, obs: Observer, opts: EmbedOptions) -> di
 def _photos(work: Path, minutes: float, obs: Observer, opts: EmbedOptions) -> dict[str, Any]:
     """Train, calibrate, index and deduplicate the photos; DemoSummary fields as a dict."""
     photos, tiles, planted = build_photos(work / "data")
-    copies = build_copies(tiles, work / "data" / "photo_copies")
+    copies = build_copies(tile_files(tiles), work / "data" / "photo_copies")
     model = work / "models" / "photos.pt"
     obs.message(f"training the photo encoder, self-supervised ({minutes:.1f} min)")
     trained = train(tiles, model, PHOTOS_ENCODER,
                     dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes, device=opts.device), observer=obs)
     obs.message("calibrating it on synthetic copies of tiles, indexing the photos, finding duplicates")
     calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=opts.device)
-    review = calibration["threshold_best_f1"]  # `siamsearch dedup`'s default margin
+    review = calibrated_margin(calibration)  # `siamsearch dedup`'s default margin
     margin = min(calibration["threshold_at_precision"], review)  # "duplicate": 99.9% precision on the copies
     store, _ = index_folder(photos, work / "indexes" / "photos", model, rebuild=True, opts=opts)
     with store:  # grouped as `siamsearch dedup` groups them; members beyond the 99.9% margin are "review"

@@ -145,8 +145,9 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
                       distances, same, data.paths, labels, emb, data.failures, notes)
 
 
-def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision: float = 0.99, seed: int = 0,
-              device: str = "auto", workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
+def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision: float = 0.99,
+              target_recall: float = metrics.TARGET_RECALL, seed: int = 0, device: str = "auto",
+              workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
               progress: Progress | None = None) -> dict[str, Any]:
     """Recompute the duplicate thresholds on the user's labelled data and store them in the model file.
 
@@ -159,7 +160,7 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
     data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,
                           progress=progress)
     found = metrics.verification_metrics(data.vectors, data.labels, max_pairs=max_pairs, seed=seed,
-                                         target_precision=target_precision)
+                                         target_precision=target_precision, target_recall=target_recall)
     calibration = {k: found[k] for k in metrics.CALIBRATION_KEYS} | {"source": f"calibrate:{data.root}",
                                                               "pairs": int(found["pairs"])}
     update_model_file(Path(model_path), calibration=calibration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,12 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 
 # Decompression-bomb guard: refuse anything above this many pixels (about 16k x 16k).
 MAX_PIXELS = 250_000_000
+# Shrinking is done in two steps: an integer box reduction down to at least this many times the target
+# side, then an antialiased resize. A JPEG's decoder does the first step itself (draft mode), so a JPEG
+# copy and a PNG original of one picture reach the network as the same pixels. Pillow's default gap, 2.0,
+# left 0.6 gray levels of mean difference between scikit-image's grass as PNG and as JPEG at 48 px; 3.0
+# ("indistinguishable from fair resampling in most cases", Pillow's docs) leaves 0.17, full decoding 0.09.
+REDUCING_GAP = 3.0
 
 
 class BadImageError(Exception):
@@ -78,8 +85,10 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
 def load_image(path: Path | str, channels: int = 3, draft_size: int | None = None) -> Image.Image:
     """Decode one image: EXIF orientation applied, converted to L (channels=1) or RGB (channels=3).
 
-    draft_size lets the JPEG decoder return a reduced image whose shorter side stays >= draft_size,
-    which is several times faster for photos far larger than the network input.
+    draft_size is the side the image will be shrunk to: the JPEG decoder may return it reduced, to no
+    less than REDUCING_GAP times that side, which is several times faster for photos far larger than the
+    network input. Reducing further (to the side itself) would skip the antialiasing filter: textures
+    would come out sharper than from the same picture stored as PNG, and embed differently.
 
     Raises:
         BadImageError: the file is missing, empty, truncated, not an image, unreadable or too large.
@@ -92,7 +101,8 @@ def load_image(path: Path | str, channels: int = 3, draft_size: int | None = Non
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImageError(path, f"too large ({img.width}x{img.height} pixels)")
                 if draft_size and img.format == "JPEG":
-                    img.draft("RGB" if channels == 3 else "L", (draft_size, draft_size))
+                    side = math.ceil(REDUCING_GAP * draft_size)
+                    img.draft("RGB" if channels == 3 else "L", (side, side))
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_mode(img, channels)

@@ -7,9 +7,14 @@ Retrieval metrics follow Musgrave, Belongie & Lim, "A Metric Learning Reality Ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+# Share of same pairs the recall threshold holds: past it, a balanced best-F1 threshold is only chasing
+# the far tail of the same pairs, and a collection's many different pairs make that tail costly.
+TARGET_RECALL = 0.975
 
 
 def _as_embeddings(emb: np.ndarray) -> np.ndarray:
@@ -244,6 +249,15 @@ def threshold_at_precision(distances: np.ndarray, same: np.ndarray,
     return float(t[k]), float(precision[k]), float(tp[k] / n_pos)
 
 
+def threshold_at_recall(distances: np.ndarray, same: np.ndarray, target: float = TARGET_RECALL) -> float:
+    """The smallest observed distance within which a fraction `target` of the same pairs fall; no negatives needed."""
+    if not 0 <= target <= 1:
+        raise ValueError(f"target recall must be within [0, 1], got {target}")
+    d, s = _check(distances, same)
+    same_d = np.sort(d[s])
+    return float(same_d[max(math.ceil(target * len(same_d)) - 1, 0)])
+
+
 def retrieval_metrics(emb: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5, 10),
                       block: int = 1024) -> dict[str, float]:
     """P@1, recall@k, R-precision and MAP@R from one blocked neighbour pass (Musgrave et al. 2020).
@@ -341,11 +355,11 @@ def one_shot_accuracy(emb: np.ndarray, labels: np.ndarray, ways: int = 20, episo
 
 # The thresholds a model file stores as its calibration (training and `calibrate`); dedup reads them.
 CALIBRATION_KEYS = ("threshold_best_f1", "best_f1", "threshold_at_precision", "precision_at_threshold",
-                    "recall_at_threshold", "target_precision")
+                    "recall_at_threshold", "target_precision", "threshold_at_recall", "target_recall")
 
 
 def verification_metrics(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0,
-                         target_precision: float = 0.99) -> dict[str, float]:
+                         target_precision: float = 0.99, target_recall: float = TARGET_RECALL) -> dict[str, float]:
     """Everything a verification report needs from one seeded pair sample, as plain floats for JSON.
 
     Args:
@@ -354,21 +368,23 @@ def verification_metrics(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 2
         max_pairs: pair budget for `sample_pairs`.
         seed: pair sample seed.
         target_precision: precision the `threshold_at_precision` threshold must reach.
+        target_recall: fraction of same pairs within the `threshold_at_recall` threshold.
 
     Returns:
         See pair_metrics.
     """
     i, j, same = sample_pairs(labels, max_pairs, seed)
-    return pair_metrics(pair_distances(emb, i, j), same, target_precision)
+    return pair_metrics(pair_distances(emb, i, j), same, target_precision, target_recall)
 
 
-def pair_metrics(d: np.ndarray, same: np.ndarray, target_precision: float = 0.99) -> dict[str, float]:
+def pair_metrics(d: np.ndarray, same: np.ndarray, target_precision: float = 0.99,
+                 target_recall: float = TARGET_RECALL) -> dict[str, float]:
     """Verification metrics of pairs already measured (distances d, same-identity flags), as plain floats.
 
     Returns:
         Flat dict: roc_auc, eer, eer_threshold, tar_at_far_1e-2, tar_at_far_1e-3, threshold_best_f1,
         best_f1, threshold_at_precision, precision_at_threshold, recall_at_threshold,
-        target_precision, pairs.
+        target_precision, threshold_at_recall, target_recall, pairs.
     """
     rate, eer_t = eer(d, same)
     t_f1, f1, _, _ = best_f1_threshold(d, same)
@@ -377,4 +393,6 @@ def pair_metrics(d: np.ndarray, same: np.ndarray, target_precision: float = 0.99
             "tar_at_far_1e-2": tar_at_far(d, same, 1e-2), "tar_at_far_1e-3": tar_at_far(d, same, 1e-3),
             "threshold_best_f1": t_f1, "best_f1": f1, "threshold_at_precision": t_p,
             "precision_at_threshold": precision, "recall_at_threshold": recall,
-            "target_precision": float(target_precision), "pairs": float(len(d))}
+            "target_precision": float(target_precision),
+            "threshold_at_recall": threshold_at_recall(d, same, target_recall), "target_recall": float(target_recall),
+            "pairs": float(len(d))}

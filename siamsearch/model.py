@@ -91,6 +91,8 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised images → (B, dim) float32 unit vectors."""
+        if self.cfg.standardize:
+            x = F.instance_norm(x, eps=1e-4)
         if self.cfg.backbone != "small" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale into an RGB backbone
         z = self.head(self.backbone(x))

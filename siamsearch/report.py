@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from . import metrics
 from .checkpoint import Checkpoint
+from .dedup import calibrated_margin
 from .evaluate import EvalResult
 from .images import BadImageError, load_image
 from .search import QueryResult
@@ -109,7 +110,7 @@ def write_eval_report(result: EvalResult, ckpt: Checkpoint, out_dir: Path) -> li
     lines = {"best F1 here": m["threshold_best_f1"],
              f"precision {m['target_precision']:g} here": m["threshold_at_precision"]}
     if "threshold_best_f1" in ckpt.calibration:
-        lines["best F1 stored in the model"] = ckpt.calibration["threshold_best_f1"]
+        lines["dedup margin stored in the model"] = calibrated_margin(ckpt.calibration)
     written = [plot_roc(result.distances, result.same, out_dir / "roc.png"),
                plot_distances(result.distances, result.same, out_dir / "distances.png", lines),
                plot_training(ckpt.history, out_dir / "training.png")]

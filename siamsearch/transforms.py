@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import AugmentConfig, Preprocess
+from .images import REDUCING_GAP
 
 # Training images are cached a little larger than the input so random crops keep detail.
 TRAIN_OVERSIZE = 1.15
@@ -25,7 +26,7 @@ def square_view(img: Image.Image, size: int) -> torch.Tensor:
     w, h = img.size
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]

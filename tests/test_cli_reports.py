@@ -8,6 +8,7 @@ from PIL import Image
 
 from conftest import run_cli as run
 from siamsearch.checkpoint import load_checkpoint
+from siamsearch.dedup import calibrated_margin
 from siamsearch.search import index_folder
 
 
@@ -44,13 +45,15 @@ def test_calibrate_changes_dedups_default_margin_and_keeps_the_index_valid(ident
     idx = tmp_path / "idx"
     index_folder(identity_dir, idx, model_file)[0].close()
     before = load_checkpoint(model_file)
-    res = run("calibrate", identity_dir, "--model", model_file, "--target-precision", 0.9, "--workers", 0)
+    res = run("calibrate", identity_dir, "--model", model_file, "--target-precision", 0.9, "--target-recall", 0.8,
+              "--workers", 0)
     assert res.exit_code == 0, res.output
     after = load_checkpoint(model_file)
     assert after.fingerprint == before.fingerprint and after.calibration["target_precision"] == 0.9
+    assert after.calibration["target_recall"] == 0.8
     res = run("dedup", "--index", idx, "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["margin"] == pytest.approx(after.calibration["threshold_best_f1"], abs=1e-6)
+    assert json.loads(res.stdout)["margin"] == pytest.approx(calibrated_margin(after.calibration), abs=1e-6)
 
 
 def test_query_html_and_sheet_show_each_query_with_its_neighbours(identity_dir, model_file, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from conftest import run_cli as run
 from siamsearch.checkpoint import save_model
 from siamsearch.config import EncoderConfig
-from siamsearch.dedup import (DedupError, choose_keep, find_duplicates, find_duplicates_in, find_pairs, group,
-                              max_distance)
+from siamsearch.dedup import (DedupError, calibrated_margin, choose_keep, find_duplicates, find_duplicates_in,
+                              find_pairs, group, max_distance)
 from siamsearch.model import build_encoder
 from siamsearch.moves import apply_moves, plan_moves, undo_moves
 from siamsearch.store import ModelMismatchError, Row, Store
@@ -273,14 +273,21 @@ def test_cli_moves_only_with_yes_and_undo_puts_files_back(tmp_path):
     assert res.exit_code == 0 and "restored 4 file(s), skipped 0" in res.stdout and snapshot(store.root) == before
 
 
+def test_calibrated_margin_is_best_f1_capped_at_the_recall_distance():
+    assert calibrated_margin({"threshold_best_f1": 0.7, "threshold_at_recall": 0.6}) == 0.6
+    assert calibrated_margin({"threshold_best_f1": 0.7, "threshold_at_recall": 0.9}) == 0.7
+    assert calibrated_margin({"threshold_best_f1": 0.7}) == 0.7  # calibrated before the recall distance was stored
+
+
 def test_cli_margin_comes_from_the_calibration_or_is_a_one_line_error(tmp_path):
     torch.manual_seed(0)
     model = build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32))
     calibrated, bare = tmp_path / "calibrated.pt", tmp_path / "bare.pt"
-    fingerprint = save_model(calibrated, model, calibration={"threshold_best_f1": 0.1, "threshold_at_precision": 0.05})
+    fingerprint = save_model(calibrated, model, calibration={"threshold_best_f1": 0.1, "threshold_at_precision": 0.05,
+                                                             "threshold_at_recall": 0.08})
     save_model(bare, model)
     res = run("dedup", "--index", make_store(tmp_path / "a", planted(), fingerprint, calibrated).path, "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout)["margin"] == 0.1
+    assert res.exit_code == 0 and json.loads(res.stdout)["margin"] == 0.08
     for store in (make_store(tmp_path / "b", planted(), fingerprint, bare),
                   make_store(tmp_path / "c", planted(), fingerprint, None),
                   make_store(tmp_path / "d", planted(), fingerprint, tmp_path / "missing.pt")):

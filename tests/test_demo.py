@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamsearch.demo import COPIES, build_copies, save_tiles, score_groups
+from siamsearch.demo import COPIES, build_copies, save_tiles, score_groups, tile_files
 
 PLANTED = {"a_jpeg.jpg": "a.png", "b_rotated.jpg": "b.png", "c_resized.jpg": "c.png"}
 
@@ -32,8 +32,8 @@ def test_build_copies_labels_each_detailed_tile_with_its_copies_and_skips_featur
     training = tmp_path / "train"
     training.mkdir()
     save_tiles(Image.fromarray(textured), "noise", training, 2)
-    folder = build_copies(training, tmp_path / "copies", count=10)
-    assert sorted(p.name for p in folder.iterdir()) == ["noise_01", "noise_10", "noise_11"]
+    folder = build_copies(tile_files(training), tmp_path / "copies", count=10)
+    assert sorted(p.name for p in folder.iterdir()) == ["train_noise_01", "train_noise_10", "train_noise_11"]
     expected = ["original.png"] + [f"{kind}.jpg" for kind in COPIES]
     assert all(sorted(p.name for p in tile.iterdir()) == sorted(expected) for tile in folder.iterdir())
 

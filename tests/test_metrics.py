@@ -146,6 +146,19 @@ def test_threshold_at_precision_takes_the_largest_qualifying_threshold():
     assert m.threshold_at_precision([0.1, 0.2, 0.3, 0.4], [False, True, False, True], 0.99) == (0.4, 0.5, 1.0)
 
 
+def test_threshold_at_recall_is_the_smallest_distance_holding_the_share_of_same_pairs():
+    # Same pairs at 0.1, 0.3, 0.4; the different ones (0.3, 0.5, 0.8) play no part.
+    shares = (0.2, 1 / 3, 0.5, 2 / 3, 0.7, 1.0)
+    assert [m.threshold_at_recall(D, S, r) for r in shares] == [0.1, 0.1, 0.3, 0.3, 0.4, 0.4]
+    rng = np.random.default_rng(0)
+    d, s = rng.random(500), rng.random(500) < 0.3
+    for r in (0.5, 0.9, 0.975, 0.99):
+        assert m.threshold_at_recall(d, s, r) == np.quantile(d[s], r, method="inverted_cdf")
+        assert (d[s] <= m.threshold_at_recall(d, s, r)).mean() >= r
+    with pytest.raises(ValueError, match="target recall"):
+        m.threshold_at_recall(D, S, 1.5)
+
+
 def test_map_at_r_hand_case():
     # Points on a line; label A has 4 items (R = 3), the others are singletons (skipped as queries).
     x = np.array([0, 2, 3.5, 7.5, 1.2, 5.2], dtype=np.float32)[:, None]

@@ -83,6 +83,18 @@ def test_output_is_unit_norm_for_grey_and_colour(backbone, channels):
     assert torch.allclose(z.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
+def test_standardize_makes_the_embedding_blind_to_brightness_and_contrast():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    relit = 1.7 * x + 0.3  # brighter and more contrast, per channel as normalisation keeps it
+    for standardize in (True, False):
+        torch.manual_seed(0)
+        model = build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32, standardize=standardize)).eval()
+        with torch.no_grad():
+            shift = (model(x) - model(relit)).norm(dim=1).max().item()
+        assert (shift < 1e-4) if standardize else (shift > 1e-3)
+
+
 def test_local_torchvision_weights_load(tmp_path):
     import torchvision
     ref = torchvision.models.resnet18(weights=None)

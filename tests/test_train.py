@@ -90,11 +90,12 @@ def test_self_supervised_on_a_flat_folder(tmp_path, identity_dir):
 def test_cli_train_prints_epochs_and_writes_a_model(identity_dir, tmp_path):
     out = tmp_path / "cli.pt"
     res = CliRunner().invoke(app, ["train", str(identity_dir), "--out", str(out), "--image-size", "32",
-                                   "--epochs", "2", "-P", "8", "-K", "3", "--augment", "none", "--dim", "16"])
+                                   "--epochs", "2", "-P", "8", "-K", "3", "--augment", "none", "--dim", "16",
+                                   "--standardize"])
     assert res.exit_code == 0, res.output
     assert "epoch 2" in res.output and "parameters train" in res.output and out.exists()
     model, ckpt = load_encoder(out)
-    assert ckpt.encoder.dim == 16
+    assert ckpt.encoder.dim == 16 and ckpt.encoder.standardize
 
 
 @pytest.mark.parametrize("args,match", [
