@@ -19,7 +19,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from siamsearch.config import EncoderConfig
-from siamsearch.embed import autocast, default_workers, embed_paths, resolve_device
+from siamsearch.device import autocast, default_workers, resolve_device
+from siamsearch.embed import embed_paths
 from siamsearch.images import find_images
 from siamsearch.model import build_encoder
 

@@ -38,8 +38,17 @@ import numpy as np
 from PIL import Image
 
 from siamsearch.dedup import DedupResult, default_margin, find_duplicates
-from siamsearch.demo import (COPIES, PHOTOS, PHOTOS_ENCODER, PHOTOS_TRAINING, build_copies, photo_from_array,
-                             sample_photo, save_tiles, tile_files)
+from siamsearch.demo import (
+    COPIES,
+    PHOTOS,
+    PHOTOS_ENCODER,
+    PHOTOS_TRAINING,
+    build_copies,
+    photo_from_array,
+    sample_photo,
+    save_tiles,
+    tile_files,
+)
 from siamsearch.evaluate import calibrate
 from siamsearch.leaves import write_dead_leaves
 from siamsearch.search import EmbedOptions, index_folder

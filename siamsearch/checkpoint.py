@@ -16,6 +16,7 @@ import torch
 
 from .atomic import write_atomic
 from .config import EncoderConfig, Preprocess, TrainConfig, from_dict, to_dict
+from .errors import SiamsearchError
 from .model import Encoder
 
 FORMAT_VERSION = 1
@@ -24,7 +25,7 @@ KIND_RESUME = "siamsearch.resume"
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(Exception):
+class CheckpointError(SiamsearchError):
     """A checkpoint that cannot be used; the message says what to do."""
 
 

@@ -19,8 +19,8 @@ from . import __version__, report
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
 from .dedup import CrossResult, DedupResult, calibrated_margin, default_margin, find_duplicates, find_duplicates_in
-from .evaluate import calibrate as calibrate_model
 from .evaluate import EvalResult, evaluate
+from .evaluate import calibrate as calibrate_model
 from .images import Failure
 from .losses import DEFAULT_MARGINS
 from .metrics import TARGET_RECALL

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .errors import UsageError
+
 T = TypeVar("T")
 
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
@@ -63,11 +65,11 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+            raise UsageError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.channels not in (1, 3):
-            raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
+            raise UsageError("channels must be 1 (grayscale) or 3 (RGB)")
         if self.dim < 2 or self.image_size < 8:
-            raise ValueError("dim must be >= 2 and image_size >= 8")
+            raise UsageError("dim must be >= 2 and image_size >= 8")
 
     def preprocess(self) -> Preprocess:
         """Eval preprocessing for this encoder (ImageNet stats for torchvision backbones)."""
@@ -148,15 +150,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+            raise UsageError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.images_per_id < 2 or self.ids_per_batch < 2:
-            raise ValueError("a batch needs at least 2 identities with at least 2 images each")
+            raise UsageError("a batch needs at least 2 identities with at least 2 images each")
         if self.accumulate < 1 or self.epochs < 1:
-            raise ValueError("accumulate and epochs must be >= 1")
+            raise UsageError("accumulate and epochs must be >= 1")
         if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
+            raise UsageError("temperature must be > 0")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError("val_fraction must be in [0, 1)")
+            raise UsageError("val_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to run on this machine, never saved in a model file: a resumed run may change any of it."""
+
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    workers: int | None = None  # decode workers; None: the consumer's default (embedding: cores - 1)
+    amp: bool | None = None  # mixed precision; None: on CUDA only
+    batch_size: int = 64  # images per embedding batch
+    cache_gb: float = 4.0  # training decodes its images into memory up to this size
 
 
 def parse_unfreeze(spec: list[str]) -> tuple[tuple[int, tuple[str, ...]], ...]:
@@ -165,6 +178,6 @@ def parse_unfreeze(spec: list[str]) -> tuple[tuple[int, tuple[str, ...]], ...]:
     for item in spec:
         epoch, sep, names = item.partition(":")
         if not sep or not epoch.strip().isdigit() or not names.strip():
-            raise ValueError(f"--unfreeze expects EPOCH:NAME[,NAME...], got {item!r}")
+            raise UsageError(f"--unfreeze expects EPOCH:NAME[,NAME...], got {item!r}")
         out.append((int(epoch), tuple(n.strip() for n in names.split(",") if n.strip())))
     return tuple(sorted(out))

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .errors import UsageError
 from .store import ModelMismatchError, Row, Store
 
 Status = Literal["duplicate", "review"]
@@ -38,7 +39,7 @@ KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
 }
 
 
-class DedupError(ValueError):
+class DedupError(UsageError):
     """Dedup cannot run as asked; the message is one line saying what to do."""
 
 
@@ -172,7 +173,7 @@ def _margins(margin: float, review_margin: float | None) -> float:
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
     """An unknown option fails at once, before any search."""
     if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+        raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _status(distance: float, margin: float) -> Status:

@@ -5,9 +5,7 @@ Bad files never raise here: they come back as a list of Failure(path, reason).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,24 +14,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .config import Preprocess
+from .device import autocast, default_workers
 from .images import BadImageError, Failure, load_image
 from .transforms import normalize, square_view
 
 Progress = Callable[[int], None]  # called with the number of images just finished
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' → CUDA when present, else CPU; a clear error when CUDA is asked for but missing."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA GPU is available")
-    return torch.device(device)
-
-
-def default_workers() -> int:
-    """Decode workers: all cores but one for the main process, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 class DecodedImages(Dataset):
@@ -53,7 +38,7 @@ class DecodedImages(Dataset):
         return i, tuple(square_view(img, s) for s in self.sizes), img.size, ""
 
 
-def _collate(items: list) -> list:
+def keep_list(items: list) -> list:
     """Keep items as a list: failed ones carry None instead of tensors."""
     return items
 
@@ -62,7 +47,7 @@ def _batches(paths: Sequence[Path], sizes: Sequence[int], channels: int, batch_s
              pin: bool = False):
     """Yield (indices, tensors per size, original sizes, failures) batch by batch, in order."""
     loader = DataLoader(DecodedImages(paths, sizes, channels), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, pin_memory=False, persistent_workers=False,
+                        collate_fn=keep_list, pin_memory=False, persistent_workers=False,
                         prefetch_factor=4 if workers else None)
     for items in loader:
         good = [it for it in items if it[1] is not None]
@@ -103,25 +88,6 @@ class EmbedResult:
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, D), unit rows
     sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height)
     failures: list[Failure] = field(default_factory=list)
-
-
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def autocast(device: torch.device, amp: bool | None = None):
-    """Mixed precision: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs built for it.
-
-    amp=None means "where it surely pays": on CUDA only (on a CPU, small nets run slower in bf16).
-    """
-    amp = device.type == "cuda" if amp is None else amp
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    if amp and device.type == "cpu" and cpu_has_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 @torch.inference_mode()

@@ -16,7 +16,9 @@ import numpy as np
 
 from . import metrics
 from .checkpoint import Checkpoint, load_encoder, update_model_file
-from .embed import embed_paths, resolve_device
+from .device import resolve_device
+from .embed import embed_paths
+from .errors import NotFoundError, UsageError
 from .images import Failure, find_images, identity_of
 from .train import split_folder
 
@@ -70,12 +72,12 @@ def held_out_images(found: list[Path], root: Path, ckpt: Checkpoint) -> list[Pat
         ValueError: the model file has no training config, trained self-supervised, or held nothing out.
     """
     if ckpt.train is None:
-        raise ValueError("this model file has no training config, so its held-out identities are unknown")
+        raise UsageError("this model file has no training config, so its held-out identities are unknown")
     _, _, val, self_sup = split_folder(found, root, ckpt.train)
     if self_sup:
-        raise ValueError("the model trained self-supervised: it held out images, not identities")
+        raise UsageError("the model trained self-supervised: it held out images, not identities")
     if not len(val):
-        raise ValueError("the model's training held nothing out (val_fraction 0)")
+        raise UsageError("the model's training held nothing out (val_fraction 0)")
     return [found[i] for i in val]
 
 
@@ -91,7 +93,7 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bo
     """
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"no such folder: {root}")
+        raise NotFoundError(f"no such folder: {root}")
     dev = resolve_device(device)
     model, ckpt = load_encoder(Path(model_path), dev)
     found = find_images(root)
@@ -102,7 +104,7 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bo
     labels = np.array([identity_of(p, root) for p in emb.paths], dtype=str)
     _, counts = np.unique(labels, return_counts=True)
     if len(counts) < 2 or counts.max(initial=0) < 2:
-        raise ValueError(f"{root} needs at least 2 identity sub-folders and one with 2+ readable images; "
+        raise UsageError(f"{root} needs at least 2 identity sub-folders and one with 2+ readable images; "
                          f"found {len(counts)} identities in {len(labels)} labelled images")
     return Labelled(root, emb.paths, labels, emb.vectors, emb.failures, len(found) - len(labelled), ckpt)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import NotFoundError, SiamsearchError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
 # Decompression-bomb guard: refuse anything above this many pixels (about 16k x 16k).
@@ -23,7 +25,7 @@ MAX_PIXELS = 250_000_000
 REDUCING_GAP = 3.0
 
 
-class BadImageError(Exception):
+class BadImageError(SiamsearchError):
     """An image that cannot be used; carries the path and a one-line reason."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
@@ -55,7 +57,7 @@ def find_images(root: Path | str) -> list[Path]:
     if root.is_file():
         return [root] if is_image_path(root) else []
     if not root.is_dir():
-        raise FileNotFoundError(f"no such folder: {root}")
+        raise NotFoundError(f"no such folder: {root}")
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]

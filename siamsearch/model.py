@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from .config import EncoderConfig
+from .errors import UsageError
 
 RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")
 
@@ -116,7 +117,7 @@ class Encoder(nn.Module):
         known = dict(self.backbone.named_children())
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ValueError(f"unknown block(s) {', '.join(unknown)}; this backbone has {', '.join(known)}")
+            raise UsageError(f"unknown block(s) {', '.join(unknown)}; this backbone has {', '.join(known)}")
         return [known[n] for n in names]
 
 
@@ -141,7 +142,7 @@ def build_encoder(cfg: EncoderConfig, weights_file: Path | None = None) -> Encod
     model = Encoder(cfg)
     if weights_file is not None:
         if not isinstance(model.backbone, ResNetTrunk):
-            raise ValueError("--weights takes a torchvision ResNet state dict; the small backbone has none")
+            raise UsageError("--weights takes a torchvision ResNet state dict; the small backbone has none")
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
         model.backbone.load_torchvision_state(state.get("state_dict", state))
     return model

@@ -19,9 +19,10 @@ from typing import Any
 
 from .atomic import write_json
 from .dedup import DedupResult
+from .errors import UsageError
 
 
-class MoveError(ValueError):
+class MoveError(UsageError):
     """A move or undo that cannot start; the message is one line saying why."""
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .errors import UsageError
+
 
 def encode_labels(identities: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Map identity names to int ids: (ids (N,) int64, names indexed by id)."""
@@ -57,7 +59,7 @@ class PKSampler:
         self.members = {lab: np.array(ix) for lab, ix in by_id.items() if len(ix) >= min_images}
         self.singletons = np.array([ix[0] for ix in by_id.values() if len(ix) < min_images], dtype=np.int64)
         if len(self.members) < 2:
-            raise ValueError(f"need at least 2 identities with {min_images}+ images to form pairs; "
+            raise UsageError(f"need at least 2 identities with {min_images}+ images to form pairs; "
                              f"found {len(self.members)}")
         self.batches = batches or max(1, math.ceil(len(self.labels) / (p * k)))
 

@@ -18,7 +18,9 @@ import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError, load_encoder
 from .config import to_dict
-from .embed import EmbedResult, embed_paths, resolve_device
+from .device import resolve_device
+from .embed import EmbedResult, embed_paths
+from .errors import NotFoundError
 from .images import Failure, find_images
 from .model import Encoder
 from .store import MANIFEST, Progress, Store, StoreError, SyncReport
@@ -81,7 +83,7 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     """
     image_dir, index_dir = Path(image_dir).expanduser().resolve(), Path(index_dir).expanduser()
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"no such folder: {image_dir}")
+        raise NotFoundError(f"no such folder: {image_dir}")
     exists = (index_dir / MANIFEST).exists()
     store = Store.open(index_dir) if exists else None
     if store is not None and not rebuild and store.root != image_dir:

@@ -38,6 +38,7 @@ import numpy as np
 
 from .ann import KINDS, build_index, index_ids, kind_of, new_index, plan_kind, reconstruct
 from .atomic import LockedError, exclusive_lock, write_atomic, write_json
+from .errors import NotFoundError, SiamsearchError, UsageError
 from .images import Failure, find_images, identity_of
 
 FORMAT_VERSION = 1
@@ -52,7 +53,7 @@ PRAGMA journal_mode = WAL;
 """
 
 
-class StoreError(Exception):
+class StoreError(SiamsearchError):
     """An index directory that cannot be used; the message is one line saying what to do."""
 
 
@@ -220,7 +221,7 @@ class Store:
             StoreLockedError: another process is writing to it.
         """
         if index_kind not in ("auto", *KINDS):
-            raise ValueError(f"unknown index kind {index_kind!r}; choose one of auto, {', '.join(KINDS)}")
+            raise UsageError(f"unknown index kind {index_kind!r}; choose one of auto, {', '.join(KINDS)}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with _locked(path):
@@ -316,7 +317,7 @@ class Store:
         start = time.perf_counter()
         root = Path(root).resolve()
         if not root.is_dir():
-            raise FileNotFoundError(f"no such folder: {root}")
+            raise NotFoundError(f"no such folder: {root}")
         if commit_every < 1:
             raise ValueError("commit_every must be >= 1")
         with _locked(self.path):
@@ -476,7 +477,7 @@ class Store:
             when fewer than k vectors are found.
         """
         if k < 1:
-            raise ValueError("k must be >= 1")
+            raise UsageError("k must be >= 1")
         with _threads(threads):
             squared, ids = self._index.search(self._queries(vectors), k)
         distances = np.sqrt(np.maximum(squared, 0))

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 from . import metrics
 from .checkpoint import load_checkpoint, load_resume, save_model, save_resume, update_model_file
 from .config import EncoderConfig, TrainConfig, from_dict, to_dict
-from .embed import DecodedImages, _collate, autocast, decode_images, embed_tensors, resolve_device
+from .device import autocast, resolve_device
+from .embed import DecodedImages, decode_images, embed_tensors, keep_list
+from .errors import UsageError
 from .images import Failure, find_images, identity_of
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
@@ -110,7 +112,7 @@ def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig) -> TrainData:
     """
     paths = find_images(root)
     if not paths:
-        raise ValueError(f"no images found under {root}")
+        raise UsageError(f"no images found under {root}")
     names, tr, va, self_sup = split_folder(paths, root, cfg)
     labels, _ = encode_labels(names)
     size, load = enc.image_size, train_load_size(enc.image_size)
@@ -132,7 +134,7 @@ def _train_batches(split: Split, sampler: PKSampler, load: int, channels: int, w
             yield split.views[0][idx], torch.from_numpy(split.labels[idx])
         return
     loader = DataLoader(DecodedImages(split.paths, [load], channels), batch_sampler=sampler,
-                        num_workers=workers, collate_fn=_collate)
+                        num_workers=workers, collate_fn=keep_list)
     for items in loader:
         failures.extend(Failure(split.paths[i], why) for i, v, _, why in items if v is None)
         good = [(i, v[0]) for i, v, _, _ in items if v is not None]
