@@ -37,7 +37,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from siamsearch.dedup import DedupResult, default_margin, find_duplicates
+from siamsearch.commands import default_margin
+from siamsearch.dedup import DedupResult, find_duplicates
 from siamsearch.demo import (
     COPIES,
     PHOTOS,

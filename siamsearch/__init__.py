@@ -7,8 +7,9 @@ in `siamsearch.dedup`; evaluation in `siamsearch.evaluate`.
 __version__ = "0.1.0"
 
 from .checkpoint import load_checkpoint, load_encoder, save_model  # noqa: E402
+from .commands import dedup_index, default_margin  # noqa: E402
 from .config import AugmentConfig, EncoderConfig, Preprocess, TrainConfig  # noqa: E402
-from .dedup import default_margin, find_duplicates  # noqa: E402
+from .dedup import find_duplicates  # noqa: E402
 from .embed import EmbedResult, embed_paths  # noqa: E402
 from .images import BadImageError, Failure, find_images, load_image  # noqa: E402
 from .model import Encoder, build_encoder  # noqa: E402

@@ -83,13 +83,16 @@ def save_model(path: Path, model: Encoder, train: TrainConfig | None = None,
     return fp
 
 
-def _read(path: Path, kind: str) -> dict[str, Any]:
-    """torch.load with weights_only=True and one-line errors for every way a file can be wrong."""
+def _read(path: Path, kind: str, mmap: bool = False) -> dict[str, Any]:
+    """torch.load with weights_only=True and one-line errors for every way a file can be wrong.
+
+    mmap=True maps the tensors instead of reading them: for callers that want only the metadata.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no model file at {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(f"{path} is not a readable siamsearch checkpoint ({type(exc).__name__}); "
                               "was it written completely?") from None
@@ -113,6 +116,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         history=data.get("history", []),
         calibration=data.get("calibration", {}),
     )
+
+
+def read_calibration(path: Path) -> tuple[str, dict[str, Any]]:
+    """(fingerprint, calibration) of a model file, its weights left on disk: what dedup's default margin needs."""
+    data = _read(path, KIND_MODEL, mmap=True)
+    return data["fingerprint"], data.get("calibration", {})
 
 
 def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encoder, Checkpoint]:

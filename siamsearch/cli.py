@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -14,25 +13,40 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import __version__, report
 from .checkpoint import CheckpointError, load_checkpoint
+from .commands import dedup_index
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
-from .dedup import CrossResult, DedupResult, calibrated_margin, default_margin, find_duplicates, find_duplicates_in
+from .dedup import CrossResult, DedupResult, calibrated_margin
+from .errors import SiamsearchError
 from .evaluate import EvalResult, evaluate
 from .evaluate import calibrate as calibrate_model
 from .images import Failure
 from .losses import DEFAULT_MARGINS
 from .metrics import TARGET_RECALL
-from .moves import MovePlan, MoveReport, apply_moves, plan_moves, undo_moves
+from .moves import MovePlan, MoveReport, undo_moves
 from .search import EmbedOptions, Searcher, index_folder
 from .store import Store, StoreError
 from .train import train as train_model
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+class Commands(TyperGroup):
+    """Every command's user errors end here, in one line: the library raises SiamsearchError (or the OS an OSError)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SiamsearchError, OSError) as exc:
+            fail(str(exc))
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
+                  help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
 
 # Options several commands share, declared once.
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
@@ -305,14 +319,6 @@ def _dedup_table(result: DedupResult | CrossResult) -> Table:
     return table
 
 
-def _write_csv(path: Path, result: DedupResult | CrossResult) -> None:
-    """One row per group member or cross pair, with a header even when there are none."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=result.FIELDS)
-        writer.writeheader()
-        writer.writerows(result.records())
-
-
 def _print_moves(plan: MovePlan, report: MoveReport | None, out: Console) -> None:
     """A dry run lists what would move; a real one says how to undo it. Skipped files come with a reason."""
     if report is None:
@@ -349,43 +355,24 @@ def dedup(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
-    if against is not None and move_to is not None:
-        fail("--move-to works within one index; it does not combine with --against")
-    if against is not None and html_file is not None:
-        fail("--html shows the groups of one index; with --against use --json or --csv")
-    try:
-        with Store.open(index_dir) as store:
-            chosen = default_margin(store) if margin is None else margin
-            if against is None:
-                result = find_duplicates(store, chosen, review_margin, linkage, keep)
-            else:
-                with Store.open(against) as other:
-                    result = find_duplicates_in(store, other, chosen, review_margin)
-        plan = plan_moves(result, move_to) if move_to is not None else None
-        moved = apply_moves(plan) if plan is not None and yes else None
-        if csv_file is not None:
-            _write_csv(csv_file, result)
-        if html_file is not None:
-            report.dedup_page(result.to_dict()["groups"], html_file, root=result.root)
-    except (*_store_errors(), OSError) as exc:
-        fail(str(exc))
+    run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
+                      against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(run.to_dict(), indent=2))
     else:
-        console.print(_dedup_table(result))
-        console.print(f"margin {result.margin:.4f}, review margin {result.review_margin:.4f}"
-                      + ("; approximate index: a few duplicates may be missed" if result.approximate else ""))
-    if plan is not None:
-        _print_moves(plan, moved, err if as_json else console)
+        console.print(_dedup_table(run.result))
+        console.print(f"margin {run.result.margin:.4f}, review margin {run.result.review_margin:.4f}"
+                      + ("; approximate index: a few duplicates may be missed" if run.result.approximate else ""))
+    for written in run.written:
+        err.print(f"wrote {written}", highlight=False)
+    if run.plan is not None:
+        _print_moves(run.plan, run.moved, err if as_json else console)
 
 
 @app.command()
 def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")]) -> None:
     """Move files back where dedup --move-to took them from; never overwrites, checks each file's hash."""
-    try:
-        report = undo_moves(manifest)
-    except (*_store_errors(), OSError) as exc:
-        fail(str(exc))
+    report = undo_moves(manifest)
     for skip in report.skipped:
         err.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
     console.print(f"restored {len(report.done)} file(s), skipped {len(report.skipped)}")

@@ -22,7 +22,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_checkpoint
 from .errors import UsageError
 from .store import ModelMismatchError, Row, Store
 
@@ -138,30 +137,6 @@ def calibrated_margin(calibration: Mapping[str, Any]) -> float:
     return float(min(calibration["threshold_best_f1"], calibration.get("threshold_at_recall", math.inf)))
 
 
-def default_margin(store: Store) -> float:
-    """The calibrated margin (calibrated_margin) of the model file the index names.
-
-    It can still be looser than a collection's best margin, which complete linkage absorbs: a merge
-    needs every cross pair within it. Single linkage at this margin chains groups together.
-
-    Raises:
-        DedupError: no model file, not the model that built the index, or no calibration in it.
-    """
-    model = store.info().get("model")
-    if not model:
-        raise DedupError(f"{store.path} names no model file to read a calibrated margin from; pass --margin")
-    try:
-        ckpt = load_checkpoint(Path(model))
-    except CheckpointError as exc:
-        raise DedupError(f"{exc}; pass --margin") from None
-    if ckpt.fingerprint != store.fingerprint:
-        raise DedupError(f"{model} is not the model that built {store.path}; pass --margin")
-    if "threshold_best_f1" not in ckpt.calibration:
-        raise DedupError(f"{model} holds no calibration; run `siamsearch calibrate` on labelled data or pass "
-                         "--margin")
-    return calibrated_margin(ckpt.calibration)
-
-
 def _margins(margin: float, review_margin: float | None) -> float:
     """The review margin (margin when None), after checking 0 < margin <= review margin."""
     review = margin if review_margin is None else review_margin
@@ -193,11 +168,12 @@ def _blocks(store: Store, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]
         yield store.vectors(ids[start:start + block])
 
 
-def _search_blocks(store: Store, index: Store, radius: float, block: int) -> Iterator[Pairs]:
-    """(query id, found id, distance) of every hit closer than radius, from store's vectors in index."""
+def _search_blocks(store: Store, index: Store, margin: float,
+                   block: int) -> Iterator[tuple[Pairs, np.ndarray, np.ndarray]]:
+    """Each block's hits within margin, (query id, found id, distance), with the block's ids and vectors."""
     for ids, queries in _blocks(store, block):
-        lims, distances, found = index.range_search(queries, radius)
-        yield np.repeat(ids, np.diff(lims)), found, distances
+        lims, distances, found = index.range_search(queries, margin)
+        yield (np.repeat(ids, np.diff(lims)), found, distances), ids, queries
 
 
 def _concat(parts: list[Pairs]) -> Pairs:
@@ -207,24 +183,44 @@ def _concat(parts: list[Pairs]) -> Pairs:
     return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
 
 
-def find_pairs(store: Store, radius: float, *, block: int = BLOCK) -> Pairs:
-    """Every pair of stored images closer than radius, each once.
+def find_pairs(store: Store, margin: float, *, block: int = BLOCK) -> Pairs:
+    """Every pair of stored images within margin, each once.
 
     On approximate kinds a pair counts when either image finds the other, which recovers some misses.
 
     Returns:
         (i (P,) int64, j (P,) int64, distances (P,) float32) with i < j, sorted by (i, j).
     """
-    parts = []
-    for query, found, distances in _search_blocks(store, store, radius, block):
+    return _pairs_and_vectors(store, margin, block)[0]
+
+
+def _pairs_and_vectors(store: Store, margin: float, block: int) -> tuple[Pairs, np.ndarray, np.ndarray]:
+    """find_pairs, plus the sorted ids in a pair and their vectors, kept from the search pass itself.
+
+    A vector is read back from the index once: grouping needs the vectors of paired images, and the
+    search already holds them. Only an id that no query of its own paired (an approximate index's
+    one-sided hit) is read again.
+    """
+    parts, kept_ids, kept_vectors = [], [], []
+    for (query, found, distances), ids, vectors in _search_blocks(store, store, margin, block):
         other = found != query
         parts.append((np.minimum(query, found)[other], np.maximum(query, found)[other], distances[other]))
+        paired = np.isin(ids, query[other])
+        kept_ids.append(ids[paired])
+        kept_vectors.append(vectors[paired])
     i, j, d = _concat(parts)
     order = np.lexsort((d, j, i))
     i, j, d = i[order], j[order], d[order]
     first = np.ones(len(i), bool)
     first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    return i[first], j[first], d[first]
+    pairs = (i[first], j[first], d[first])
+    ids = np.concatenate(kept_ids) if kept_ids else np.zeros(0, np.int64)
+    vectors = np.concatenate(kept_vectors) if kept_vectors else np.zeros((0, store.dim), np.float32)
+    missing = np.setdiff1d(np.concatenate(pairs[:2]), ids)
+    if missing.size:
+        ids, vectors = np.concatenate([ids, missing]), np.concatenate([vectors, store.vectors(missing)[1]])
+    order = np.argsort(ids)
+    return pairs, ids[order], vectors[order]
 
 
 def check_same_model(store: Store, other: Store) -> None:
@@ -238,8 +234,8 @@ def check_same_model(store: Store, other: Store) -> None:
                                  f"({store.fingerprint[:12]} and {other.fingerprint[:12]}); re-index one with the other's")
 
 
-def find_cross_pairs(store: Store, other: Store, radius: float, *, block: int = BLOCK) -> Pairs:
-    """Every (image of store, image of other) pair closer than radius.
+def find_cross_pairs(store: Store, other: Store, margin: float, *, block: int = BLOCK) -> Pairs:
+    """Every (image of store, image of other) pair within margin.
 
     Returns:
         (ids in store (P,) int64, ids in other (P,) int64, distances (P,) float32), by store id then distance.
@@ -248,7 +244,7 @@ def find_cross_pairs(store: Store, other: Store, radius: float, *, block: int = 
         ModelMismatchError: the two indexes were built by different models.
     """
     check_same_model(store, other)
-    return _concat(list(_search_blocks(store, other, radius, block)))
+    return _concat([hits for hits, _, _ in _search_blocks(store, other, margin, block)])
 
 
 # ---- groups --------------------------------------------------------------------------------------
@@ -281,19 +277,24 @@ def max_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
     return float(np.sqrt(worst))
 
 
-def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, radius: float,
+def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float,
           linkage: str = "complete") -> list[np.ndarray]:
     """Turn pairs into groups of ids (each sorted; groups ordered by their first id).
 
     single: connected components, which chain (A~B and B~C put A and C together however far apart).
     complete: pairs are merged in ascending distance, and two clusters join only when every cross pair
-    is within radius (computed from the vectors), so no two members of a group are farther apart.
+    is within margin (computed from the vectors), so no two members of a group are farther apart.
 
     Args:
         pairs: (i, j, distances) as find_pairs returns them.
         ids, vectors: (M,) sorted int64 ids, covering every id in pairs, and their (M, D) vectors.
     """
     _check_choice(linkage, LINKAGES, "linkage")
+    return _link(pairs, ids, vectors, margin, linkage)
+
+
+def _link(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str) -> list[np.ndarray]:
+    """group() on checked arguments: union-find over pairs in ascending distance."""
     i, j, d = pairs
     a_all, b_all = np.searchsorted(ids, i), np.searchsorted(ids, j)
     parent = list(range(len(ids)))
@@ -303,7 +304,7 @@ def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, radius: float,
         ra, rb = sorted((_root(parent, a), _root(parent, b)), key=lambda r: -len(members[r]))
         if ra == rb or (ra, rb) in refused or (rb, ra) in refused:
             continue
-        if linkage == "complete" and max_distance(vectors[members[ra]], vectors[members[rb]]) > radius:
+        if linkage == "complete" and max_distance(vectors[members[ra]], vectors[members[rb]]) > margin:
             refused.add((ra, rb))
             continue
         parent[rb] = ra
@@ -322,7 +323,7 @@ def choose_keep(rows: Sequence[Row], policy: str) -> Row:
 
 def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) -> Group:
     """One group: the kept file, the others by distance to it with their status, the largest inner distance."""
-    kept = choose_keep(rows, keep)
+    kept = min(rows, key=KEEP_ORDER[keep])
     k = rows.index(kept)
     distances = np.linalg.norm(vectors.astype(np.float64) - vectors[k], axis=1)
     members = [Member(row, float(dist), _status(float(dist), margin))
@@ -347,11 +348,10 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     review = _margins(margin, review_margin)
     _check_choice(linkage, LINKAGES, "linkage")
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
-    pairs = find_pairs(store, review, block=block)
-    ids, vectors = store.vectors(np.unique(np.concatenate(pairs[:2])))
+    pairs, ids, vectors = _pairs_and_vectors(store, review, block)
     rows = dict(zip(ids.tolist(), store.rows(ids)))
     groups = []
-    for members in group(pairs, ids, vectors, review, linkage):
+    for members in _link(pairs, ids, vectors, review, linkage):
         at = np.searchsorted(ids, members)
         groups.append(_describe([rows[x] for x in members.tolist()], vectors[at], margin, keep))
     groups.sort(key=lambda g: g.keep.path)

@@ -9,10 +9,11 @@ Images that cannot be read are drawn as a placeholder box with the reason, never
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -251,6 +252,26 @@ def dedup_page(groups: Sequence[DupGroup], out: Path | str, *, root: Path | str 
                + (f" (the first {len(shown)} groups shown)" if len(shown) < len(groups) else ""))
     sections = [_group_section(n, g, base, size) for n, g in enumerate(shown, start=1)]
     return _write(Path(out), _page(html.escape(title), html.escape(summary), sections, size))
+
+
+# ---- CSV ----------------------------------------------------------------------------------------
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP's CSV injection list).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """Text that a spreadsheet would run as a formula gets a leading quote; numbers pass as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def write_csv(path: Path | str, fields: Sequence[str], records: Sequence[Mapping[str, Any]]) -> Path:
+    """One row per record under a header (written even when there are none); file names cannot become formulas."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows({k: _csv_cell(v) for k, v in r.items()} for r in records)
+    return Path(path)
 
 
 # ---- contact sheets ------------------------------------------------------------------------------

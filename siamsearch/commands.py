@@ -1,0 +1,116 @@
+"""Use cases that span several modules, one per CLI command: each returns a result with to_dict().
+
+The CLI and a notebook call the same function, so `siamsearch dedup` and `dedup_index(...)` cannot
+drift apart. Use cases that live in one module (index_folder, Searcher, train, evaluate, calibrate,
+undo_moves) are called directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .checkpoint import CheckpointError, read_calibration
+from .dedup import (
+    KEEP_ORDER,
+    LINKAGES,
+    CrossResult,
+    DedupError,
+    DedupResult,
+    calibrated_margin,
+    find_duplicates,
+    find_duplicates_in,
+)
+from .errors import UsageError
+from .moves import MovePlan, MoveReport, apply_moves, plan_moves
+from .store import Store
+
+
+def default_margin(store: Store) -> float:
+    """The calibrated margin (dedup.calibrated_margin) of the model file the index names.
+
+    It can still be looser than a collection's best margin, which complete linkage absorbs: a merge
+    needs every cross pair within it. Single linkage at this margin chains groups together.
+
+    Raises:
+        DedupError: no model file, not the model that built the index, or no calibration in it.
+    """
+    model = store.info().get("model")
+    if not model:
+        raise DedupError(f"{store.path} names no model file to read a calibrated margin from; pass --margin")
+    try:
+        fingerprint, calibration = read_calibration(Path(model))
+    except CheckpointError as exc:
+        raise DedupError(f"{exc}; pass --margin") from None
+    if fingerprint != store.fingerprint:
+        raise DedupError(f"{model} is not the model that built {store.path}; pass --margin")
+    if "threshold_best_f1" not in calibration:
+        raise DedupError(f"{model} holds no calibration; run `siamsearch calibrate` on labelled data or pass "
+                         "--margin")
+    return calibrated_margin(calibration)
+
+
+@dataclass
+class DedupRun:
+    """What `siamsearch dedup` did: the groups (or cross pairs), the reports written, the moves."""
+
+    result: DedupResult | CrossResult
+    plan: MovePlan | None = None
+    moved: MoveReport | None = None
+    written: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result's JSON, plus the moves when a destination was given."""
+        out = self.result.to_dict()
+        if self.plan is not None:
+            out["moves"] = {"dest": str(self.plan.dest), "dry_run": self.moved is None,
+                            "moved" if self.moved else "would_move":
+                                self.moved.done if self.moved else [m.path for m in self.plan.moves],
+                            "skipped": [{"path": s.path, "reason": s.reason} for s in
+                                        (self.moved.skipped if self.moved else self.plan.skipped)],
+                            "manifest": str(self.moved.manifest) if self.moved and self.moved.manifest else None}
+        return out
+
+
+def _check_dedup_args(linkage: str, keep: str, against: Path | None, move_to: Path | None,
+                      html_file: Path | None) -> None:
+    """Every refusal before any search: a bad combination costs nothing."""
+    if linkage not in LINKAGES:
+        raise UsageError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
+    if keep not in KEEP_ORDER:
+        raise UsageError(f"unknown keep policy {keep!r}; choose one of {', '.join(KEEP_ORDER)}")
+    if against is not None and move_to is not None:
+        raise UsageError("--move-to works within one index; it does not combine with --against")
+    if against is not None and html_file is not None:
+        raise UsageError("--html shows the groups of one index; with --against use --json or --csv")
+
+
+def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_margin: float | None = None,
+                linkage: str = "complete", keep: str = "largest", against: Path | str | None = None,
+                move_to: Path | str | None = None, yes: bool = False, csv_file: Path | None = None,
+                html_file: Path | None = None) -> DedupRun:
+    """Group an index's duplicates at the margin (the model's calibrated one when None), report, then move.
+
+    Reports are written before any file moves, so the HTML shows every file in place and a failing
+    report cannot hide what moved. Without yes, move_to is a dry run: the plan only.
+    """
+    _check_dedup_args(linkage, keep, None if against is None else Path(against), None if move_to is None
+                      else Path(move_to), html_file)
+    with Store.open(index_dir) as store:
+        margin = default_margin(store) if margin is None else margin
+        if against is None:
+            result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep)
+        else:
+            with Store.open(against) as other:
+                result = find_duplicates_in(store, other, margin, review_margin)
+    run = DedupRun(result)
+    if csv_file is not None:
+        run.written.append(report.write_csv(csv_file, result.FIELDS, result.records()))
+    if html_file is not None:
+        run.written.append(report.dedup_page(result.to_dict()["groups"], html_file, root=result.root))
+    if move_to is not None:
+        run.plan = plan_moves(result, move_to)
+        run.moved = apply_moves(run.plan) if yes else None
+    return run
