@@ -17,7 +17,7 @@ from .search import EmbedOptions, Searcher, index_folder  # noqa: E402
 from .store import Store  # noqa: E402
 
 __all__ = [
-    "AugmentConfig", "BadImageError", "EmbedOptions", "EmbedResult", "Encoder", "EncoderConfig", "Failure",
+    "AugmentConfig", "BadImageError", "EmbedOptions", "dedup_index", "EmbedResult", "Encoder", "EncoderConfig", "Failure",
     "Preprocess", "Searcher", "Store", "TrainConfig", "__version__", "build_encoder", "default_margin",
     "embed_paths", "find_duplicates", "find_images", "index_folder", "load_checkpoint", "load_encoder",
     "load_image", "save_model",

@@ -16,7 +16,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__, report
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError
 from .commands import dedup_index
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
 from .dedup import CrossResult, DedupResult, calibrated_margin
@@ -422,7 +422,7 @@ def eval_(
         data_dir, model, held_out=held_out, ways=ways, episodes=episodes, target_precision=target_precision,
         seed=seed, device=device, workers=workers, progress=progress))
     try:
-        plots = report.write_eval_report(result, load_checkpoint(model), report_dir) if report_dir else []
+        plots = report.write_eval_report(result, report_dir) if report_dir else []
     except (ImportError, OSError) as exc:
         fail(str(exc))
     report_failures(result.failures)

@@ -227,7 +227,7 @@ def _digits(work: Path, minutes: float, obs: Observer, opts: EmbedOptions) -> di
                     dataclasses.replace(DIGITS_TRAINING, max_minutes=minutes, device=opts.device), observer=obs)
     obs.message("evaluating it on the held-out third of every digit")
     result = evaluate(test_dir, model, ways=10, workers=0, device=opts.device)
-    files = {f"plot_{p.stem}": p for p in report.write_eval_report(result, load_checkpoint(model), work / "report")}
+    files = {f"plot_{p.stem}": p for p in report.write_eval_report(result, work / "report")}
     obs.message("indexing the training digits and querying one test image of each digit")
     index_folder(train_dir, work / "indexes" / "digits", model, rebuild=True, opts=opts)[0].close()
     searcher = Searcher.open(work / "indexes" / "digits", opts=opts)

@@ -8,7 +8,7 @@ siamsearch.metrics, so `eval` and training validation measure the same things th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class EvalResult:
     vectors: np.ndarray  # (N, D) float32, rows L2-normalised
     failures: list[Failure]
     notes: list[str]
+    history: list[dict[str, Any]] = field(default_factory=list)  # the model's training curves, for the report
+    calibration: dict[str, Any] = field(default_factory=dict)  # the model's stored thresholds, for the report
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON summary: metrics, counts, notes and skipped files (no arrays)."""
@@ -144,7 +146,8 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
     tally = {"images": len(labels), "identities": len(names), "identities_with_pairs": eligible,
              "skipped": len(data.failures), "unlabelled": data.unlabelled}
     return EvalResult(data.root, data.ckpt.fingerprint, {k: float(v) for k, v in found.items()}, tally,
-                      distances, same, data.paths, labels, emb, data.failures, notes)
+                      distances, same, data.paths, labels, emb, data.failures, notes, data.ckpt.history,
+                      data.ckpt.calibration)
 
 
 def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision: float = 0.99,

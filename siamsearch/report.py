@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from . import metrics
-from .checkpoint import Checkpoint
 from .dedup import calibrated_margin
 from .evaluate import EvalResult
 from .images import BadImageError, load_image
@@ -101,7 +100,7 @@ def plot_training(history: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, Path(path))
 
 
-def write_eval_report(result: EvalResult, ckpt: Checkpoint, out_dir: Path) -> list[Path]:
+def write_eval_report(result: EvalResult, out_dir: Path) -> list[Path]:
     """roc.png, distances.png and (when the model holds a history) training.png in out_dir.
 
     The distance plot shows this data's best-F1 and at-precision thresholds, and the model's stored
@@ -110,11 +109,11 @@ def write_eval_report(result: EvalResult, ckpt: Checkpoint, out_dir: Path) -> li
     out_dir, m = Path(out_dir), result.metrics
     lines = {"best F1 here": m["threshold_best_f1"],
              f"precision {m['target_precision']:g} here": m["threshold_at_precision"]}
-    if "threshold_best_f1" in ckpt.calibration:
-        lines["dedup margin stored in the model"] = calibrated_margin(ckpt.calibration)
+    if "threshold_best_f1" in result.calibration:
+        lines["dedup margin stored in the model"] = calibrated_margin(result.calibration)
     written = [plot_roc(result.distances, result.same, out_dir / "roc.png"),
                plot_distances(result.distances, result.same, out_dir / "distances.png", lines),
-               plot_training(ckpt.history, out_dir / "training.png")]
+               plot_training(result.history, out_dir / "training.png")]
     return [p for p in written if p is not None]
 
 

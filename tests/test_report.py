@@ -8,14 +8,12 @@ import pytest
 from PIL import Image
 
 from siamsearch import metrics
-from siamsearch.checkpoint import Checkpoint
-from siamsearch.config import EncoderConfig, Preprocess
 from siamsearch.evaluate import EvalResult
 from siamsearch.report import SHEET_LABEL, SHEET_PAD, contact_sheet, dedup_page, query_page, write_eval_report
 from siamsearch.search import Neighbor, QueryResult
 
 
-def fake_result(n_pairs: int = 200) -> EvalResult:
+def fake_result(epochs: int, n_pairs: int = 200) -> EvalResult:
     """Pairs whose same-identity distances are smaller on average, with the metrics they give."""
     rng = np.random.default_rng(0)
     same = np.repeat([True, False], n_pairs // 2)
@@ -23,15 +21,11 @@ def fake_result(n_pairs: int = 200) -> EvalResult:
     t_f1, _, _, _ = metrics.best_f1_threshold(distances, same)
     t_p, _, _ = metrics.threshold_at_precision(distances, same, 0.99)
     m = {"threshold_best_f1": t_f1, "threshold_at_precision": t_p, "target_precision": 0.99}
-    return EvalResult(Path("data"), "f" * 16, m, {}, distances.astype(np.float32), same, [], np.array([]),
-                      np.zeros((0, 4), np.float32), [], [])
-
-
-def fake_checkpoint(epochs: int) -> Checkpoint:
     history = [{"epoch": e, "loss": 1 / e, "roc_auc": 0.5 + e / 20, "p_at_1": e / 10, "one_shot": e / 12}
                for e in range(1, epochs + 1)]
-    return Checkpoint(EncoderConfig(), Preprocess(), {}, "f" * 16, history=history,
-                      calibration={"threshold_best_f1": 0.8, "source": "validation"})
+    return EvalResult(Path("data"), "f" * 16, m, {}, distances.astype(np.float32), same, [], np.array([]),
+                      np.zeros((0, 4), np.float32), [], [], history,
+                      {"threshold_best_f1": 0.8, "source": "validation"})
 
 
 def is_png(path: Path) -> bool:
@@ -40,10 +34,10 @@ def is_png(path: Path) -> bool:
 
 
 def test_eval_report_writes_the_plots(tmp_path):
-    written = write_eval_report(fake_result(), fake_checkpoint(5), tmp_path / "r")
+    written = write_eval_report(fake_result(5), tmp_path / "r")
     assert [p.name for p in written] == ["roc.png", "distances.png", "training.png"]
     assert all(p.stat().st_size > 5000 and is_png(p) for p in written)
-    without_history = write_eval_report(fake_result(), fake_checkpoint(0), tmp_path / "r2")
+    without_history = write_eval_report(fake_result(0), tmp_path / "r2")
     assert [p.name for p in without_history] == ["roc.png", "distances.png"]
 
 
