@@ -1,12 +1,12 @@
 """Near-duplicate check on real photos: siamsearch at its calibrated default margin vs imagehash's phash.
 
-The sample photos that ship inside scikit-image (siamsearch.demo.PHOTOS plus gravel and colorwheel) are
+The sample photos that ship inside scikit-image (siamsearch.samples.PHOTOS plus gravel and colorwheel) are
 split by --seed into a training half and a test half; scikit-learn's china and flower join the test half.
 The test folder holds each test original and one copy of it per demo.COPIES kind (resized, cropped, JPEG,
 brighter, grayscale, rotated): groups of 7. A small encoder (luminance only by default, as phash; each image
 standardised, as demo.PHOTOS_ENCODER) trains self-supervised (NT-Xent, the "near-duplicates" augmentation) on
-tiles of the training photos and on procedural dead-leaves images (siamsearch.leaves); no test photo and no
-copy is seen. calibrate() on labelled copies of the 3x3 training tiles (demo.build_copies) writes its
+tiles of the training photos and on procedural dead-leaves images (siamsearch.samples); no test photo and no
+copy is seen. calibrate() on labelled copies of the 3x3 training tiles (samples.build_copies) writes its
 thresholds into the model file; the test folder is indexed and grouped by find_duplicates at default_margin,
 the margin `siamsearch dedup` uses without --margin (the best-F1 distance on balanced calibration pairs,
 capped at the distance holding 97.5% of the same pairs), with complete linkage (dedup's default) and with
@@ -39,26 +39,17 @@ from PIL import Image
 
 from siamsearch.commands import default_margin
 from siamsearch.dedup import DedupResult, find_duplicates
-from siamsearch.demo import (
-    COPIES,
-    PHOTOS,
-    PHOTOS_ENCODER,
-    PHOTOS_TRAINING,
-    build_copies,
-    photo_from_array,
-    sample_photo,
-    save_tiles,
-    tile_files,
-)
+from siamsearch.demo import PHOTOS_ENCODER, PHOTOS_TRAINING
 from siamsearch.evaluate import calibrate
-from siamsearch.leaves import write_dead_leaves
+from siamsearch.samples import (COPIES, PHOTOS, build_copies, photo_from_array, sample_photo, save_tiles, tile_files,
+                                write_dead_leaves)
 from siamsearch.search import EmbedOptions, index_folder
 from siamsearch.train import train
 
 EXTRA_PHOTOS = ("gravel", "colorwheel")  # sample photos the demo leaves out, real material for a benchmark
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
 CALIBRATION_GRID = 3  # copies of these tiles calibrate: they do not overlap, unlike tiles of two grids
-LEAVES = 1000  # procedural images (siamsearch.leaves) beside about 300 photo tiles: less to memorise
+LEAVES = 1000  # procedural images (siamsearch.samples) beside about 300 photo tiles: less to memorise
 IMAGE_SIZE = 48  # at the demo's 32 px, cropped and rotated copies of page (text) were missed more often
 PHASH_BITS = 10  # imagededup's default max_distance_threshold for its phash
 Pair = tuple[str, str]  # two file names, sorted

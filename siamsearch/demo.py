@@ -16,57 +16,21 @@ Needs the demo extra: pip install "siamsearch[demo]".
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
 
 from . import report
 from .checkpoint import load_checkpoint
 from .config import AUGMENT_PRESETS, EncoderConfig, TrainConfig
 from .dedup import calibrated_margin, find_duplicates
 from .evaluate import calibrate, evaluate
+from .samples import DIGIT_SIZE, build_copies, build_digits, build_photos, tile_files
 from .search import EmbedOptions, Searcher, index_folder
 from .train import Observer, Quiet, train
-
-DIGIT_SIZE = 32
-# Photos bundled inside scikit-image (no download); `cat` is left out: it is chelsea again.
-# Left out as well: gravel (at 32 px the same texture as grass) and colorwheel (a bright disc on black,
-# like retina): pairs a 32 px encoder trained for a minute cannot tell apart.
-PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "horse",
-          "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
-          "text")
-PHOTO_SIDE = 384  # originals are stored with this longer side: small files, fast to decode
-MIN_DETAIL = 10.0  # luminance standard deviation (of 255) below which a tile is near-blank
-
-
-def _rotate(img: Image.Image) -> Image.Image:
-    """Turned by 4 degrees and cropped back inside the picture, as a scanner or phone might."""
-    turned = img.rotate(4, resample=Image.Resampling.BILINEAR, expand=False)
-    return ImageOps.crop(turned, border=round(0.04 * max(img.size)))
-
-
-def _jpeg(img: Image.Image) -> Image.Image:
-    """Recompressed at JPEG quality 25: visible blocks, same picture."""
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=25)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-# How planted copies are made: each is applied to two different photos.
-COPIES: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "resized": lambda im: im.resize((im.width * 2 // 5, im.height * 2 // 5), Image.Resampling.BILINEAR),
-    "cropped": lambda im: ImageOps.crop(im, border=(im.width // 12, im.height // 12)),
-    "jpeg": _jpeg,
-    "brighter": lambda im: ImageEnhance.Brightness(im).enhance(1.4),
-    "grayscale": lambda im: ImageOps.grayscale(im).convert("RGB"),
-    "rotated": _rotate,
-}
 
 DIGITS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=DIGIT_SIZE, channels=1)
 DIGITS_TRAINING = TrainConfig(epochs=30, ids_per_batch=8, images_per_id=12, lr=3e-3, margin=1.0,
@@ -77,109 +41,6 @@ PHOTOS_TRAINING = TrainConfig(loss="ntxent", epochs=200, ids_per_batch=64, image
                               self_supervised=True, augment="near-duplicates",
                               augment_cfg=AUGMENT_PRESETS["near-duplicates"],
                               val_fraction=0.2, ways=20, episodes=200, workers=0)
-
-
-def build_digits(folder: Path, test_fraction: float = 1 / 3, seed: int = 0) -> tuple[Path, Path]:
-    """scikit-learn's digits as 32 px grayscale PNGs in train/<digit>/ and test/<digit>/ folders.
-
-    Returns:
-        (train folder, test folder); every digit has images in both.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.images * (255.0 / 16.0)).astype(np.uint8)  # values are 0..16
-    rng = np.random.default_rng(seed)
-    test = np.zeros(len(pixels), dtype=bool)
-    for d in range(10):
-        members = np.flatnonzero(digits.target == d)
-        test[rng.choice(members, size=round(len(members) * test_fraction), replace=False)] = True
-    for i, (img, d) in enumerate(zip(pixels, digits.target)):
-        target = folder / ("test" if test[i] else "train") / str(d) / f"{i:04d}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img, "L").resize((DIGIT_SIZE, DIGIT_SIZE), Image.Resampling.BICUBIC).save(target)
-    return folder / "train", folder / "test"
-
-
-def photo_from_array(arr: np.ndarray) -> Image.Image:
-    """A bundled (H, W[, C]) uint8 or bool sample image as RGB, longer side PHOTO_SIDE."""
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    img = Image.fromarray(arr).convert("RGB")
-    img.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.LANCZOS)
-    return img
-
-
-def sample_photo(name: str) -> Image.Image:
-    """One of scikit-image's bundled sample images (a skimage.data function name) as photo_from_array."""
-    import skimage.data
-
-    return photo_from_array(np.asarray(getattr(skimage.data, name)()))
-
-
-def save_tiles(img: Image.Image, stem: str, folder: Path, tiles: int) -> None:
-    """A tiles x tiles grid of img as folder/<stem>_<row><col>.png, the names build_copies picks up."""
-    w, h = img.width // tiles, img.height // tiles
-    for r in range(tiles):
-        for c in range(tiles):
-            img.crop((c * w, r * h, (c + 1) * w, (r + 1) * h)).save(folder / f"{stem}_{r}{c}.png")
-
-
-def build_photos(folder: Path, tiles: int = 3, seed: int = 0) -> tuple[Path, Path, dict[str, str]]:
-    """A photo collection with planted copies, and an unlabelled training folder of photo tiles.
-
-    The collection holds every sample photo as PNG plus, for each kind in COPIES, a JPEG copy of
-    two photos. The training folder holds a tiles x tiles grid of each photo (no copies): a
-    self-supervised model learns from it what stays the same under crops, colour and blur.
-
-    Returns:
-        (collection folder, training folder, planted: copy file name → original file name).
-    """
-    collection, training = folder / "photos", folder / "photo_tiles"
-    collection.mkdir(parents=True, exist_ok=True)
-    training.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    copy_of = dict(zip(rng.permutation(len(PHOTOS)).tolist(), [kind for kind in COPIES for _ in range(2)]))
-    planted = {}
-    for i, name in enumerate(PHOTOS):
-        img = sample_photo(name)
-        img.save(collection / f"{name}.png")
-        img.save(training / f"{name}.png")
-        save_tiles(img, name, training, tiles)
-        if i in copy_of:
-            kind = copy_of[i]
-            COPIES[kind](img).convert("RGB").save(collection / f"{name}_{kind}.jpg", quality=90)
-            planted[f"{name}_{kind}.jpg"] = f"{name}.png"
-    return collection, training, planted
-
-
-def _has_detail(path: Path) -> bool:
-    """False for a near-blank tile (sky, paper, black border): its copies are no longer an identity of its own."""
-    return float(np.asarray(Image.open(path).convert("L"), np.float32).std()) >= MIN_DETAIL
-
-
-def tile_files(folder: Path) -> list[Path]:
-    """The tiles save_tiles wrote into folder, in name order."""
-    return sorted(folder.glob("*_[0-9][0-9].png"))
-
-
-def build_copies(tiles: Sequence[Path], folder: Path, count: int = 60, seed: int = 0) -> Path:
-    """A labelled calibration folder: up to `count` of the tiles, each with one copy of every COPIES kind.
-
-    Each tile is an identity (<tile's folder>_<tile>/original.png, <kind>.jpg), so `calibrate` learns from
-    it how far a copy may be from its original; the collection's photos themselves are never used.
-    Near-blank tiles are left out: two of them, brightened to white, are the same image under two labels.
-    """
-    tiles = [t for t in tiles if _has_detail(t)]
-    rng = np.random.default_rng(seed)
-    for i in rng.choice(len(tiles), size=min(count, len(tiles)), replace=False):
-        img = Image.open(tiles[i]).convert("RGB")
-        target = folder / f"{tiles[i].parent.name}_{tiles[i].stem}"
-        target.mkdir(parents=True, exist_ok=True)
-        img.save(target / "original.png")
-        for kind, make in COPIES.items():
-            make(img).convert("RGB").save(target / f"{kind}.jpg", quality=90)
-    return folder
 
 
 def score_groups(groups: list[report.DupGroup], planted: dict[str, str]) -> dict[str, int]:

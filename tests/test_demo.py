@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamsearch.demo import COPIES, build_copies, save_tiles, score_groups, tile_files
+from siamsearch.demo import score_groups
+from siamsearch.samples import COPIES, build_copies, save_tiles, tile_files
 
 PLANTED = {"a_jpeg.jpg": "a.png", "b_rotated.jpg": "b.png", "c_resized.jpg": "c.png"}
 

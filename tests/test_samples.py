@@ -3,11 +3,11 @@
 import numpy as np
 from PIL import Image
 
-from siamsearch.leaves import _radii, dead_leaves, write_dead_leaves
+from siamsearch.samples import dead_leaves, leaf_radii, write_dead_leaves
 
 
 def test_radii_stay_in_range_and_small_leaves_dominate_as_r_to_the_minus_3():
-    r = _radii(np.random.default_rng(0), 100_000, 3.0, 64.0)
+    r = leaf_radii(np.random.default_rng(0), 100_000, 3.0, 64.0)
     assert r.min() >= 3.0 and r.max() <= 64.0
     # under the density r^-3, P(r > 2 r_min) is about a quarter: ((2 r_min)^-2 - r_max^-2) / (r_min^-2 - r_max^-2)
     expected = ((2 * 3.0) ** -2 - 64.0 ** -2) / (3.0 ** -2 - 64.0 ** -2)
