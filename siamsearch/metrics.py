@@ -301,22 +301,6 @@ def precision_at_1(emb: np.ndarray, labels: np.ndarray) -> float:
     return retrieval_metrics(emb, labels, ks=(1,))["precision_at_1"]
 
 
-def recall_at_k(emb: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
-    """For each k, the fraction of queries (with R > 0) with a same-label item among their k nearest."""
-    out = retrieval_metrics(emb, labels, ks)
-    return {k: out[f"recall_at_{k}"] for k in ks}
-
-
-def r_precision(emb: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over queries of (same-label items among the R nearest) / R."""
-    return retrieval_metrics(emb, labels, ks=(1,))["r_precision"]
-
-
-def map_at_r(emb: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over queries of (1/R) sum_{i<=R} P(i) [i-th neighbour correct]: rewards ranking them first."""
-    return retrieval_metrics(emb, labels, ks=(1,))["map_at_r"]
-
-
 def one_shot_accuracy(emb: np.ndarray, labels: np.ndarray, ways: int = 20, episodes: int = 400,
                       seed: int = 0) -> float:
     """N-way one-shot accuracy: can one example per identity tell which identity a new image shows?

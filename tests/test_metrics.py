@@ -172,8 +172,6 @@ def test_map_at_r_hand_case():
     assert out["r_precision"] == pytest.approx((3 * 2 / 3 + 1 / 3) / 4)  # 7/12
     assert out["precision_at_1"] == out["recall_at_1"] == 0.25
     assert out["recall_at_2"] == 1.0 and out["queries"] == 4
-    assert m.map_at_r(x, labels) == pytest.approx(3 / 8)
-    assert m.r_precision(x, labels) == pytest.approx(7 / 12)
 
 
 @pytest.mark.parametrize("dim", [3, 8])
@@ -194,7 +192,6 @@ def test_retrieval_metrics_equal_brute_force(dim):
     assert out["r_precision"] == pytest.approx(np.mean(rp))
     assert out["map_at_r"] == pytest.approx(np.mean(ap))
     assert m.precision_at_1(x, labels) == out["precision_at_1"]
-    assert m.recall_at_k(x, labels, (5,)) == {5: out["recall_at_5"]}
 
 
 def clusters(n_ids: int, per_id: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
