@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_json
-from .dedup import DedupResult
+from .dedup import DedupResult, Group
 from .errors import UsageError
 
 
@@ -40,6 +41,7 @@ class Move:
 
     path: str
     size: int
+    mtime_ns: int
 
 
 @dataclass
@@ -62,33 +64,75 @@ class MoveReport:
 
 
 def _changed(path: Path, size: int, mtime_ns: int) -> str | None:
-    """Why a file cannot move as indexed (missing or changed since), or None."""
+    """Why a file cannot move (or be kept) as indexed: missing, a symlink, or changed since; else None."""
     try:
-        st = path.stat()
+        st = path.lstat()
     except FileNotFoundError:
         return "missing"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link (only regular files are moved)"
     return None if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else "changed since it was indexed"
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """True when path, symlinks resolved, is folder or inside it."""
+    resolved, folder = path.resolve(), folder.resolve()
+    return resolved == folder or folder in resolved.parents
+
+
+def _check_dest(dest: Path, root: Path) -> None:
+    """A destination inside the indexed folder is indexed again (dups/dups/...); one above it holds it.
+
+    Raises:
+        MoveError: dest is root, inside it, or an ancestor of it.
+    """
+    if dest == root:
+        raise MoveError(f"{dest} is the indexed folder itself; choose another destination")
+    if root in dest.parents:
+        raise MoveError(f"{dest} is inside the indexed folder {root}: the next index would find the moved files "
+                        "again; choose a destination outside it")
+    if dest in root.parents:
+        raise MoveError(f"{dest} holds the indexed folder {root}; choose a destination outside it")
+
+
+def _group_moves(group: Group, dest: Path) -> tuple[list[Move], list[Skipped]]:
+    """A group's duplicates to move, or none when its kept file is not there as indexed: then no copy would be left."""
+    duplicates = [m.row for m in group.members if m.status == "duplicate"]
+    keep = group.keep
+    kept_reason = _changed(keep.abspath, keep.size, keep.mtime_ns)
+    if kept_reason:
+        why = f"the kept file {keep.path} is {kept_reason}; group left alone"
+        return [], [Skipped(row.path, why) for row in duplicates]
+    moves, skipped = [], []
+    for row in duplicates:
+        reason = _changed(row.abspath, row.size, row.mtime_ns)
+        if reason is None and not _within((dest / row.path).parent, dest):
+            reason = f"{dest / row.path} would lie outside {dest} (a symlinked folder)"
+        if reason is None and os.path.lexists(dest / row.path):
+            reason = f"{dest / row.path} already exists"
+        if reason:
+            skipped.append(Skipped(row.path, reason))
+        else:
+            moves.append(Move(row.path, row.size, row.mtime_ns))
+    return moves, skipped
 
 
 def plan_moves(result: DedupResult, dest: Path | str) -> MovePlan:
     """The duplicates (not the files to review) that would move to dest; touches nothing.
 
+    A group moves only when its kept file is still there, a regular file unchanged since indexing;
+    symlinks are never moved.
+
     Raises:
-        MoveError: dest is the index root itself.
+        MoveError: dest is the index root, inside it, or an ancestor of it.
     """
-    dest = Path(dest).expanduser().resolve()
-    if dest == result.root.resolve():
-        raise MoveError(f"{dest} is the indexed folder itself; choose another destination")
+    dest, root = Path(dest).expanduser().resolve(), result.root.resolve()
+    _check_dest(dest, root)
     plan = MovePlan(result.root, dest)
-    for member in (m for g in result.groups for m in g.members if m.status == "duplicate"):
-        row = member.row
-        reason = _changed(row.abspath, row.size, row.mtime_ns)
-        if reason is None and os.path.lexists(dest / row.path):
-            reason = f"{dest / row.path} already exists"
-        if reason:
-            plan.skipped.append(Skipped(row.path, reason))
-        else:
-            plan.moves.append(Move(row.path, row.size))
+    for group in result.groups:
+        moves, skipped = _group_moves(group, dest)
+        plan.moves.extend(moves)
+        plan.skipped.extend(skipped)
     return plan
 
 
@@ -109,7 +153,7 @@ def _move_file(src: Path, dst: Path) -> None:
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)  # atomic, fails when dst exists, keeps mtime
+        os.link(src, dst, follow_symlinks=False)  # atomic, fails when dst exists, keeps mtime
     except FileExistsError:
         raise
     except OSError:  # another filesystem, or one without hard links
@@ -150,15 +194,11 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     entries = []
     for move in plan.moves:
         src = plan.root / move.path
-        try:
-            digest, size = sha256(src), src.stat().st_size
-        except FileNotFoundError:
-            report.skipped.append(Skipped(move.path, "missing"))
+        reason = _changed(src, move.size, move.mtime_ns)
+        if reason:
+            report.skipped.append(Skipped(move.path, reason))
             continue
-        if size != move.size:
-            report.skipped.append(Skipped(move.path, "changed since it was indexed"))
-            continue
-        entries.append({"from": move.path, "to": move.path, "size": size, "sha256": digest})
+        entries.append({"from": move.path, "to": move.path, "size": move.size, "sha256": sha256(src)})
     if not entries:
         return report
     plan.dest.mkdir(parents=True, exist_ok=True)
@@ -178,27 +218,49 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     return report
 
 
+def _relative(value: Any) -> bool:
+    """A manifest path that stays inside its folder: a relative string with no '..' part."""
+    if not isinstance(value, str) or not value:
+        return False
+    parts = Path(value).parts
+    return not Path(value).is_absolute() and ".." not in parts and not value.startswith(("/", "\\"))
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
-    """A move manifest, checked for the fields undo needs."""
+    """A move manifest, checked field by field: a hostile or edited file is refused before anything moves.
+
+    Raises:
+        MoveError: missing, not JSON, wrong shape, a path that is absolute or climbs out with '..', or
+        a manifest that does not sit in the folder it says the files were moved to.
+    """
     try:
         data = json.loads(Path(path).read_text())
-        usable = {"root", "dest", "moves"} <= data.keys() and all(
-            {"from", "to", "sha256"} <= entry.keys() for entry in data["moves"])
     except FileNotFoundError:
         raise MoveError(f"no such manifest: {path}") from None
-    except (ValueError, TypeError, AttributeError):
-        usable = False
+    except (ValueError, OSError):
+        raise MoveError(f"{path} is not a siamsearch move manifest") from None
+    usable = (isinstance(data, dict) and isinstance(data.get("root"), str) and isinstance(data.get("dest"), str)
+              and isinstance(data.get("moves"), list)
+              and all(isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in data["moves"]))
     if not usable:
         raise MoveError(f"{path} is not a siamsearch move manifest")
+    bad = [e for e in data["moves"] if not (_relative(e.get("from")) and _relative(e.get("to")))]
+    if bad:
+        raise MoveError(f"{path} names a path that is absolute or leaves its folder ({bad[0].get('from')!r} → "
+                        f"{bad[0].get('to')!r}); refused")
+    if Path(path).resolve().parent != Path(data["dest"]).resolve():
+        raise MoveError(f"{path} does not sit in the folder it says files were moved to ({data['dest']}); refused")
     return data
 
 
-def _restore(src: Path, back: Path, digest: str) -> str | None:
+def _restore(src: Path, back: Path, dest: Path, root: Path, digest: str) -> str | None:
     """Move a file back when nothing is in its old place and its bytes are the ones moved; else the reason."""
+    if not _within(src.parent, dest) or not _within(back.parent, root):
+        return "its path leads outside the folders of the manifest (a symlinked folder); refused"
     if os.path.lexists(back):
         return f"{back} already exists; not overwritten"
-    if not src.is_file():
-        return f"{src} is gone"
+    if src.is_symlink() or not src.is_file():
+        return f"{src} is gone" if not os.path.lexists(src) else f"{src} is not a regular file"
     if sha256(src) != digest:
         return f"{src} changed since it was moved"
     return _try_move(src, back)
@@ -208,16 +270,17 @@ def undo_moves(manifest: Path | str) -> MoveReport:
     """Move the files a manifest lists back where they were, when their hash still matches.
 
     A file already back at its old place is never overwritten; each file not restored is skipped with a reason.
+    Every path must stay inside the manifest's root (going back) and its destination folder (coming from).
 
     Raises:
-        MoveError: the manifest is missing or unreadable.
+        MoveError: the manifest is missing, unreadable, or unsafe (see _read_manifest).
     """
     manifest = Path(manifest)
     data = _read_manifest(manifest)
     root, dest = Path(data["root"]), Path(data["dest"])
     report = MoveReport(manifest)
     for entry in data["moves"]:
-        reason = _restore(dest / entry["to"], root / entry["from"], entry["sha256"])
+        reason = _restore(dest / entry["to"], root / entry["from"], dest, root, entry["sha256"])
         if reason:
             report.skipped.append(Skipped(entry["from"], reason))
         else:

@@ -1,0 +1,116 @@
+"""Moving duplicates aside and back can never lose a file: each refusal here once lost or planted files."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from siamsearch.dedup import DedupResult, Group, Member
+from siamsearch.moves import MoveError, apply_moves, plan_moves, undo_moves
+from siamsearch.store import Row
+
+
+def row(root: Path, rel: str, content: bytes = b"x", link_to: Path | None = None) -> Row:
+    """A real file (or symlink) under root and the row an index would hold for it."""
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if link_to is None:
+        path.write_bytes(content)
+    else:
+        path.symlink_to(link_to)
+    st = path.lstat()
+    return Row(0, rel, path, None, st.st_size, st.st_mtime_ns, 8, 8)
+
+
+def result(root: Path, *groups: tuple[Row, list[Row]]) -> DedupResult:
+    """A dedup result whose groups keep the first row and hold the others as duplicates."""
+    return DedupResult(root, 0.1, 0.1, False, [Group(keep, 0.05, [Member(r, 0.05, "duplicate") for r in others])
+                                               for keep, others in groups], 0)
+
+
+def test_a_group_whose_kept_file_is_gone_or_changed_moves_nothing(tmp_path):
+    root = tmp_path / "photos"
+    gone, copy1 = row(root, "a.jpg"), row(root, "a_copy.jpg")
+    edited, copy2 = row(root, "b.jpg"), row(root, "b_copy.jpg")
+    fine, copy3 = row(root, "c.jpg"), row(root, "c_copy.jpg")
+    gone.abspath.unlink()
+    edited.abspath.write_bytes(b"longer now")
+    plan = plan_moves(result(root, (gone, [copy1]), (edited, [copy2]), (fine, [copy3])), tmp_path / "dups")
+    assert [m.path for m in plan.moves] == ["c_copy.jpg"]
+    reasons = {s.path: s.reason for s in plan.skipped}
+    assert "a.jpg is missing" in reasons["a_copy.jpg"] and "b.jpg is changed" in reasons["b_copy.jpg"]
+
+
+@pytest.mark.parametrize("where", ["inside", "nested", "ancestor", "same"])
+def test_a_destination_inside_or_above_the_root_is_refused(tmp_path, where):
+    root = tmp_path / "lib" / "photos"
+    keep, copy = row(root, "a.jpg"), row(root, "a_copy.jpg")
+    dest = {"inside": root / "dups", "nested": root / "x" / "dups", "ancestor": tmp_path / "lib", "same": root}[where]
+    with pytest.raises(MoveError):
+        plan_moves(result(root, (keep, [copy])), dest)
+
+
+def test_symlinks_are_never_moved_or_kept(tmp_path):
+    root, outside = tmp_path / "photos", tmp_path / "elsewhere.jpg"
+    outside.write_bytes(b"target")
+    keep, link = row(root, "a.jpg"), row(root, "a_link.jpg", link_to=outside)
+    link_keep, copy = row(root, "b_link.jpg", link_to=outside), row(root, "b.jpg")
+    plan = plan_moves(result(root, (keep, [link]), (link_keep, [copy])), tmp_path / "dups")
+    assert plan.moves == [] and {s.path for s in plan.skipped} == {"a_link.jpg", "b.jpg"}
+    assert outside.read_bytes() == b"target" and link.abspath.is_symlink()
+
+
+def moved(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A real move of one duplicate: (root, dest, manifest)."""
+    root, dest = tmp_path / "photos", tmp_path / "dups"
+    keep, copy = row(root, "a.jpg", b"same"), row(root, "sub/a_copy.jpg", b"same")
+    report = apply_moves(plan_moves(result(root, (keep, [copy])), dest))
+    assert report.done == ["sub/a_copy.jpg"] and (dest / "sub/a_copy.jpg").is_file()
+    return root, dest, report.manifest
+
+
+@pytest.mark.parametrize("field, value", [("from", "/etc/evil.desktop"), ("from", "../../outside.jpg"),
+                                          ("to", "../../../home/x/.config/autostart/x.desktop"), ("from", 123)])
+def test_undo_refuses_a_manifest_whose_paths_leave_its_folders(tmp_path, field, value):
+    root, dest, manifest = moved(tmp_path)
+    data = json.loads(manifest.read_text())
+    data["moves"][0][field] = value
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(MoveError):
+        undo_moves(manifest)
+    assert (dest / "sub/a_copy.jpg").is_file() and not (root / "sub/a_copy.jpg").exists()
+
+
+@pytest.mark.parametrize("broken", [{"root": None}, {"moves": "all"}, {"dest": 5}])
+def test_undo_refuses_a_manifest_of_the_wrong_shape(tmp_path, broken):
+    _, _, manifest = moved(tmp_path)
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | broken))
+    with pytest.raises(MoveError):
+        undo_moves(manifest)
+
+
+def test_undo_refuses_a_manifest_that_does_not_sit_in_its_destination(tmp_path):
+    _, _, manifest = moved(tmp_path)
+    elsewhere = tmp_path / "downloads" / manifest.name
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(manifest.read_text())
+    with pytest.raises(MoveError, match="does not sit"):
+        undo_moves(elsewhere)
+
+
+def test_undo_does_not_put_back_a_symlink_planted_in_the_destination(tmp_path):
+    root, dest, manifest = moved(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"same")
+    (dest / "sub/a_copy.jpg").unlink()
+    os.symlink(secret, dest / "sub/a_copy.jpg")
+    report = undo_moves(manifest)
+    assert report.done == [] and "not a regular file" in report.skipped[0].reason
+    assert not (root / "sub/a_copy.jpg").exists()
+
+
+def test_undo_puts_the_file_back(tmp_path):
+    root, dest, manifest = moved(tmp_path)
+    assert undo_moves(manifest).done == ["sub/a_copy.jpg"]
+    assert (root / "sub/a_copy.jpg").read_bytes() == b"same" and not (dest / "sub/a_copy.jpg").exists()
