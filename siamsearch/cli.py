@@ -316,6 +316,8 @@ def _dedup_table(result: DedupResult | CrossResult) -> Table:
         table.add_row(str(n), g.keep.path, "", f"keep (max distance {g.max_distance:.4f})")
         for m in g.members:
             table.add_row("", m.path, f"{m.distance:.4f}", m.status)
+    for p in result.links:  # duplicates the groups do not show: never hidden
+        table.add_row("link", f"{p.path} ~ {p.other_path}", f"{p.distance:.4f}", "duplicate, across groups")
     return table
 
 

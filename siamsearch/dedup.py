@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -66,6 +66,16 @@ class Group:
 
 
 @dataclass(frozen=True)
+class CrossPair:
+    """An image of this index and its duplicate in the other one."""
+
+    path: str
+    other_path: str
+    distance: float
+    status: Status
+
+
+@dataclass(frozen=True)
 class DedupResult:
     """The groups of one index; paths are relative to root."""
 
@@ -76,28 +86,26 @@ class DedupResult:
     approximate: bool
     groups: list[Group]
     pairs: int  # pairs found within the review margin, the edges the groups were formed from
+    # Pairs within the margin that the groups do not show as (kept file, duplicate) or two duplicates of one
+    # kept file: complete linkage refused to merge their groups, or the review band put them in one group
+    # beside a third file. Listed so that no duplicate is ever hidden.
+    links: list[CrossPair] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape: margins, approximate, groups of {keep, max_distance, members}."""
+        """The JSON shape: margins, approximate, groups of {keep, max_distance, members}, links."""
         return {"margin": self.margin, "review_margin": self.review_margin, "approximate": self.approximate,
                 "groups": [{"keep": g.keep.path, "max_distance": round(g.max_distance, 6),
                             "members": [{"path": m.path, "distance": round(m.distance, 6), "status": m.status}
-                                        for m in g.members]} for g in self.groups]}
+                                        for m in g.members]} for g in self.groups],
+                "links": [{"path": p.path, "other_path": p.other_path, "distance": round(p.distance, 6)}
+                          for p in self.links]}
 
     def records(self) -> list[dict[str, Any]]:
-        """One flat record per member, for CSV."""
-        return [{"group": n, "keep": g.keep.path, "path": m.path, "distance": round(m.distance, 6), "status": m.status}
-                for n, g in enumerate(self.groups, start=1) for m in g.members]
-
-
-@dataclass(frozen=True)
-class CrossPair:
-    """An image of this index and its duplicate in the other one."""
-
-    path: str
-    other_path: str
-    distance: float
-    status: Status
+        """One flat record per member, then one per link (no group; its other file under keep), for CSV."""
+        members = [{"group": n, "keep": g.keep.path, "path": m.path, "distance": round(m.distance, 6),
+                    "status": m.status} for n, g in enumerate(self.groups, start=1) for m in g.members]
+        return members + [{"group": "", "keep": p.other_path, "path": p.path, "distance": round(p.distance, 6),
+                           "status": p.status} for p in self.links]
 
 
 @dataclass(frozen=True)
@@ -332,6 +340,18 @@ def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) ->
     return Group(kept, max_distance(vectors, vectors), members)
 
 
+def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[int, Row]) -> list[CrossPair]:
+    """Pairs within margin the groups do not show: not both the kept file or duplicates of one group."""
+    shown: dict[int, int] = {}  # id → group number, for kept files and their duplicates
+    for n, g in enumerate(groups):
+        shown[g.keep.id] = n
+        shown.update((m.row.id, n) for m in g.members if m.status == "duplicate")
+    hidden = [CrossPair(rows[a].path, rows[b].path, float(d), "duplicate")
+              for a, b, d in zip(*(column.tolist() for column in pairs))
+              if d <= margin and (shown.get(a, -1) != shown.get(b, -2))]
+    return sorted(hidden, key=lambda p: (p.distance, p.path, p.other_path))
+
+
 # ---- the two searches ----------------------------------------------------------------------------
 
 
@@ -355,7 +375,8 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
         at = np.searchsorted(ids, members)
         groups.append(_describe([rows[x] for x in members.tolist()], vectors[at], margin, keep))
     groups.sort(key=lambda g: g.keep.path)
-    return DedupResult(store.root, margin, review, store.approximate, groups, len(pairs[0]))
+    return DedupResult(store.root, margin, review, store.approximate, groups, len(pairs[0]),
+                       _hidden_pairs(pairs, margin, groups, rows))
 
 
 def find_duplicates_in(store: Store, other: Store, margin: float, review_margin: float | None = None, *,

@@ -242,6 +242,40 @@ def test_against_finds_planted_cross_duplicates_and_refuses_another_model(tmp_pa
         find_duplicates_in(mine, stranger, 0.1)
 
 
+def shown_duplicates(result) -> set[frozenset[str]]:
+    """The pairs a dedup result shows as duplicates: kept file and duplicate, two duplicates of one kept file, links."""
+    shown = set()
+    for g in result.groups:
+        dups = [g.keep.path] + [m.path for m in g.members if m.status == "duplicate"]
+        shown.update(frozenset((a, b)) for a in dups for b in dups if a != b)
+    return shown | {frozenset((p.path, p.other_path)) for p in result.links}
+
+
+def test_a_review_margin_never_hides_a_duplicate(tmp_path):
+    # A-B 0.483, A-C 0.490, B-C 0.088: at margin 0.3, C is B's duplicate with or without a review band.
+    b, c = np.array([0.0, 0.0]), np.array([0.088, 0.0])
+    x_a = (0.483**2 - 0.490**2 + 0.088**2) / (2 * 0.088)
+    a = np.array([x_a, np.sqrt(0.483**2 - x_a**2)])
+    store = make_store(tmp_path, np.stack([a, b, c]).astype(np.float32))
+    for review in (None, 0.6):
+        result = find_duplicates(store, 0.3, review, keep="first")
+        assert frozenset(("d1/v0001.png", "d2/v0002.png")) in shown_duplicates(result), review
+
+
+@pytest.mark.parametrize("linkage", ["complete", "single"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_pair_within_the_margin_is_shown_against_brute_force(tmp_path, linkage, seed):
+    x = unit(np.random.default_rng(seed).standard_normal((150, 3)))  # dense: many chains and refused merges
+    dist = pairwise(x)
+    margin, review = np.quantile(dist[np.triu_indices(150, 1)], [0.01, 0.03]).tolist()
+    store = make_store(tmp_path, x)
+    names = {index_of(r.path): r.path for r in store.iter_rows()}
+    truth = {frozenset((names[i], names[j])) for i, j in zip(*np.nonzero(np.triu(dist <= margin, 1)))}
+    for review_margin in (None, review):
+        shown = shown_duplicates(find_duplicates(store, margin, review_margin, linkage=linkage))
+        assert truth <= shown, (review_margin, len(truth - shown))
+
+
 # ---- the command line ---------------------------------------------------------------------------------
 
 
@@ -251,7 +285,7 @@ def test_cli_json_follows_the_schema_and_csv_has_a_row_per_member(tmp_path):
               "--csv", tmp_path / "out.csv")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"margin", "review_margin", "approximate", "groups"}
+    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links"} and data["links"] == []
     assert (data["margin"], data["review_margin"], data["approximate"]) == (0.1, 0.3, False)
     assert len(data["groups"]) == 5
     for g in data["groups"]:
