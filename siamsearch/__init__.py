@@ -1,7 +1,7 @@
 """siamsearch: a Siamese image encoder, a persistent FAISS index, and search / dedup over it.
 
-Training lives in `siamsearch.train.train`; indexing in `siamsearch.indexing`; querying in `siamsearch.search`; duplicates
-in `siamsearch.dedup`; evaluation in `siamsearch.evaluate`.
+Training lives in `siamsearch.train.train`; indexing in `siamsearch.indexing`; querying in `siamsearch.search`;
+duplicates in `siamsearch.dedup`; evaluation in `siamsearch.evaluate`.
 """
 
 __version__ = "0.1.0"

@@ -206,12 +206,12 @@ def index(
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
     target = index_dir or Path("indexes") / image_dir.resolve().name
+    runtime = Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size)
     bar = _progress_bar("embedding")
     task = bar.add_task("embed", total=None)
     try:
         with bar:
-            store, report = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild,
-                                         runtime=Runtime(device, workers, amp, batch_size),
+            store, report = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, runtime=runtime,
                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     except _store_errors() as exc:
         fail(str(exc))
