@@ -4,8 +4,8 @@ Vectors are bench_search's clustered unit vectors (about 1,000 per cluster) in w
 near-duplicates are planted: copies of one vector with noise of norm 0.02-0.1, so their distances stay
 below the margin while unrelated neighbours in a cluster sit above 0.5.
 
-The store is built through the real code path: Store.create, then Store.sync over one empty placeholder
-file per vector with an embedding function that returns that vector (no image is decoded). The sync commits
+The store is built through the real code path: Store.create, then siamsearch.indexing.sync over one empty
+placeholder file per vector with an embedding stream that returns that vector (no image is decoded). The sync commits
 in growing chunks and lays out the kind `auto` picks at that size (ivf from 200,000 vectors), tuned as
 usual. The build runs in a child process, so the peak RSS printed for dedup (that of the parent: the
 vectors it generated, then dedup) does not count the build's.
@@ -31,6 +31,7 @@ from bench_search import make_data
 
 from siamsearch.dedup import find_duplicates, find_pairs
 from siamsearch.embed import EmbedResult
+from siamsearch.indexing import sync
 from siamsearch.store import Store
 
 MARGIN, REVIEW_MARGIN = 0.2, 0.25
@@ -54,14 +55,16 @@ def plant(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class ArrayEmbed:
-    """File v/0000042.png 'embeds' to row 42 of a saved array: the store's sync without decoding."""
+    """File v/0000042.png 'embeds' to row 42 of a saved array: an indexing sync without decoding."""
 
-    def __init__(self, npy: Path) -> None:
-        self.vectors = np.load(npy, mmap_mode="r")
+    def __init__(self, npy: Path, batch_size: int = 4096) -> None:
+        self.vectors, self.batch_size = np.load(npy, mmap_mode="r"), batch_size
 
     def __call__(self, paths):
-        rows = [int(p.stem) for p in paths]
-        return EmbedResult(list(paths), np.asarray(self.vectors[rows], np.float32), [(1, 1)] * len(rows))
+        for i in range(0, len(paths), self.batch_size):
+            batch = list(paths[i:i + self.batch_size])
+            rows = [int(p.stem) for p in batch]
+            yield EmbedResult(batch, np.asarray(self.vectors[rows], np.float32), [(1, 1)] * len(rows))
 
 
 def index_of(path: str) -> int:
@@ -81,7 +84,7 @@ def build(work: Path, npy: Path) -> dict:
         (folder / f"{k:07d}.png").touch()
     files_s = time.perf_counter() - start
     store = Store.create(work / "index", dim=dim, fingerprint="bench", encoder={}, model_path=None, root=root)
-    report = store.sync(root, ArrayEmbed(npy))
+    report = sync(store, ArrayEmbed(npy))
     tuning = store.info()["search"]
     setting = f" {tuning['setting']}={tuning['value']} (recall@10 {tuning['recall']})" if tuning else ""
     return {"files_s": files_s, "sync_s": report.seconds, "kind": store.kind + setting}

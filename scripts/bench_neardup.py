@@ -38,12 +38,13 @@ import numpy as np
 from PIL import Image
 
 from siamsearch.commands import default_margin
+from siamsearch.config import Runtime
 from siamsearch.dedup import DedupResult, find_duplicates
 from siamsearch.demo import PHOTOS_ENCODER, PHOTOS_TRAINING
 from siamsearch.evaluate import calibrate
+from siamsearch.indexing import index_folder
 from siamsearch.samples import (COPIES, PHOTOS, build_copies, photo_from_array, sample_photo, save_tiles, tile_files,
                                 write_dead_leaves)
-from siamsearch.search import EmbedOptions, index_folder
 from siamsearch.train import train
 
 EXTRA_PHOTOS = ("gravel", "colorwheel")  # sample photos the demo leaves out, real material for a benchmark
@@ -157,7 +158,7 @@ def train_and_calibrate(tiles: Path, calibration: Path, model: Path, args: argpa
 
 def siamsearch_rows(test: Path, index: Path, model: Path, cal: dict[str, Any], photos: list[str]) -> list[list[str]]:
     """Index the test folder; score dedup at its default margin with either linkage, and at two other margins."""
-    store, _ = index_folder(test, index, model, rebuild=True, opts=EmbedOptions(workers=0, device="cpu"))
+    store, _ = index_folder(test, index, model, rebuild=True, runtime=Runtime(workers=0, device="cpu"))
     best_f1, strict = cal["threshold_best_f1"], cal["threshold_at_precision"]
     with store:
         margin = default_margin(store)

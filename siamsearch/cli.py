@@ -18,16 +18,18 @@ from typer.core import TyperGroup
 from . import __version__, report
 from .checkpoint import CheckpointError
 from .commands import dedup_index
-from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
+from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from .dedup import CrossResult, DedupResult, calibrated_margin
+from .embed import Progress as EmbedProgress
 from .errors import SiamsearchError
 from .evaluate import EvalResult, evaluate
 from .evaluate import calibrate as calibrate_model
 from .images import Failure
+from .indexing import index_folder
 from .losses import DEFAULT_MARGINS
 from .metrics import TARGET_RECALL
 from .moves import MovePlan, MoveReport, undo_moves
-from .search import EmbedOptions, Searcher, index_folder
+from .search import Searcher
 from .store import Store, StoreError
 from .train import train as train_model
 
@@ -218,12 +220,12 @@ def index(
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
     target = index_dir or Path("indexes") / image_dir.resolve().name
+    runtime = Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size)
     bar = _progress_bar("embedding")
     task = bar.add_task("embed", total=None)
     try:
         with bar:
-            store, report = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild,
-                                         opts=EmbedOptions(batch_size, workers, device, amp),
+            store, report = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, runtime=runtime,
                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     except _store_errors() as exc:
         fail(str(exc))
@@ -249,7 +251,7 @@ def query(
 ) -> None:
     """Nearest neighbours of images in an index."""
     try:
-        searcher = Searcher.open(index_dir, model, EmbedOptions(device=device, workers=0))
+        searcher = Searcher.open(index_dir, model, Runtime(device=device, workers=0))
         with searcher.store:
             results, failures = searcher.query_images(images, k, max_distance, exclude_self)
         if html_file is not None:
@@ -259,9 +261,7 @@ def query(
     except (*_store_errors(), OSError) as exc:
         fail(str(exc))
     if as_json:
-        print(json.dumps([{"query": str(r.query), "neighbors": [
-            {"rank": n.rank, "path": n.path, "distance": round(n.distance, 6), "identity": n.identity} for n in r.neighbors]}
-            for r in results], indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         for r in results:
             table = Table("rank", "distance", "path", "identity", title=str(r.query), title_justify="left")
@@ -286,7 +286,7 @@ def info(
     try:
         with Store.open(index_dir) as store:
             data = store.info()
-            identities = len({r.identity for r in store.iter_rows() if r.identity})
+            identities = store.identities()
     except _store_errors() as exc:
         fail(str(exc))
     data["identities"] = identities
@@ -382,13 +382,13 @@ def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedu
         raise typer.Exit(1)
 
 
-def _embedding(call: Callable[[Callable[[int], None]], Any]) -> Any:
-    """Run call(progress) under an embedding bar (progress is told each batch's size); errors end in one line."""
+def _embedding(call: Callable[[EmbedProgress], Any]) -> Any:
+    """Run call(progress) under an embedding bar (progress is told files done and in all); errors end in one line."""
     bar = _progress_bar("embedding")
     task = bar.add_task("embedding", total=None)
     try:
         with bar:
-            return call(lambda n: bar.advance(task, n))
+            return call(lambda done, total: bar.update(task, completed=done, total=total))
     except (*_store_errors(), OSError) as exc:
         fail(str(exc))
 

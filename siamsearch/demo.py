@@ -25,11 +25,12 @@ import numpy as np
 
 from . import report
 from .checkpoint import load_checkpoint
-from .config import AUGMENT_PRESETS, EncoderConfig, TrainConfig
+from .config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
 from .dedup import calibrated_margin, find_duplicates
 from .evaluate import calibrate, evaluate
+from .indexing import index_folder
 from .samples import DIGIT_SIZE, build_copies, build_digits, build_photos, tile_files
-from .search import EmbedOptions, Searcher, index_folder
+from .search import Searcher
 from .train import Observer, Quiet, train
 
 DIGITS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=DIGIT_SIZE, channels=1)
@@ -79,19 +80,19 @@ class DemoSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def _digits(work: Path, minutes: float, obs: Observer, opts: EmbedOptions) -> dict[str, Any]:
+def _digits(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict[str, Any]:
     """Train, evaluate, plot, index and query the digits model; DemoSummary fields as a dict."""
     train_dir, test_dir = build_digits(work / "data" / "digits")
     model = work / "models" / "digits.pt"
     obs.message(f"training the digits encoder ({minutes:.1f} min)")
     trained = train(train_dir, model, DIGITS_ENCODER,
-                    dataclasses.replace(DIGITS_TRAINING, max_minutes=minutes, device=opts.device), observer=obs)
+                    dataclasses.replace(DIGITS_TRAINING, max_minutes=minutes, device=runtime.device), observer=obs)
     obs.message("evaluating it on the held-out third of every digit")
-    result = evaluate(test_dir, model, ways=10, workers=0, device=opts.device)
+    result = evaluate(test_dir, model, ways=10, workers=0, device=runtime.device)
     files = {f"plot_{p.stem}": p for p in report.write_eval_report(result, work / "report")}
     obs.message("indexing the training digits and querying one test image of each digit")
-    index_folder(train_dir, work / "indexes" / "digits", model, rebuild=True, opts=opts)[0].close()
-    searcher = Searcher.open(work / "indexes" / "digits", opts=opts)
+    index_folder(train_dir, work / "indexes" / "digits", model, rebuild=True, runtime=runtime)[0].close()
+    searcher = Searcher.open(work / "indexes" / "digits", runtime=runtime)
     results, _ = searcher.query_images([sorted((test_dir / str(d)).iterdir())[0] for d in range(10)], k=8)
     root = searcher.store.root
     searcher.store.close()
@@ -102,19 +103,19 @@ def _digits(work: Path, minutes: float, obs: Observer, opts: EmbedOptions) -> di
             "query_accuracy": float(np.mean(hits)) if hits else 0.0, "files": files}
 
 
-def _photos(work: Path, minutes: float, obs: Observer, opts: EmbedOptions) -> dict[str, Any]:
+def _photos(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict[str, Any]:
     """Train, calibrate, index and deduplicate the photos; DemoSummary fields as a dict."""
     photos, tiles, planted = build_photos(work / "data")
     copies = build_copies(tile_files(tiles), work / "data" / "photo_copies")
     model = work / "models" / "photos.pt"
     obs.message(f"training the photo encoder, self-supervised ({minutes:.1f} min)")
     trained = train(tiles, model, PHOTOS_ENCODER,
-                    dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes, device=opts.device), observer=obs)
+                    dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes, device=runtime.device), observer=obs)
     obs.message("calibrating it on synthetic copies of tiles, indexing the photos, finding duplicates")
-    calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=opts.device)
+    calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=runtime.device)
     review = calibrated_margin(calibration)  # `siamsearch dedup`'s default margin
     margin = min(calibration["threshold_at_precision"], review)  # "duplicate": 99.9% precision on the copies
-    store, _ = index_folder(photos, work / "indexes" / "photos", model, rebuild=True, opts=opts)
+    store, _ = index_folder(photos, work / "indexes" / "photos", model, rebuild=True, runtime=runtime)
     with store:  # grouped as `siamsearch dedup` groups them; members beyond the 99.9% margin are "review"
         found = find_duplicates(store, margin, review)
     groups = found.to_dict()["groups"]
@@ -135,10 +136,10 @@ def run_demo(workdir: Path | str, minutes: float = 2.0, observer: Observer | Non
     query.html, query_sheet.png and dedup.html.
     """
     t0, obs, work = time.perf_counter(), observer or Quiet(), Path(workdir).expanduser().resolve()
-    opts = EmbedOptions(workers=0, device=device)
+    runtime = Runtime(workers=0, device=device)
     obs.message("building demo data from scikit-learn digits and scikit-image sample photos")
-    digits = _digits(work, 0.35 * minutes, obs, opts)
-    photos = _photos(work, 0.45 * minutes, obs, opts)
+    digits = _digits(work, 0.35 * minutes, obs, runtime)
+    photos = _photos(work, 0.45 * minutes, obs, runtime)
     return DemoSummary(work, (time.perf_counter() - t0) / 60,
                        {"digits": work / "models" / "digits.pt", "photos": work / "models" / "photos.pt"},
                        {"digits": digits["best"], "photos": photos["best"]}, digits["eval_metrics"],

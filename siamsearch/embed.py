@@ -5,7 +5,7 @@ Bad files never raise here: they come back as a list of Failure(path, reason).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from .device import autocast, default_workers
 from .images import BadImageError, Failure, load_image
 from .transforms import normalize, square_view
 
-Progress = Callable[[int], None]  # called with the number of images just finished
+Progress = Callable[[int, int], None]  # (done, total): files finished so far, of all there are to do
 
 
 class DecodedImages(Dataset):
@@ -74,7 +74,7 @@ def decode_images(paths: Sequence[Path], sizes: Sequence[int], channels: int, wo
         if idx:
             chunks.append(stacks)
         if progress:
-            progress(len(idx) + len(bad))
+            progress(len(kept) + len(failures), len(paths))
     empty = tuple(torch.empty(0, channels, s, s, dtype=torch.uint8) for s in sizes)
     tensors = tuple(torch.cat([c[j] for c in chunks]) if chunks else empty[j] for j in range(len(sizes)))
     return np.array(kept, dtype=np.int64), tensors, failures
@@ -99,6 +99,30 @@ def embed_tensors(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, 
         return model(x).float().cpu().numpy()
 
 
+def _dim(model: torch.nn.Module) -> int:
+    """Embedding size, so that no readable file still gives a (0, D) array."""
+    return model.cfg.dim if hasattr(model, "cfg") else 0
+
+
+def embed_batches(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path], *, batch_size: int = 64,
+                  workers: int | None = None, device: torch.device | str = "cpu",
+                  amp: bool | None = None) -> Iterator[EmbedResult]:
+    """Embed many image files as one stream: one DataLoader and worker pool for all, a batch at a time.
+
+    A caller that stores results as they come (siamsearch.indexing) keeps its work if stopped midway.
+
+    Yields:
+        One EmbedResult per batch, in input order: vectors (B, D) float32, rows L2-normalised.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    workers = default_workers() if workers is None else workers
+    for idx, (stack,), sizes, bad in _batches(paths, [pre.image_size], pre.channels, batch_size, workers,
+                                              pin=device.type == "cuda"):
+        vectors = embed_tensors(model, stack, pre, device, amp) if idx else np.zeros((0, _dim(model)), np.float32)
+        yield EmbedResult([Path(paths[i]) for i in idx], vectors, sizes, bad)
+
+
 def embed_paths(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path], *, batch_size: int = 64,
                 workers: int | None = None, device: torch.device | str = "cpu", amp: bool | None = None,
                 progress: Progress | None = None) -> EmbedResult:
@@ -107,19 +131,13 @@ def embed_paths(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path], 
     Returns:
         EmbedResult with vectors (N, D) float32, rows L2-normalised, for the readable files.
     """
-    device = torch.device(device)
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
-    workers = default_workers() if workers is None else workers
-    out, vecs = EmbedResult(), []
-    for idx, (stack,), sizes, bad in _batches(paths, [pre.image_size], pre.channels, batch_size, workers,
-                                              pin=device.type == "cuda"):
-        out.failures.extend(bad)
-        if idx:
-            vecs.append(embed_tensors(model, stack, pre, device, amp))
-            out.paths.extend(Path(paths[i]) for i in idx)
-            out.sizes.extend(sizes)
+    out, vecs = EmbedResult(), [np.zeros((0, _dim(model)), np.float32)]
+    for batch in embed_batches(model, pre, paths, batch_size=batch_size, workers=workers, device=device, amp=amp):
+        out.paths.extend(batch.paths)
+        out.sizes.extend(batch.sizes)
+        out.failures.extend(batch.failures)
+        vecs.append(batch.vectors)
         if progress:
-            progress(len(idx) + len(bad))
-    dim = model.cfg.dim if hasattr(model, "cfg") else 0
-    out.vectors = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
+            progress(len(out.paths) + len(out.failures), len(paths))
+    out.vectors = np.concatenate(vecs)
     return out

@@ -7,7 +7,6 @@ siamsearch.metrics, so `eval` and training validation measure the same things th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,10 @@ import numpy as np
 from . import metrics
 from .checkpoint import Checkpoint, load_encoder, update_model_file
 from .device import resolve_device
-from .embed import embed_paths
+from .embed import Progress, embed_paths
 from .errors import NotFoundError, UsageError
 from .images import Failure, find_images, identity_of
 from .train import split_folder
-
-Progress = Callable[[int], None]  # called with the number of images just embedded
 
 
 @dataclass

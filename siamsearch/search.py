@@ -1,6 +1,6 @@
-"""Encoder + store together: index a folder with a model, and query an index with images.
+"""Nearest neighbours of query images in an index, with the encoder that built it.
 
-This is the notebook API:
+This is the notebook API (siamsearch.indexing builds the index):
 
     >>> from siamsearch import Searcher, index_folder
     >>> store, report = index_folder("~/photos", "indexes/photos", "model.pt")
@@ -9,21 +9,21 @@ This is the notebook API:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, load_encoder
-from .config import to_dict
+from .checkpoint import Checkpoint, load_encoder
+from .config import Runtime
 from .device import resolve_device
-from .embed import EmbedResult, embed_paths
-from .errors import NotFoundError
+from .embed import embed_paths
 from .images import Failure, find_images
+from .indexing import model_of
 from .model import Encoder
-from .store import MANIFEST, Progress, Store, StoreError, SyncReport
+from .store import Store
 
 
 @dataclass(frozen=True)
@@ -44,97 +44,29 @@ class QueryResult:
     query: Path
     neighbors: list[Neighbor] = field(default_factory=list)
 
-
-@dataclass(frozen=True)
-class EmbedOptions:
-    """How to run the encoder over many files."""
-
-    batch_size: int = 64
-    workers: int | None = None  # None: all cores but one
-    device: str = "auto"
-    amp: bool | None = None  # None: mixed precision on CUDA only
-
-
-def _embed_fn(model: Encoder, ckpt: Checkpoint, opts: EmbedOptions,
-              progress: Callable[[int], None] | None = None) -> Callable[[Sequence[Path]], EmbedResult]:
-    """The store's embedding function: paths → EmbedResult with this encoder."""
-    return partial(embed_paths, model, ckpt.preprocess, batch_size=opts.batch_size, workers=opts.workers,
-                   device=resolve_device(opts.device), amp=opts.amp, progress=progress)
-
-
-def _model_of(store: Store, model_path: Path | str | None) -> Path:
-    """The model to use with an index: the one given, else the one recorded in its manifest."""
-    if model_path is not None:
-        return Path(model_path)
-    recorded = store.info().get("model")
-    if not recorded:
-        raise CheckpointError(f"{store.path} records no model file; pass --model")
-    return Path(recorded)
-
-
-def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path | str | None = None, *,
-                 kind: str = "auto", rebuild: bool = False, opts: EmbedOptions = EmbedOptions(),
-                 commit_every: int = 2048, progress: Progress | None = None) -> tuple[Store, SyncReport]:
-    """Create or update the index of a folder, embedding only new and changed files.
-
-    Raises:
-        CheckpointError: no usable model. ModelMismatchError: the index was built by another model.
-        StoreError: the index directory is unusable or another process is writing to it.
-    """
-    image_dir, index_dir = Path(image_dir).expanduser().resolve(), Path(index_dir).expanduser()
-    if not image_dir.is_dir():
-        raise NotFoundError(f"no such folder: {image_dir}")
-    exists = (index_dir / MANIFEST).exists()
-    store = Store.open(index_dir) if exists else None
-    if store is not None and not rebuild and store.root != image_dir:
-        raise StoreError(f"{index_dir} indexes {store.root}, not {image_dir}; pass another --index or --rebuild")
-    model_file = _model_of(store, model_path) if store is not None else model_path
-    if model_file is None:
-        raise CheckpointError("a new index needs a model: pass --model MODEL.pt")
-    model, ckpt = load_encoder(Path(model_file))
-    if store is None or rebuild:
-        if store is not None:
-            store.close()
-        store = Store.create(index_dir, dim=ckpt.encoder.dim, fingerprint=ckpt.fingerprint,
-                             encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
-                             root=image_dir, index_kind=kind, overwrite=exists)
-    store.check_model(ckpt.fingerprint)
-    counter = _Counter(progress)
-    report = store.sync(image_dir, _embed_fn(model, ckpt, opts, counter.images), rebuild=rebuild,
-                        commit_every=commit_every, progress=counter.chunk)
-    return store, report
-
-
-class _Counter:
-    """Merges the store's per-chunk (done, total) with per-batch image counts into one smooth stream."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress, self.done, self.total = progress, 0, 0
-
-    def chunk(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-        self.images(0)
-
-    def images(self, n: int) -> None:
-        self.done = min(self.total, self.done + n)
-        if self.progress:
-            self.progress(self.done, self.total)
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape `siamsearch query --json` prints for one query."""
+        return {"query": str(self.query), "neighbors": [
+            {"rank": n.rank, "path": n.path, "distance": round(n.distance, 6), "identity": n.identity}
+            for n in self.neighbors]}
 
 
 class Searcher:
     """An index with the encoder that built it, to search by image."""
 
-    def __init__(self, store: Store, model: Encoder, ckpt: Checkpoint, opts: EmbedOptions = EmbedOptions()) -> None:
+    def __init__(self, store: Store, model: Encoder, ckpt: Checkpoint, runtime: Runtime = Runtime()) -> None:
+        """Check the model built the index; resolve the device once, as every query runs on it."""
         store.check_model(ckpt.fingerprint)
-        self.store, self.model, self.ckpt, self.opts = store, model, ckpt, opts
+        self.device = resolve_device(runtime.device)
+        self.store, self.model, self.ckpt, self.runtime = store, model.to(self.device), ckpt, runtime
 
     @classmethod
     def open(cls, index_dir: Path | str, model_path: Path | str | None = None,
-             opts: EmbedOptions = EmbedOptions()) -> Searcher:
+             runtime: Runtime = Runtime()) -> Searcher:
         """Open an index and load its model (from the manifest unless one is given)."""
         store = Store.open(Path(index_dir).expanduser())
-        model, ckpt = load_encoder(_model_of(store, model_path), resolve_device(opts.device))
-        return cls(store, model, ckpt, opts)
+        model, ckpt = load_encoder(model_of(store, model_path))
+        return cls(store, model, ckpt, runtime)
 
     def query_vectors(self, vectors: np.ndarray, k: int = 10, max_distance: float | None = None,
                       exclude: Sequence[Path | None] | None = None) -> list[list[Neighbor]]:
@@ -155,7 +87,8 @@ class Searcher:
                      exclude_self: bool = False) -> tuple[list[QueryResult], list[Failure]]:
         """Embed query images (folders expand to their images) and find their neighbours."""
         files = [f for p in paths for f in (find_images(p) if Path(p).is_dir() else [Path(p)])]
-        result = _embed_fn(self.model, self.ckpt, self.opts)(files)
+        result = embed_paths(self.model, self.ckpt.preprocess, files, batch_size=self.runtime.batch_size,
+                             workers=self.runtime.workers, device=self.device, amp=self.runtime.amp)
         queries = [p.resolve() for p in result.paths]
         hits = self.query_vectors(result.vectors, k, max_distance, queries if exclude_self else None)
         return [QueryResult(p, h) for p, h in zip(result.paths, hits)], result.failures

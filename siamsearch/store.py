@@ -9,41 +9,35 @@ An index directory holds:
 Crash safety: SQLite is the commit record. Additions write index.faiss before committing their rows;
 deletions commit first and write index.faiss after. So a crash can only leave vectors without rows,
 which loading drops. Rows without a vector (e.g. an older index.faiss put back) are dropped too,
-so the next sync embeds those files again. Both files are replaced atomically (temp file, fsync, rename).
+so the next indexing run embeds those files again. Both files are replaced atomically (temp file, fsync,
+rename). Each add and remove is one such commit and rewrites the whole index.faiss, so callers add in
+growing chunks (siamsearch.indexing says how).
 
-Commit cost: each commit rewrites the whole index.faiss, so a sync commits chunks of commit_every files
-or a tenth of the vectors already stored, whichever is more. A first load of N files then writes about
-11·N vectors in O(log N) commits instead of N²/(2·commit_every), and a killed run loses at most the
-chunk in flight: commit_every files or a tenth of what it had stored.
-
-Kinds (siamsearch.ann): every index starts flat; at the end of a sync the kind the size calls for is
-built, and an approximate one is rebuilt when the collection has doubled or halved since (HNSW also on
-any deletion: it cannot remove).
+Writing happens inside Store.writing(), which holds the lock. Kinds (siamsearch.ann): every index starts
+flat; when a writing run ends, the kind the size calls for is built, and an approximate one is rebuilt
+when the collection has doubled or halved since (HNSW also on any deletion: it cannot remove).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faiss
 import numpy as np
 
 from .ann import KINDS, build_index, index_ids, kind_of, new_index, plan_kind, reconstruct
 from .atomic import LockedError, exclusive_lock, write_atomic, write_json
-from .errors import NotFoundError, SiamsearchError, UsageError
-from .images import Failure, find_images, identity_of
+from .errors import SiamsearchError, UsageError
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
-COMMIT_GROWTH = 0.1  # a sync's chunk is at least this fraction of the vectors stored: O(N) bytes written
 COLUMNS = "id, path, identity, size, mtime_ns, width, height"
 SCHEMA = """
 CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, identity TEXT,
@@ -81,20 +75,6 @@ class StoreLockedError(StoreError):
     """Another process holds the write lock."""
 
 
-class EmbedOutput(Protocol):
-    """What an embedding function returns; siamsearch.embed.EmbedResult has this shape."""
-
-    paths: list[Path]  # files embedded, same order as vectors
-    vectors: np.ndarray  # (N, D) float32, rows L2-normalised
-    sizes: list[tuple[int, int]]  # (width, height) of each original image
-    failures: list[Failure]
-
-
-EmbedFn = Callable[[Sequence[Path]], EmbedOutput]
-Progress = Callable[[int, int], None]  # (files done, files to do)
-Stamp = tuple[Path, int, int]  # (absolute path, size, mtime_ns)
-
-
 @dataclass(frozen=True)
 class Row:
     """One indexed image: its stable id, where it is, and the file stamp it was embedded from."""
@@ -109,16 +89,16 @@ class Row:
     height: int
 
 
-@dataclass
-class SyncReport:
-    """What a sync did; updated files were re-embedded because their size or mtime changed."""
+@dataclass(frozen=True)
+class NewRow:
+    """What Store.add needs to make a row: where the image is, its identity and file stamp, its size."""
 
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    seconds: float = 0.0
+    path: str  # relative to the index root, posix; not yet in the index
+    identity: str | None
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -137,20 +117,6 @@ def _locked(folder: Path) -> Iterator[None]:
             yield
     except LockedError:
         raise StoreLockedError(f"{folder}: another siamsearch process is writing to this index") from None
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run FAISS with n OpenMP threads, restoring the previous count; no change when n is None."""
-    if n is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def _now() -> str:
@@ -173,25 +139,13 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _scan(root: Path) -> dict[str, Stamp]:
-    """Images under root by relative posix path, with the file stamp that detects changes."""
-    found = {}
-    for file in find_images(root):
-        try:
-            st = file.stat()
-        except OSError:  # vanished since it was listed
-            continue
-        found[file.relative_to(root).as_posix()] = (file, st.st_size, st.st_mtime_ns)
-    return found
-
-
 # ---- the store ---------------------------------------------------------------------------------
 
 
 class Store:
-    """An index directory: search it, read its rows, keep it in sync with an image folder.
+    """An index directory: search it, read its rows, add and remove rows with their vectors.
 
-    Get one from Store.open or Store.create. Reading takes no lock; sync and create hold the write lock.
+    Get one from Store.open or Store.create. Reading takes no lock; create and writing() hold the write lock.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -203,7 +157,7 @@ class Store:
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
-        """Open an index directory for searching and syncing.
+        """Open an index directory for searching and writing.
 
         Raises:
             NotAnIndexError, UnsupportedFormatError, CorruptIndexError (all StoreError).
@@ -232,7 +186,7 @@ class Store:
             db = sqlite3.connect(path / ROWS)
             db.executescript(SCHEMA)
             db.close()
-            index = new_index("flat", dim)  # every index starts flat; a sync lays out the kind at its end
+            index = new_index("flat", dim)  # every index starts flat; a writing run lays out the kind at its end
             _write_index(path, index)
             now = _now()
             manifest = {"format_version": FORMAT_VERSION, "root": str(Path(root).resolve()), "model": model_path,
@@ -299,100 +253,58 @@ class Store:
             raise ModelMismatchError(f"this index was built by another model (index {mine[:12]}, model "
                                      f"{fingerprint[:12]}); use the original model or --rebuild")
 
-    def sync(self, root: Path | str, embed_fn: EmbedFn, *, rebuild: bool = False, commit_every: int = 2048,
-             progress: Progress | None = None) -> SyncReport:
-        """Make the index match the images under root, embedding only new and changed files.
+    @contextmanager
+    def writing(self) -> Iterator[Store]:
+        """Hold the write lock for a run of add and remove, starting from what is on disk now.
 
-        Files are matched to rows by relative path, size and mtime_ns. Rows of vanished and changed
-        files go first; then new and changed files are embedded in chunks and each chunk is committed,
-        so an interrupted run keeps its work and the next run carries on. A chunk is commit_every files,
-        or COMMIT_GROWTH of the vectors already stored if that is more, so that rewriting index.faiss
-        at each commit costs O(N) in all. Unchanged files keep their ids; new rows get fresh ones.
-        Unreadable files are reported, and tried again next time. rebuild=True embeds every file again.
+        A run that ends without an error lays out the kind the size calls for; one that fails keeps
+        what it committed, and the next run carries on.
 
         Raises:
             StoreLockedError: another process is writing to this index.
-            ModelMismatchError: embed_fn gives vectors of another size than the index holds.
         """
-        start = time.perf_counter()
-        root = Path(root).resolve()
-        if not root.is_dir():
-            raise NotFoundError(f"no such folder: {root}")
-        if commit_every < 1:
-            raise ValueError("commit_every must be >= 1")
         with _locked(self.path):
             self._writing = True
             try:
-                report = self._sync(root, embed_fn, rebuild, commit_every, progress)
+                self._load()  # another process may have written since this one opened the index
+                yield self
+                self._finish()
             finally:
                 self._writing = False
-        report.seconds = time.perf_counter() - start
-        return report
 
-    def _sync(self, root: Path, embed_fn: EmbedFn, rebuild: bool, commit_every: int,
-              progress: Progress | None) -> SyncReport:
-        """The body of sync, run under the write lock."""
-        self._load()  # another process may have written since this one opened the index
-        self._manifest["root"] = str(root)
-        files = _scan(root)
-        known = {path: (row_id, (size, mtime)) for row_id, path, size, mtime
-                 in self._db.execute("SELECT id, path, size, mtime_ns FROM images")}
-        keep = {path for path, (_, stamp) in known.items()
-                if not rebuild and path in files and files[path][1:] == stamp}
-        todo = sorted(path for path in files if path not in keep)
-        changed = {path for path in todo if path in known}
-        report = SyncReport(removed=len(known) - len(keep) - len(changed), unchanged=len(keep))
-        self._delete(np.array([row_id for path, (row_id, _) in known.items() if path not in keep], np.int64))
-        if progress:
-            progress(0, len(todo))
-        done = 0
-        while done < len(todo):
-            chunk = todo[done:done + max(commit_every, int(COMMIT_GROWTH * len(self)))]
-            result = embed_fn([files[path][0] for path in chunk])
-            added, bad = self._add(root, result, {files[path][0]: path for path in chunk}, files)
-            report.updated += len(changed.intersection(added))
-            report.added += len(added) - len(changed.intersection(added))
-            report.failures.extend([*result.failures, *bad])
-            done += len(chunk)
-            if progress:
-                progress(done, len(todo))
-        self._finish()
-        return report
+    def _check_writing(self) -> None:
+        """Refuse writes outside writing(): without the lock two processes could interleave commits."""
+        if not self._writing:
+            raise RuntimeError("write to a Store inside `with store.writing():`")
 
-    def _delete(self, ids: np.ndarray) -> None:
-        """Drop rows, commit, then drop their vectors: a crash between leaves only vectors without rows."""
-        if not ids.size:
-            return
-        self._db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
-        self._db.commit()
-        self._drop_vectors(ids)
-        _write_index(self.path, self._index)
-        self._write_manifest()
+    def add(self, rows: Sequence[NewRow], vectors: np.ndarray) -> np.ndarray:
+        """Store new rows with their vectors: index.faiss first, then the rows' commit, then the manifest.
 
-    def _add(self, root: Path, result: EmbedOutput, rel: dict[Path, str],
-             files: dict[str, Stamp]) -> tuple[list[str], list[Failure]]:
-        """Store one embedded chunk: index.faiss first, then the rows' commit, then the manifest.
+        Args:
+            rows: the new rows, paths not in the index yet.
+            vectors: (N, D) float32, one per row, L2-normalised.
 
         Returns:
-            (relative paths added, files whose vectors were not finite).
+            (N,) int64 fresh ids (never reused), -1 for a row refused because its vector is not finite.
+
+        Raises:
+            ModelMismatchError: the vectors have another size than the index holds.
         """
-        if not result.paths:
-            return [], []
-        vectors = np.asarray(result.vectors, dtype=np.float32)
-        if vectors.shape != (len(result.paths), self.dim):
-            raise ModelMismatchError(f"the embedding function gave vectors of shape {vectors.shape}, "
+        self._check_writing()
+        ids = np.full(len(rows), -1, np.int64)
+        if not rows:
+            return ids
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(rows), self.dim):
+            raise ModelMismatchError(f"got vectors of shape {vectors.shape} for {len(rows)} rows, "
                                      f"this index holds {self.dim}-d vectors")
         finite = np.isfinite(vectors).all(axis=1)
-        bad = [Failure(Path(p), "embedding is not finite") for p, ok in zip(result.paths, finite) if not ok]
-        kept = [(rel[Path(p)], Path(p), wh)
-                for p, wh, ok in zip(result.paths, result.sizes, finite, strict=True) if ok]
         first = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sqlite_sequence WHERE name = 'images'")
-        ids = np.arange(len(kept), dtype=np.int64) + first.fetchone()[0]  # AUTOINCREMENT: never reused
-        rows = [(int(i), path, identity_of(file, root), *files[path][1:], w, h)
-                for i, (path, file, (w, h)) in zip(ids, kept)]
+        ids[finite] = np.arange(finite.sum(), dtype=np.int64) + first.fetchone()[0]  # AUTOINCREMENT: never reused
+        values = [(int(i), *astuple(row)) for i, row in zip(ids, rows) if i >= 0]
         try:
-            self._db.executemany(f"INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._index.add_with_ids(np.ascontiguousarray(vectors[finite]), ids)
+            self._db.executemany(f"INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            self._index.add_with_ids(np.ascontiguousarray(vectors[finite]), ids[finite])
             _write_index(self.path, self._index)
             self._db.commit()
         except BaseException:
@@ -400,7 +312,19 @@ class Store:
             self._load()  # back to what is on disk, minus the vectors of this chunk
             raise
         self._write_manifest()
-        return [path for path, _, _ in kept], bad
+        return ids
+
+    def remove(self, ids: Sequence[int] | np.ndarray) -> None:
+        """Drop rows, commit, then drop their vectors: a crash between leaves only vectors without rows."""
+        self._check_writing()
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if not ids.size:
+            return
+        self._db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
+        self._db.commit()
+        self._drop_vectors(ids)
+        _write_index(self.path, self._index)
+        self._write_manifest()
 
     def _finish(self) -> None:
         """Lay out the kind the size calls for, rebuilt (new lists, fresh tuning) when n doubled or halved."""
@@ -465,12 +389,11 @@ class Store:
             raise ValueError(f"queries must have shape (Q, {self.dim}), got {np.shape(vectors)}")
         return q
 
-    def search(self, vectors: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest stored vectors of each query.
 
         Args:
             vectors: (Q, D) float32 queries, L2-normalised like the stored vectors.
-            threads: FAISS threads for this call (the process-wide default when None).
 
         Returns:
             (distances (Q, k) float32 Euclidean, ascending; ids (Q, k) int64), padded with inf and -1
@@ -478,14 +401,12 @@ class Store:
         """
         if k < 1:
             raise UsageError("k must be >= 1")
-        with _threads(threads):
-            squared, ids = self._index.search(self._queries(vectors), k)
+        squared, ids = self._index.search(self._queries(vectors), k)
         distances = np.sqrt(np.maximum(squared, 0))
         distances[ids < 0] = np.inf
         return distances, ids
 
-    def range_search(self, vectors: np.ndarray, radius: float, *,
-                     threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def range_search(self, vectors: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every stored vector closer than radius (Euclidean) to each query, nearest first.
 
         Approximate kinds may miss some (HNSW looks only among efSearch candidates).
@@ -494,8 +415,7 @@ class Store:
             (lims (Q+1,) int64, distances (R,) float32, ids (R,) int64): the hits of query i are
             distances[lims[i]:lims[i+1]], as in faiss.
         """
-        with _threads(threads):
-            lims, squared, ids = self._index.range_search(self._queries(vectors), float(radius) ** 2)
+        lims, squared, ids = self._index.range_search(self._queries(vectors), float(radius) ** 2)
         lims = lims.astype(np.int64)
         order = np.lexsort((squared, np.repeat(np.arange(len(lims) - 1), np.diff(lims))))
         return lims, np.sqrt(np.maximum(squared[order], 0)), ids[order].astype(np.int64)
@@ -534,6 +454,10 @@ class Store:
         """
         ids = index_ids(self._index) if ids is None else np.asarray(ids, dtype=np.int64).ravel()
         return ids, reconstruct(self._index, ids)
+
+    def identities(self) -> int:
+        """How many distinct identities the rows have, counted by SQLite rather than by reading every row."""
+        return self._db.execute("SELECT COUNT(DISTINCT identity) FROM images").fetchone()[0]
 
     def info(self) -> dict[str, Any]:
         """The manifest plus what is true now: count, kind, exactness and size on disk."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,61 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> object:
     from siamsearch.demo import run_demo
 
     return run_demo(tmp_path_factory.mktemp("demo"), minutes=2.0, device="cpu")
+
+
+class VectorEmbed:
+    """An embedding stream where file v0042.png embeds to vectors[42], in batches of batch_size."""
+
+    def __init__(self, vectors: np.ndarray, batch_size: int = 64) -> None:
+        self.vectors, self.batch_size = vectors, batch_size
+
+    def __call__(self, paths):
+        from siamsearch.embed import EmbedResult
+
+        for i in range(0, len(paths), self.batch_size):
+            batch = list(paths[i:i + self.batch_size])
+            rows = [int(p.stem[1:]) for p in batch]
+            yield EmbedResult(batch, self.vectors[rows], [(1, 1)] * len(rows))
+
+
+@pytest.fixture
+def sync_vectors():
+    """sync_vectors(store, vectors, **options): sync a store whose file v0042.png holds vectors[42], decoding nothing."""
+    from siamsearch.indexing import sync
+
+    return lambda store, vectors, **options: sync(store, VectorEmbed(vectors), **options)
+
+
+@pytest.fixture
+def vector_folder():
+    """vector_folder(root, n): n tiny files v0000.png ... for sync_vectors, which never decodes them."""
+
+    def make(root: Path, n: int) -> Path:
+        root.mkdir(parents=True)
+        buf = io.BytesIO()
+        Image.new("L", (1, 1)).save(buf, format="PNG")
+        for i in range(n):
+            (root / f"v{i:04d}.png").write_bytes(buf.getvalue())
+        return root
+
+    return make
+
+
+@pytest.fixture
+def new_store(tmp_path: Path):
+    """new_store(root, kind, fingerprint): an empty DIM-d store at tmp_path/index for the images under root."""
+    from test_ann import DIM
+
+    from siamsearch.store import Store
+
+    def make(root: Path, kind: str = "auto", fingerprint: str = "a" * 16) -> Store:
+        return Store.create(tmp_path / "index", dim=DIM, fingerprint=fingerprint, encoder={"dim": DIM},
+                            model_path=None, root=root, index_kind=kind)
+
+    return make
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """3 identity folders x 3 images of 8x8 gratings."""
+    return make_identities(tmp_path / "photos", n_ids=3, per_id=3, size=8)

@@ -4,12 +4,12 @@ import json
 import re
 
 import pytest
+from conftest import run_cli as run
 from PIL import Image
 
-from conftest import run_cli as run
 from siamsearch.checkpoint import load_checkpoint
 from siamsearch.dedup import calibrated_margin
-from siamsearch.search import index_folder
+from siamsearch.indexing import index_folder
 
 
 def images_in(page: str) -> list[str]:

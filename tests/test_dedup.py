@@ -6,17 +6,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli as run
+from test_ann import clustered
+
 from siamsearch.checkpoint import save_model
 from siamsearch.config import EncoderConfig
-from siamsearch.dedup import (DedupError, calibrated_margin, choose_keep, find_duplicates, find_duplicates_in,
-                              find_pairs, group, max_distance)
+from siamsearch.dedup import (
+    DedupError,
+    calibrated_margin,
+    choose_keep,
+    find_duplicates,
+    find_duplicates_in,
+    find_pairs,
+    group,
+    max_distance,
+)
 from siamsearch.model import build_encoder
 from siamsearch.moves import apply_moves, plan_moves, undo_moves
-from siamsearch.store import ModelMismatchError, Row, Store
-from test_ann import clustered
-from test_store import VectorEmbed
+from siamsearch.store import ModelMismatchError, NewRow, Row, Store
 
 
 def make_store(folder: Path, vectors: np.ndarray, fingerprint: str = "f" * 16, model: Path | None = None,
@@ -29,7 +36,11 @@ def make_store(folder: Path, vectors: np.ndarray, fingerprint: str = "f" * 16, m
         path.write_bytes(f"image {i}\n".encode() * (i + 1))
     store = Store.create(folder / "index", dim=vectors.shape[1], fingerprint=fingerprint, encoder={},
                          model_path=str(model) if model else None, root=root, index_kind=kind)
-    store.sync(root, VectorEmbed(vectors))
+    files = [root / f"d{i % 3}" / f"v{i:04d}.png" for i in range(len(vectors))]
+    rows = [NewRow(f.relative_to(root).as_posix(), f.parent.name, f.stat().st_size, f.stat().st_mtime_ns, 1, 1)
+            for f in files]
+    with store.writing():
+        store.add(rows, vectors)
     return store
 
 

@@ -5,12 +5,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import add_bad_files
+from conftest import run_cli as run
 
-from conftest import add_bad_files, run_cli as run
 from siamsearch.checkpoint import load_checkpoint, save_model
 from siamsearch.config import EncoderConfig
+from siamsearch.indexing import index_folder
 from siamsearch.model import build_encoder
-from siamsearch.search import Searcher, index_folder
+from siamsearch.search import Searcher
 from siamsearch.store import ModelMismatchError, Store
 
 
