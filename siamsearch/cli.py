@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,28 +14,34 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
-from . import __version__, report
+from . import __version__
 from .checkpoint import CheckpointError
-from .commands import dedup_index
+from .commands import EvalRun, dedup_index, evaluate_model, index_info, query_index
 from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from .dedup import CrossResult, DedupResult, calibrated_margin
 from .embed import Progress as EmbedProgress
 from .errors import SiamsearchError
-from .evaluate import EvalResult, evaluate
 from .evaluate import calibrate as calibrate_model
 from .images import Failure
 from .indexing import index_folder
 from .losses import DEFAULT_MARGINS
 from .metrics import TARGET_RECALL
 from .moves import MovePlan, MoveReport, undo_moves
-from .search import Searcher
-from .store import Store, StoreError
+from .search import QueryResult
 from .train import train as train_model
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No markup: a file named "[red]x.jpg" or "x[/]y.jpg" prints as it is. Colour comes from Text styles.
+console = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+
+
+def shown(value: Any) -> str:
+    """A name as the user should read it: control characters (a newline in a file name) escaped, never obeyed."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 class Commands(TyperGroup):
@@ -56,6 +63,9 @@ DecodeWorkers = Annotated[Optional[int], typer.Option("--workers", help="Decode 
 IndexDir = Annotated[Path, typer.Option("--index", help="Index folder.")]
 TargetPrecision = Annotated[float, typer.Option(help="Precision the second threshold is set for.")]
 Seed = Annotated[int, typer.Option()]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
+                                                                    "--amp also on CPUs with native bf16).")]
 
 
 def _calibration_line(cal: dict[str, Any]) -> str:
@@ -68,19 +78,19 @@ def _calibration_line(cal: dict[str, Any]) -> str:
 
 def fail(message: str) -> None:
     """One-line error and a non-zero exit: how every user mistake ends."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(Text("error: ", style="bold red") + shown(message))
     raise typer.Exit(2)
 
 
-def report_failures(failures: list[Failure], shown: int = 10) -> None:
+def report_failures(failures: list[Failure], listed: int = 10) -> None:
     """Bad files are listed (the first few) and counted at the end of a run."""
     if not failures:
         return
-    err.print(f"[yellow]skipped {len(failures)} unreadable file(s):[/]")
-    for f in failures[:shown]:
-        err.print(f"  {f.path}: {f.reason}", highlight=False)
-    if len(failures) > shown:
-        err.print(f"  … and {len(failures) - shown} more")
+    err.print(Text(f"skipped {len(failures)} unreadable file(s):", style="yellow"))
+    for f in failures[:listed]:
+        err.print(f"  {shown(f.path)}: {f.reason}")
+    if len(failures) > listed:
+        err.print(f"  … and {len(failures) - listed} more")
 
 
 def _fmt(value: Any) -> str:
@@ -194,15 +204,19 @@ def version() -> None:
     console.print(__version__)
 
 
-def _store_errors() -> tuple[type[Exception], ...]:
-    """Errors that end a command with one line rather than a traceback."""
-    return (ValueError, FileNotFoundError, CheckpointError, StoreError)
+@contextmanager
+def _bar(label: str) -> Iterator[EmbedProgress]:
+    """A transient bar with a count and ETA on stderr (so --json stays clean), fed as progress(done, total)."""
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True, disable=not err.is_terminal)
+    task = bar.add_task(label, total=None)
+    with bar:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _progress_bar(label: str) -> Progress:
-    """A transient bar with a count and ETA, on stderr so --json stays clean."""
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True, disable=not err.is_terminal)
+def _print_json(data: Any) -> None:
+    """--json output: plain JSON on stdout, nothing else there."""
+    print(json.dumps(data, indent=2, default=str))
 
 
 @app.command()
@@ -215,24 +229,26 @@ def index(
     batch_size: Annotated[int, typer.Option()] = 64,
     workers: DecodeWorkers = None,
     device: Device = "auto",
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
-                                                                        "--amp also on CPUs with native bf16).")] = None,
+    amp: Amp = None,
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
     target = index_dir or Path("indexes") / image_dir.resolve().name
-    runtime = Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size)
-    bar = _progress_bar("embedding")
-    task = bar.add_task("embed", total=None)
-    try:
-        with bar:
-            store, report = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, runtime=runtime,
-                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except _store_errors() as exc:
-        fail(str(exc))
-    report_failures(report.failures)
-    console.print(f"{target}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
-                  f"added {report.added}, updated {report.updated}, removed {report.removed}, "
-                  f"unchanged {report.unchanged}, skipped {len(report.failures)} in {report.seconds:.1f}s")
+    with _bar("embedding") as progress:
+        store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, progress=progress,
+                                   runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
+    report_failures(done.failures)
+    console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
+                  f"added {done.added}, updated {done.updated}, removed {done.removed}, "
+                  f"unchanged {done.unchanged}, skipped {len(done.failures)} in {done.seconds:.1f}s")
+
+
+def _print_neighbours(results: list[QueryResult]) -> None:
+    """One table per query, nearest first."""
+    for r in results:
+        table = Table("rank", "distance", "path", "identity", title=shown(r.query), title_justify="left")
+        for n in r.neighbors:
+            table.add_row(str(n.rank), f"{n.distance:.4f}", shown(n.path), shown(n.identity or ""))
+        console.print(table)
 
 
 @app.command()
@@ -240,63 +256,38 @@ def query(
     images: Annotated[list[Path], typer.Argument(help="Query images or folders.")],
     index_dir: IndexDir,
     k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
-    max_distance: Annotated[Optional[float], typer.Option(help="Drop neighbours farther than this.")] = None,
+    margin: Annotated[Optional[float], typer.Option("--margin", "--max-distance",
+                                                    help="Drop neighbours farther than this distance.")] = None,
     exclude_self: Annotated[bool, typer.Option(help="Drop the query itself when it is indexed.")] = False,
     model: Annotated[Optional[Path], typer.Option(help="Model file (default: the index's own).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    as_json: Json = False,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page "
                                                                       "of the queries and neighbours.")] = None,
     sheet: Annotated[Optional[Path], typer.Option(help="Also write the same as a contact-sheet PNG.")] = None,
     device: Device = "auto",
 ) -> None:
     """Nearest neighbours of images in an index."""
-    try:
-        searcher = Searcher.open(index_dir, model, Runtime(device=device, workers=0))
-        with searcher.store:
-            results, failures = searcher.query_images(images, k, max_distance, exclude_self)
-        if html_file is not None:
-            report.query_page(results, searcher.store.root, html_file)
-        if sheet is not None and results:
-            report.contact_sheet(results, searcher.store.root, sheet)
-    except (*_store_errors(), OSError) as exc:
-        fail(str(exc))
-    if as_json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            table = Table("rank", "distance", "path", "identity", title=str(r.query), title_justify="left")
-            for n in r.neighbors:
-                table.add_row(str(n.rank), f"{n.distance:.4f}", n.path, n.identity or "")
-            console.print(table)
-    for written in (html_file, sheet if results else None):
-        if written is not None:
-            err.print(f"wrote {written}", highlight=False)
-    for f in failures:
-        err.print(f"[bold red]error:[/] cannot read {f.path}: {f.reason}", highlight=False)
-    if failures:
+    run = query_index(index_dir, images, k=k, margin=margin, exclude_self=exclude_self, model=model,
+                      runtime=Runtime(device=device, workers=0), html_file=html_file, sheet=sheet)
+    _print_json(run.to_dict()) if as_json else _print_neighbours(run.results)
+    for written in run.written:
+        err.print(f"wrote {shown(written)}")
+    for f in run.failures:
+        err.print(Text("error: ", style="bold red") + f"cannot read {shown(f.path)}: {f.reason}")
+    if run.failures:
         raise typer.Exit(1)
 
 
 @app.command()
-def info(
-    index_dir: IndexDir,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def info(index_dir: IndexDir, as_json: Json = False) -> None:
     """What an index holds: model fingerprint, kind, size, counts."""
-    try:
-        with Store.open(index_dir) as store:
-            data = store.info()
-            identities = store.identities()
-    except _store_errors() as exc:
-        fail(str(exc))
-    data["identities"] = identities
+    data = index_info(index_dir)
     if as_json:
-        print(json.dumps(data, indent=2, default=str))
-        return
+        return _print_json(data)
     table = Table("field", "value", show_header=False)
     for key in ("path", "root", "count", "identities", "index_kind", "approximate", "dim", "metric",
                 "fingerprint", "model", "created", "updated", "bytes"):
-        table.add_row(key, str(data.get(key)))
+        table.add_row(key, shown(data.get(key)))
     console.print(table)
 
 
@@ -306,40 +297,40 @@ def _dedup_table(result: DedupResult | CrossResult) -> Table:
         table = Table("path", "duplicate in the other index", "distance", "status",
                       title=f"{len(result.pairs)} pair(s)", title_justify="left")
         for p in result.pairs:
-            table.add_row(p.path, p.other_path, f"{p.distance:.4f}", p.status)
+            table.add_row(shown(p.path), shown(p.other_path), f"{p.distance:.4f}", p.status)
         return table
     members = [m for g in result.groups for m in g.members]
     review = sum(m.status == "review" for m in members)
     table = Table("group", "path", "distance", "status", title=f"{len(result.groups)} group(s): "
                   f"{len(members) - review} duplicate(s), {review} to review", title_justify="left")
     for n, g in enumerate(result.groups, start=1):
-        table.add_row(str(n), g.keep.path, "", f"keep (max distance {g.max_distance:.4f})")
+        table.add_row(str(n), shown(g.keep.path), "", f"keep (max distance {g.max_distance:.4f})")
         for m in g.members:
-            table.add_row("", m.path, f"{m.distance:.4f}", m.status)
+            table.add_row("", shown(m.path), f"{m.distance:.4f}", m.status)
     for p in result.links:  # duplicates the groups do not show: never hidden
-        table.add_row("link", f"{p.path} ~ {p.other_path}", f"{p.distance:.4f}", "duplicate, across groups")
+        table.add_row("link", f"{shown(p.path)} ~ {shown(p.other_path)}", f"{p.distance:.4f}",
+                      "duplicate, across groups")
     return table
 
 
-def _print_moves(plan: MovePlan, report: MoveReport | None, out: Console) -> None:
+def _print_moves(plan: MovePlan, moved: MoveReport | None, out: Console) -> None:
     """A dry run lists what would move; a real one says how to undo it. Skipped files come with a reason."""
-    if report is None:
-        out.print(f"dry run: would move {len(plan.moves)} duplicate(s) to {plan.dest} (add --yes to move them)",
-                  highlight=False)
+    if moved is None:
+        out.print(f"dry run: would move {len(plan.moves)} duplicate(s) to {shown(plan.dest)} (add --yes to move them)")
         for move in plan.moves:
-            out.print(f"  {move.path}", highlight=False)
+            out.print(f"  {shown(move.path)}")
     else:
-        out.print(f"moved {len(report.done)} duplicate(s) to {plan.dest}; undo with: siamsearch undo "
-                  f"{report.manifest}", highlight=False)
-    for skip in plan.skipped if report is None else report.skipped:
-        out.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
+        out.print(f"moved {len(moved.done)} duplicate(s) to {shown(plan.dest)}; undo with: siamsearch undo "
+                  f"{shown(moved.manifest)}")
+    for skip in plan.skipped if moved is None else moved.skipped:
+        out.print(f"  skipped {shown(skip.path)}: {skip.reason}")
 
 
 @app.command()
 def dedup(
     index_dir: IndexDir,
     margin: Annotated[Optional[float], typer.Option(help="Duplicate distance (default: the model's calibrated "
-                                                         "best-F1 distance).")] = None,
+                                                         "margin).")] = None,
     review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
                                                                 "are formed with it.")] = None,
     linkage: Annotated[str, typer.Option(help="complete (all members within the review margin of each other) "
@@ -354,19 +345,19 @@ def dedup(
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page of "
                                                                       "the groups.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
     run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
                       against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file)
     if as_json:
-        print(json.dumps(run.to_dict(), indent=2))
+        _print_json(run.to_dict())
     else:
         console.print(_dedup_table(run.result))
         console.print(f"margin {run.result.margin:.4f}, review margin {run.result.review_margin:.4f}"
                       + ("; approximate index: a few duplicates may be missed" if run.result.approximate else ""))
     for written in run.written:
-        err.print(f"wrote {written}", highlight=False)
+        err.print(f"wrote {shown(written)}")
     if run.plan is not None:
         _print_moves(run.plan, run.moved, err if as_json else console)
 
@@ -374,23 +365,12 @@ def dedup(
 @app.command()
 def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")]) -> None:
     """Move files back where dedup --move-to took them from; never overwrites, checks each file's hash."""
-    report = undo_moves(manifest)
-    for skip in report.skipped:
-        err.print(f"  skipped {skip.path}: {skip.reason}", highlight=False)
-    console.print(f"restored {len(report.done)} file(s), skipped {len(report.skipped)}")
-    if report.skipped:
+    done = undo_moves(manifest)
+    for skip in done.skipped:
+        err.print(f"  skipped {shown(skip.path)}: {skip.reason}")
+    console.print(f"restored {len(done.done)} file(s), skipped {len(done.skipped)}")
+    if done.skipped:
         raise typer.Exit(1)
-
-
-def _embedding(call: Callable[[EmbedProgress], Any]) -> Any:
-    """Run call(progress) under an embedding bar (progress is told files done and in all); errors end in one line."""
-    bar = _progress_bar("embedding")
-    task = bar.add_task("embedding", total=None)
-    try:
-        with bar:
-            return call(lambda done, total: bar.update(task, completed=done, total=total))
-    except (*_store_errors(), OSError) as exc:
-        fail(str(exc))
 
 
 # (title, metric keys) of the eval table, in the order a reader wants them
@@ -401,6 +381,23 @@ EVAL_SECTIONS = (
     ("thresholds", ("threshold_best_f1", "best_f1", "threshold_at_precision", "target_precision",
                     "precision_at_threshold", "recall_at_threshold", "threshold_at_recall", "target_recall")),
 )
+
+
+def _print_eval(run: EvalRun) -> None:
+    """The metrics table by section, the notes, the plots written."""
+    result = run.result
+    table = Table("metric", "value", title=f"{shown(result.root)}: {result.counts['images']:,} images, "
+                  f"{result.counts['identities']:,} identities", title_justify="left")
+    for section, keys in EVAL_SECTIONS:
+        table.add_section()
+        for key in (k for k in keys if k in result.metrics):
+            value = result.metrics[key]
+            table.add_row(f"{section}: {key}", str(int(value)) if value.is_integer() and value > 1 else _fmt(value))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    for path in run.plots:
+        console.print(f"wrote {shown(path)}")
 
 
 @app.command("eval")
@@ -415,35 +412,17 @@ def eval_(
     seed: Seed = 0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write ROC, distance and training "
                                                                          "plots (PNG) here.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
     workers: DecodeWorkers = None,
     device: Device = "auto",
 ) -> None:
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
-    result: EvalResult = _embedding(lambda progress: evaluate(
-        data_dir, model, held_out=held_out, ways=ways, episodes=episodes, target_precision=target_precision,
-        seed=seed, device=device, workers=workers, progress=progress))
-    try:
-        plots = report.write_eval_report(result, report_dir) if report_dir else []
-    except (ImportError, OSError) as exc:
-        fail(str(exc))
-    report_failures(result.failures)
-    if as_json:
-        print(json.dumps(result.to_dict() | {"plots": [str(p) for p in plots]}, indent=2))
-        return
-    table = Table("metric", "value", title=f"{result.root}: {result.counts['images']:,} images, "
-                  f"{result.counts['identities']:,} identities", title_justify="left")
-    for section, keys in EVAL_SECTIONS:
-        table.add_section()
-        for key in keys:
-            if key in result.metrics:
-                value = result.metrics[key]
-                table.add_row(f"{section}: {key}", str(int(value)) if value.is_integer() and value > 1 else _fmt(value))
-    console.print(table)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
-    for path in plots:
-        console.print(f"wrote {path}", highlight=False)
+    with _bar("embedding") as progress:
+        run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
+                             target_precision=target_precision, seed=seed, device=device, workers=workers,
+                             progress=progress)
+    report_failures(run.result.failures)
+    _print_json(run.to_dict()) if as_json else _print_eval(run)
 
 
 @app.command()
@@ -459,12 +438,12 @@ def calibrate(
     device: Device = "auto",
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
-    found = _embedding(lambda progress: calibrate_model(
-        data_dir, model, target_precision=target_precision, target_recall=target_recall, seed=seed, device=device,
-        workers=workers, progress=progress))
+    with _bar("embedding") as progress:
+        found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
+                                seed=seed, device=device, workers=workers, progress=progress)
     console.print(f"{_calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "
-                  f"{found['recall_at_threshold']:.4f}; from {found['pairs']:,} pairs", highlight=False)
-    console.print(f"stored in {model}; the weights and fingerprint are unchanged, so its indexes stay valid")
+                  f"{found['recall_at_threshold']:.4f}; from {found['pairs']:,} pairs")
+    console.print(f"stored in {shown(model)}; the weights and fingerprint are unchanged, so its indexes stay valid")
 
 
 @app.command()
@@ -476,10 +455,7 @@ def demo(
     """The whole product on built-in data: train, evaluate, index, query, dedup, reports."""
     from .demo import run_demo  # needs the demo extra (scikit-learn, scikit-image, matplotlib)
 
-    try:
-        s = run_demo(out, minutes, observer=TrainProgress(), device=device)
-    except (ValueError, FileNotFoundError, CheckpointError, StoreError) as exc:
-        fail(str(exc))
+    s = run_demo(out, minutes, observer=TrainProgress(), device=device)
     console.print(f"demo finished in {s.minutes:.1f} min")
     console.print("digits model, held-out images: " + "  ".join(
         f"{k} {_fmt(s.eval_metrics[k])}" for k in ("precision_at_1", "map_at_r", "roc_auc", "one_shot")
@@ -488,4 +464,4 @@ def demo(
     for note in s.notes:
         console.print(f"note: {note}")
     for name, path in s.files.items():
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {shown(path)}")

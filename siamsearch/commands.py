@@ -7,12 +7,14 @@ undo_moves) are called directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import report
 from .checkpoint import CheckpointError, read_calibration
+from .config import Runtime
 from .dedup import (
     KEEP_ORDER,
     LINKAGES,
@@ -24,7 +26,10 @@ from .dedup import (
     find_duplicates_in,
 )
 from .errors import UsageError
+from .evaluate import EvalResult, evaluate
+from .images import Failure
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
+from .search import QueryResult, Searcher
 from .store import Store
 
 
@@ -114,3 +119,55 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
         run.plan = plan_moves(result, move_to)
         run.moved = apply_moves(run.plan) if yes else None
     return run
+
+
+def index_info(index_dir: Path | str) -> dict[str, Any]:
+    """What an index holds (the manifest, counts, kind, size on disk) and how many identities, counted in SQL."""
+    with Store.open(index_dir) as store:
+        return store.info() | {"identities": store.identities()}
+
+
+@dataclass
+class QueryRun:
+    """The neighbours of each readable query image, the unreadable ones, and the pages written."""
+
+    results: list[QueryResult]
+    failures: list[Failure]
+    written: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        """One object per query: {query, neighbors: [{rank, path, distance, identity}]}."""
+        return [r.to_dict() for r in self.results]
+
+
+def query_index(index_dir: Path | str, images: Sequence[Path | str], *, k: int = 10, margin: float | None = None,
+                exclude_self: bool = False, model: Path | str | None = None, runtime: Runtime = Runtime(workers=0),
+                html_file: Path | None = None, sheet: Path | None = None) -> QueryRun:
+    """Embed the query images (folders expand), search the index, and draw the HTML page or contact sheet."""
+    searcher = Searcher.open(index_dir, model, runtime)
+    with searcher.store:
+        run = QueryRun(*searcher.query_images(images, k, margin, exclude_self))
+    if html_file is not None:
+        run.written.append(report.query_page(run.results, searcher.store.root, html_file))
+    if sheet is not None and run.results:
+        run.written.append(report.contact_sheet(run.results, searcher.store.root, sheet))
+    return run
+
+
+@dataclass
+class EvalRun:
+    """evaluate()'s result and the plots drawn from it."""
+
+    result: EvalResult
+    plots: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result's JSON summary with the plots' paths."""
+        return self.result.to_dict() | {"plots": [str(p) for p in self.plots]}
+
+
+def evaluate_model(data_dir: Path | str, model: Path | str, *, report_dir: Path | None = None,
+                   **options: Any) -> EvalRun:
+    """evaluate() (options are its keyword arguments), then ROC, distance and training plots when report_dir is set."""
+    result = evaluate(data_dir, model, **options)
+    return EvalRun(result, report.write_eval_report(result, report_dir) if report_dir is not None else [])

@@ -68,7 +68,7 @@ class Searcher:
         model, ckpt = load_encoder(model_of(store, model_path))
         return cls(store, model, ckpt, runtime)
 
-    def query_vectors(self, vectors: np.ndarray, k: int = 10, max_distance: float | None = None,
+    def query_vectors(self, vectors: np.ndarray, k: int = 10, margin: float | None = None,
                       exclude: Sequence[Path | None] | None = None) -> list[list[Neighbor]]:
         """Neighbours of (Q, D) unit vectors; `exclude[i]` drops that file from query i's results."""
         exclude = exclude or [None] * len(vectors)
@@ -76,19 +76,19 @@ class Searcher:
         distances, ids = self.store.search(vectors, k + extra)
         out = []
         for q, (dist, idx) in enumerate(zip(distances, ids)):
-            keep = [(d, i) for d, i in zip(dist, idx) if i >= 0 and (max_distance is None or d <= max_distance)]
+            keep = [(d, i) for d, i in zip(dist, idx) if i >= 0 and (margin is None or d <= margin)]
             rows = self.store.rows([i for _, i in keep])
             hits = [(d, r) for (d, _), r in zip(keep, rows) if exclude[q] is None or r.abspath != exclude[q]][:k]
             out.append([Neighbor(rank, r.path, float(d), r.identity, r.id)
                         for rank, (d, r) in enumerate(hits, start=1)])
         return out
 
-    def query_images(self, paths: Sequence[Path | str], k: int = 10, max_distance: float | None = None,
+    def query_images(self, paths: Sequence[Path | str], k: int = 10, margin: float | None = None,
                      exclude_self: bool = False) -> tuple[list[QueryResult], list[Failure]]:
         """Embed query images (folders expand to their images) and find their neighbours."""
         files = [f for p in paths for f in (find_images(p) if Path(p).is_dir() else [Path(p)])]
         result = embed_paths(self.model, self.ckpt.preprocess, files, batch_size=self.runtime.batch_size,
                              workers=self.runtime.workers, device=self.device, amp=self.runtime.amp)
         queries = [p.resolve() for p in result.paths]
-        hits = self.query_vectors(result.vectors, k, max_distance, queries if exclude_self else None)
+        hits = self.query_vectors(result.vectors, k, margin, queries if exclude_self else None)
         return [QueryResult(p, h) for p, h in zip(result.paths, hits)], result.failures

@@ -34,7 +34,7 @@ def test_index_query_json_follows_the_schema(identity_dir, model_file, tmp_path)
     assert all(a["distance"] <= b["distance"] for a, b in zip(hits, hits[1:]))
 
 
-def test_exclude_self_and_max_distance_and_folder_queries(identity_dir, model_file, tmp_path):
+def test_exclude_self_and_margin_and_folder_queries(identity_dir, model_file, tmp_path):
     idx = tmp_path / "idx"
     index_folder(identity_dir, idx, model_file)
     searcher = Searcher.open(idx)
@@ -45,7 +45,7 @@ def test_exclude_self_and_max_distance_and_folder_queries(identity_dir, model_fi
         assert len(r.neighbors) == 2
     full, _ = searcher.query_images([identity_dir / "id01" / "0.png"], k=10)
     cut = full[0].neighbors[4].distance
-    near, _ = searcher.query_images([identity_dir / "id01" / "0.png"], k=10, max_distance=cut)
+    near, _ = searcher.query_images([identity_dir / "id01" / "0.png"], k=10, margin=cut)
     assert near[0].neighbors == [n for n in full[0].neighbors if n.distance <= cut]
     assert near[0].neighbors[0].path == "id01/0.png" and len(near[0].neighbors) < 10
 
