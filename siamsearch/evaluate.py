@@ -20,7 +20,7 @@ from .device import resolve_device
 from .embed import embed_paths
 from .errors import NotFoundError, UsageError
 from .images import Failure, find_images, identity_of
-from .train import split_folder
+from .pairs import split_folder
 
 Progress = Callable[[int], None]  # called with the number of images just embedded
 

@@ -20,10 +20,10 @@ from .config import EncoderConfig, TrainConfig, from_dict, to_dict
 from .device import autocast, resolve_device
 from .embed import DecodedImages, decode_images, embed_tensors, keep_list
 from .errors import UsageError
-from .images import Failure, find_images, identity_of
+from .images import Failure, find_images
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
-from .pairs import PKSampler, encode_labels, split_identities
+from .pairs import PKSampler, encode_labels, split_folder
 from .transforms import augment_batch, normalize, resize_batch, train_load_size
 
 
@@ -89,19 +89,6 @@ def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: i
     kept, views, bad = decode_images(paths, sizes, channels, workers)
     failures.extend(bad)
     return Split([paths[i] for i in kept], labels[kept], views)
-
-
-def split_folder(paths: list[Path], root: Path, cfg: TrainConfig) -> tuple[list[str], np.ndarray, np.ndarray, bool]:
-    """Identity names and the train/validation split of a training folder; `eval --held-out` repeats it.
-
-    Returns:
-        (name of each path's identity, train indices, validation indices, self-supervised).
-    """
-    ids = [identity_of(p, root) for p in paths]
-    self_sup = cfg.self_supervised or all(i is None for i in ids)
-    names = [p.relative_to(root).as_posix() if self_sup or i is None else i for p, i in zip(paths, ids)]
-    tr, va = split_identities(names, cfg.val_fraction, 0 if self_sup else cfg.val_group_depth, cfg.seed)
-    return names, tr, va, self_sup
 
 
 def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig) -> TrainData:
@@ -276,6 +263,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     total_steps = cfg.epochs * len(sampler) // cfg.accumulate
     best = max(history, key=_score) if history else None
+    fp = load_checkpoint(out).fingerprint if best else None  # a resumed run may not beat its saved best
     step, stopped, t0 = (run.start_epoch - 1) * len(sampler) // cfg.accumulate, "epochs", time.perf_counter()
     elapsed = lambda: run.elapsed + time.perf_counter() - t0  # noqa: E731
 
@@ -320,7 +308,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
             history.append(record)
             if best is None or _score(record) > _score(best):
                 best = record
-                save_model(out, model, cfg, history, _calibration(record))
+                fp = save_model(out, model, cfg, history, _calibration(record))
             obs.epoch_end(record)
             save_resume(resume_path_for(out), _resume_state(model, optimizer, cfg, epoch + 1, history, elapsed()))
             if stopped != "epochs":
@@ -328,9 +316,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weight
     except KeyboardInterrupt:
         stopped = "interrupted"
         save_resume(resume_path_for(out), _resume_state(model, optimizer, cfg, epoch, history, elapsed()))
-    fp = None
     if best is not None:  # the best file gets the whole history, for training curves
         update_model_file(out, history=history)
-        fp = load_checkpoint(out).fingerprint
     return TrainResult(out, fp, history, best, _calibration(best) if best else {}, failures, stopped,
                        resume_path_for(out))
