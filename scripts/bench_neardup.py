@@ -37,6 +37,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from siamsearch.config import Runtime
 from siamsearch.dedup import DedupResult, default_margin, find_duplicates
 from siamsearch.demo import (
     COPIES,
@@ -145,11 +146,10 @@ def train_and_calibrate(tiles: Path, calibration: Path, model: Path, args: argpa
     """Self-supervised training within --minutes, then calibrate() writes the thresholds into the model file."""
     enc = dataclasses.replace(PHOTOS_ENCODER, image_size=args.image_size, channels=args.channels,
                               standardize=args.standardize)
-    cfg = dataclasses.replace(PHOTOS_TRAINING, epochs=10_000, max_minutes=args.minutes, seed=args.seed,  # minutes bind
-                              device="cpu")
+    cfg = dataclasses.replace(PHOTOS_TRAINING, epochs=10_000, max_minutes=args.minutes, seed=args.seed)  # minutes bind
     print(f"encoder: {enc}\ntraining: {cfg}")
     t0 = time.perf_counter()
-    trained = train(tiles, model, enc, cfg)
+    trained = train(tiles, model, enc, cfg, Runtime(device="cpu", amp=False))
     best = trained.best or {}
     print(f"trained {len(trained.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min ({trained.stopped}); "
           f"best epoch {best.get('epoch')}: roc_auc {best.get('roc_auc', float('nan')):.4f}, "

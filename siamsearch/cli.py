@@ -17,12 +17,20 @@ from rich.table import Table
 
 from . import __version__, report
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, TrainConfig, parse_unfreeze
+from .config import (
+    AUGMENT_PRESETS,
+    BACKBONES,
+    LOSSES,
+    EncoderConfig,
+    Runtime,
+    TrainConfig,
+    from_options,
+    parse_unfreeze,
+)
 from .dedup import CrossResult, DedupResult, calibrated_margin, default_margin, find_duplicates, find_duplicates_in
 from .evaluate import EvalResult, evaluate
 from .evaluate import calibrate as calibrate_model
 from .images import Failure
-from .losses import DEFAULT_MARGINS
 from .metrics import TARGET_RECALL
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves, undo_moves
 from .search import EmbedOptions, Searcher, index_folder
@@ -117,7 +125,9 @@ def train(
     standardize: Annotated[bool, typer.Option(help="Standardise each image first: blind to brightness and contrast.")] = False,
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
     loss: Annotated[str, typer.Option(help=f"One of {', '.join(LOSSES)}.")] = "contrastive",
-    margin: Annotated[Optional[float], typer.Option(help="Loss margin (default 1.0 contrastive, 0.2 triplet).")] = None,
+    hinge: Annotated[Optional[float], typer.Option(help="Loss hinge: how far apart different identities are pushed "
+                                                       "(default 1.0 contrastive, 0.2 triplet).")] = None,
+    margin: Annotated[Optional[float], typer.Option(hidden=True, help="Old name of --hinge.")] = None,
     temperature: Annotated[float, typer.Option(help="ntxent's softmax temperature.")] = 0.1,
     epochs: Annotated[int, typer.Option()] = 20,
     max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best epoch so far is kept.")] = None,
@@ -141,22 +151,16 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
 ) -> None:
     """Train a Siamese encoder on an identity folder."""
+    options = locals() | {"hinge": margin if hinge is None else hinge}  # the configs pick their fields by name
     if augment not in AUGMENT_PRESETS:
         fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
     if not data_dir.is_dir():
         fail(f"no such folder: {data_dir}")
     try:
-        enc = EncoderConfig(backbone=backbone, dim=dim, image_size=image_size, channels=channels,
-                            pretrained=pretrained, standardize=standardize)
-        cfg = TrainConfig(loss=loss, margin=DEFAULT_MARGINS.get(loss, 1.0) if margin is None else margin,
-                          temperature=temperature, epochs=epochs, max_minutes=max_minutes, ids_per_batch=ids_per_batch,
-                          images_per_id=images_per_id, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay,
-                          freeze_backbone=freeze_backbone, unfreeze=parse_unfreeze(unfreeze or []),
-                          accumulate=accumulate, amp=amp, self_supervised=self_supervised, augment=augment,
-                          augment_cfg=AUGMENT_PRESETS[augment], val_fraction=val_fraction,
-                          val_group_depth=val_group_depth, device=device, workers=workers, seed=seed)
-        result = train_model(data_dir, out, enc, cfg, weights_file=weights, resume=resume,
-                                 observer=TrainProgress())
+        options |= {"augment": AUGMENT_PRESETS[augment], "unfreeze": parse_unfreeze(unfreeze or [])}
+        enc, cfg, runtime = (from_options(cls, options) for cls in (EncoderConfig, TrainConfig, Runtime))
+        result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume,
+                             observer=TrainProgress())
     except (ValueError, CheckpointError, FileNotFoundError) as exc:
         fail(str(exc))
     report_failures(result.failures)
