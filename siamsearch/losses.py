@@ -101,10 +101,11 @@ def batch_ntxent_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: floa
 BATCH_LOSSES = {"contrastive": batch_contrastive_loss, "triplet": batch_triplet_loss, "ntxent": batch_ntxent_loss}
 
 
-def batch_loss(name: str, hinge: float | None, temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def batch_loss(name: str, hinge: float | None,
+               temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The batch loss `name` with its one setting bound: ntxent's temperature, or the others' hinge.
 
-    hinge=None takes the loss's own default (DEFAULT_HINGES), as the scale differs: d² pays vs a difference.
+    hinge=None takes the loss's own default (DEFAULT_HINGES): contrastive's hinge is a distance, triplet's a gap.
     """
     if name == "ntxent":
         return partial(BATCH_LOSSES[name], temperature=temperature)

@@ -224,19 +224,29 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     machine's (device, decode workers, mixed precision, cache), so a resumed run uses the one given now.
     """
     obs, device = observer or Quiet(), resolve_device(runtime.device)
-    amp = device.type == "cuda" if runtime.amp is None else runtime.amp
     torch.manual_seed(cfg.seed)
     run = _setup(enc, cfg, weights_file, out, resume)
-    model, enc, cfg, clock = run.model, run.enc, run.cfg, _Clock(run.elapsed, run.cfg.max_minutes)
     if resume:
         obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
-    model.to(device).to(memory_format=torch.channels_last)
-    obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(model), device))
+    run.model.to(device).to(memory_format=torch.channels_last)
+    obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
     data = _load(root, run, runtime, obs)
+    amp = device.type == "cuda" if runtime.amp is None else runtime.amp
+    best, stopped = _loop(run, data, out, device, amp, decode_workers(runtime), obs)
+    if best is not None:  # the best file gets the whole history, for training curves
+        update_model_file(out, history=run.history)
+    return TrainResult(out, run.fingerprint, run.history, best, _calibration(best) if best else {}, data.failures,
+                       stopped, resume_path_for(out))
+
+
+def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool, workers: int,
+          obs: Observer) -> tuple[dict[str, Any] | None, str]:
+    """The epochs: P×K batches, validation, the best model to `out`, the state --resume needs; (best, why stopped)."""
+    model, enc, cfg, clock = run.model, run.enc, run.cfg, _Clock(run.elapsed, run.cfg.max_minutes)
     sampler, val = sampler_for(data, cfg), val_views(data, enc, cfg)
     stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
-    loss_fn, pre, load = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), enc.preprocess(), train_load_size(enc.image_size)
-    gen = torch.Generator().manual_seed(cfg.seed + run.start_epoch)
+    loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), torch.Generator().manual_seed(cfg.seed + run.start_epoch)
+    pre, load = enc.preprocess(), train_load_size(enc.image_size)
     best, stopped, epoch = max(run.history, key=_score, default=None), "epochs", run.start_epoch
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
@@ -244,12 +254,12 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
             sampler.set_epoch(epoch)
             model.train()
             obs.epoch_start(epoch, len(sampler))
-            loss_sum, batches, seen, shown, t_epoch = torch.zeros((), device=device), 0, 0, math.nan, time.perf_counter()
-            for batches, (images, labels) in enumerate(train_batches(data.train, sampler, load, enc.channels,
-                                                                     decode_workers(runtime), data.failures), 1):
-                x = normalize(augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen), pre)
+            loss_sum, batches, seen, shown, t0 = torch.zeros((), device=device), 0, 0, math.nan, time.perf_counter()
+            for batches, (images, labels) in enumerate(train_batches(data.train, sampler, load, enc.channels, workers,
+                                                                     data.failures), 1):
+                x = augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen)
                 with autocast(device, amp):
-                    emb = model(x.contiguous(memory_format=torch.channels_last))
+                    emb = model(normalize(x, pre).contiguous(memory_format=torch.channels_last))
                 loss = loss_fn(emb.float(), labels.to(device))
                 stepper.backward(loss, batches - 1)
                 loss_sum += loss.detach()  # on the device: reading it waits for the GPU, so only now and then
@@ -260,8 +270,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
                     stopped = "time budget"
                     break
             record = {"epoch": epoch, "loss": loss_sum.item() / batches if batches else math.nan,
-                      "images_per_s": seen / max(1e-9, time.perf_counter() - t_epoch),
-                      "lr": run.optimizer.param_groups[0]["lr"]}
+                      "images_per_s": seen / max(1e-9, time.perf_counter() - t0), "lr": run.optimizer.param_groups[0]["lr"]}
             record |= validate(model, *val, cfg, device, amp) if val else {}
             record["minutes"] = clock.elapsed() / 60
             run.history.append(record)
@@ -274,7 +283,4 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     except KeyboardInterrupt:
         stopped = "interrupted"
         run.save_state(out, epoch, clock.elapsed())
-    if best is not None:  # the best file gets the whole history, for training curves
-        update_model_file(out, history=run.history)
-    return TrainResult(out, run.fingerprint, run.history, best, _calibration(best) if best else {}, data.failures,
-                       stopped, resume_path_for(out))
+    return best, stopped
