@@ -138,11 +138,10 @@ def train_and_calibrate(tiles: Path, calibration: Path, model: Path, args: argpa
     """Self-supervised training within --minutes, then calibrate() writes the thresholds into the model file."""
     enc = dataclasses.replace(PHOTOS_ENCODER, image_size=args.image_size, channels=args.channels,
                               standardize=args.standardize)
-    cfg = dataclasses.replace(PHOTOS_TRAINING, epochs=10_000, max_minutes=args.minutes, seed=args.seed,  # minutes bind
-                              device="cpu")
+    cfg = dataclasses.replace(PHOTOS_TRAINING, epochs=10_000, max_minutes=args.minutes, seed=args.seed)  # minutes bind
     print(f"encoder: {enc}\ntraining: {cfg}")
     t0 = time.perf_counter()
-    trained = train(tiles, model, enc, cfg)
+    trained = train(tiles, model, enc, cfg, Runtime(device="cpu", amp=False))
     best = trained.best or {}
     print(f"trained {len(trained.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min ({trained.stopped}); "
           f"best epoch {best.get('epoch')}: roc_auc {best.get('roc_auc', float('nan')):.4f}, "

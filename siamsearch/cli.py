@@ -18,19 +18,27 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from . import __version__
-from .checkpoint import CheckpointError
 from .commands import EvalRun, dedup_index, evaluate_model, index_info, query_index
-from .config import AUGMENT_PRESETS, BACKBONES, LOSSES, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
+from .config import (
+    AUGMENT_PRESETS,
+    BACKBONES,
+    LOSSES,
+    EncoderConfig,
+    Runtime,
+    TrainConfig,
+    from_options,
+    parse_unfreeze,
+)
 from .dedup import CrossResult, DedupResult, calibrated_margin
 from .embed import Progress as EmbedProgress
 from .errors import SiamsearchError
 from .evaluate import calibrate as calibrate_model
 from .images import Failure
 from .indexing import index_folder
-from .losses import DEFAULT_MARGINS
 from .metrics import TARGET_RECALL
 from .moves import MovePlan, MoveReport, undo_moves
 from .search import QueryResult
+from .train import TrainResult
 from .train import train as train_model
 
 # No markup: a file named "[red]x.jpg" or "x[/]y.jpg" prints as it is. Colour comes from Text styles.
@@ -143,7 +151,9 @@ def train(
     standardize: Annotated[bool, typer.Option(help="Standardise each image first: blind to brightness and contrast.")] = False,
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
     loss: Annotated[str, typer.Option(help=f"One of {', '.join(LOSSES)}.")] = "contrastive",
-    margin: Annotated[Optional[float], typer.Option(help="Loss margin (default 1.0 contrastive, 0.2 triplet).")] = None,
+    hinge: Annotated[Optional[float], typer.Option(help="Loss hinge: how far apart different identities are pushed "
+                                                       "(default 1.0 contrastive, 0.2 triplet).")] = None,
+    margin: Annotated[Optional[float], typer.Option(hidden=True, help="Old name of --hinge.")] = None,
     temperature: Annotated[float, typer.Option(help="ntxent's softmax temperature.")] = 0.1,
     epochs: Annotated[int, typer.Option()] = 20,
     max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best epoch so far is kept.")] = None,
@@ -169,33 +179,28 @@ def train(
     """Train a Siamese encoder on an identity folder."""
     if augment not in AUGMENT_PRESETS:
         fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
-    if not data_dir.is_dir():
-        fail(f"no such folder: {data_dir}")
-    try:
-        enc = EncoderConfig(backbone=backbone, dim=dim, image_size=image_size, channels=channels,
-                            pretrained=pretrained, standardize=standardize)
-        cfg = TrainConfig(loss=loss, margin=DEFAULT_MARGINS.get(loss, 1.0) if margin is None else margin,
-                          temperature=temperature, epochs=epochs, max_minutes=max_minutes, ids_per_batch=ids_per_batch,
-                          images_per_id=images_per_id, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay,
-                          freeze_backbone=freeze_backbone, unfreeze=parse_unfreeze(unfreeze or []),
-                          accumulate=accumulate, amp=amp, self_supervised=self_supervised, augment=augment,
-                          augment_cfg=AUGMENT_PRESETS[augment], val_fraction=val_fraction,
-                          val_group_depth=val_group_depth, device=device, workers=workers, seed=seed)
-        result = train_model(data_dir, out, enc, cfg, weights_file=weights, resume=resume,
-                                 observer=TrainProgress())
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        fail(str(exc))
+    options = locals() | {"hinge": margin if hinge is None else hinge, "augment": AUGMENT_PRESETS[augment],
+                          "unfreeze": parse_unfreeze(unfreeze or [])}  # the configs pick their fields by name
+    enc, cfg, runtime = (from_options(cls, options) for cls in (EncoderConfig, TrainConfig, Runtime))
+    result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume,
+                         observer=TrainProgress())
+    _print_training(result)
+
+
+def _print_training(result: TrainResult) -> None:
+    """Skipped files, how the run ended, the best epoch, its calibration and the file written."""
     report_failures(result.failures)
     if result.stopped == "interrupted":
-        err.print(f"interrupted: state saved to {result.resume_path}; continue with the same command and --resume")
+        err.print(f"interrupted: state saved to {shown(result.resume_path)}; continue with the same command and "
+                  "--resume")
     if result.best is None:
         fail("no epoch finished, so no model was written")
     best = result.best
     console.print(f"best epoch {best['epoch']} (stopped by {result.stopped}): "
                   + "  ".join(f"{k} {_fmt(best[k])}" for k in ("roc_auc", "p_at_1", "one_shot") if k in best))
     if result.calibration:
-        console.print(f"calibration: {_calibration_line(result.calibration)}", highlight=False)
-    console.print(f"wrote {out} (fingerprint {result.fingerprint})")
+        console.print(f"calibration: {_calibration_line(result.calibration)}")
+    console.print(f"wrote {shown(result.out)} (fingerprint {result.fingerprint})")
 
 
 @app.command()

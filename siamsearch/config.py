@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .errors import UsageError
 
@@ -28,18 +28,33 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def _renamed(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Keys an older file used, under today's names (a class lists them in LEGACY_KEYS: old → new)."""
+    legacy: dict[str, str] = getattr(cls, "LEGACY_KEYS", {})
+    return {k: v for k, v in data.items() if k not in legacy} | {new: data[old] for old, new in legacy.items()
+                                                                    if old in data}
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a config, ignoring unknown keys so older checkpoints stay loadable."""
+    """Rebuild a config, ignoring unknown keys and renaming legacy ones so older checkpoints stay loadable."""
     defaults = cls()  # type: ignore[call-arg]
+    data = _renamed(cls, data)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name not in data:
             continue
         value, default = data[f.name], getattr(defaults, f.name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):  # an old label where a config now lives: keep the default
+                continue
             value = from_dict(type(default), value)
         kwargs[f.name] = _tuples(value)
     return cls(**kwargs)
+
+
+def from_options(cls: type[T], values: dict[str, Any]) -> T:
+    """A config from a command's options, picked by field name, so the CLI does not map them one by one."""
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})  # type: ignore
 
 
 @dataclass(frozen=True)
@@ -120,10 +135,12 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: data split, sampling, loss, optimisation and budget."""
+    """How to train: data split, sampling, loss, optimisation and budget; the recipe a model file keeps."""
+
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {"margin": "hinge", "augment_cfg": "augment"}  # files before the renames
 
     loss: str = "contrastive"
-    margin: float = 1.0
+    hinge: float | None = None  # contrastive and triplet; None: the loss's default (losses.DEFAULT_HINGES)
     temperature: float = 0.1  # ntxent only
     epochs: int = 20
     max_minutes: float | None = None
@@ -135,18 +152,13 @@ class TrainConfig:
     freeze_backbone: bool = False
     unfreeze: tuple[tuple[int, tuple[str, ...]], ...] = ()
     accumulate: int = 1
-    amp: bool = False
     self_supervised: bool = False
-    augment: str = "faces"
+    augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["faces"])
     val_fraction: float = 0.2
     val_group_depth: int = 0  # 0: split identities; 1: split by first folder (e.g. whole alphabets)
     ways: int = 20
     episodes: int = 400
     seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    cache_gb: float = 4.0
-    augment_cfg: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["faces"])
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -166,7 +178,8 @@ class Runtime:
     """How to run on this machine, never saved in a model file: a resumed run may change any of it."""
 
     device: str = "auto"  # auto: CUDA when present, else CPU
-    workers: int | None = None  # decode workers; None: the consumer's default (embedding: cores - 1)
+    workers: int | None = None  # decode workers; None: the consumer's default (embedding: cores - 1;
+    # training: 0, decoding in the main process, as its images are decoded once into memory)
     amp: bool | None = None  # mixed precision; None: on CUDA only
     batch_size: int = 64  # images per embedding batch
     cache_gb: float = 4.0  # training decodes its images into memory up to this size

@@ -34,14 +34,12 @@ from .search import Searcher
 from .train import Observer, Quiet, train
 
 DIGITS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=DIGIT_SIZE, channels=1)
-DIGITS_TRAINING = TrainConfig(epochs=30, ids_per_batch=8, images_per_id=12, lr=3e-3, margin=1.0,
-                              augment="characters", augment_cfg=AUGMENT_PRESETS["characters"],
-                              val_fraction=0.2, ways=10, episodes=200, workers=0)
+DIGITS_TRAINING = TrainConfig(epochs=30, ids_per_batch=8, images_per_id=12, lr=3e-3, hinge=1.0,
+                              augment=AUGMENT_PRESETS["characters"], val_fraction=0.2, ways=10, episodes=200)
 PHOTOS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=32, channels=3, standardize=True)
 PHOTOS_TRAINING = TrainConfig(loss="ntxent", epochs=200, ids_per_batch=64, images_per_id=2, lr=3e-3,
-                              self_supervised=True, augment="near-duplicates",
-                              augment_cfg=AUGMENT_PRESETS["near-duplicates"],
-                              val_fraction=0.2, ways=20, episodes=200, workers=0)
+                              self_supervised=True, augment=AUGMENT_PRESETS["near-duplicates"],
+                              val_fraction=0.2, ways=20, episodes=200)
 
 
 def score_groups(groups: list[report.DupGroup], planted: dict[str, str]) -> dict[str, int]:
@@ -86,7 +84,8 @@ def _digits(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict
     model = work / "models" / "digits.pt"
     obs.message(f"training the digits encoder ({minutes:.1f} min)")
     trained = train(train_dir, model, DIGITS_ENCODER,
-                    dataclasses.replace(DIGITS_TRAINING, max_minutes=minutes, device=runtime.device), observer=obs)
+                    dataclasses.replace(DIGITS_TRAINING, max_minutes=minutes),
+                    Runtime(device=runtime.device, amp=False), observer=obs)
     obs.message("evaluating it on the held-out third of every digit")
     result = evaluate(test_dir, model, ways=10, workers=0, device=runtime.device)
     files = {f"plot_{p.stem}": p for p in report.write_eval_report(result, work / "report")}
@@ -110,7 +109,8 @@ def _photos(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict
     model = work / "models" / "photos.pt"
     obs.message(f"training the photo encoder, self-supervised ({minutes:.1f} min)")
     trained = train(tiles, model, PHOTOS_ENCODER,
-                    dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes, device=runtime.device), observer=obs)
+                    dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes),
+                    Runtime(device=runtime.device, amp=False), observer=obs)
     obs.message("calibrating it on synthetic copies of tiles, indexing the photos, finding duplicates")
     calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=runtime.device)
     review = calibrated_margin(calibration)  # `siamsearch dedup`'s default margin

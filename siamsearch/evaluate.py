@@ -19,7 +19,7 @@ from .device import resolve_device
 from .embed import Progress, embed_paths
 from .errors import NotFoundError, UsageError
 from .images import Failure, find_images, identity_of
-from .train import split_folder
+from .pairs import split_folder
 
 
 @dataclass

@@ -7,25 +7,25 @@ from typing import Callable
 
 import torch
 
-DEFAULT_MARGINS = {"contrastive": 1.0, "triplet": 0.2}
+DEFAULT_HINGES = {"contrastive": 1.0, "triplet": 0.2}
 
 
-def contrastive_terms(distance: torch.Tensor, same: torch.Tensor, margin: float) -> torch.Tensor:
-    """Hadsell, Chopra and LeCun (2006): a similar pair pays d², a dissimilar one max(0, margin − d)²."""
+def contrastive_terms(distance: torch.Tensor, same: torch.Tensor, hinge: float) -> torch.Tensor:
+    """Hadsell, Chopra and LeCun (2006): a similar pair pays d², a dissimilar one max(0, hinge − d)²."""
     same = same.bool()
-    return torch.where(same, distance.pow(2), (margin - distance).clamp(min=0).pow(2))
+    return torch.where(same, distance.pow(2), (hinge - distance).clamp(min=0).pow(2))
 
 
-def contrastive_loss(emb_a: torch.Tensor, emb_b: torch.Tensor, same: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+def contrastive_loss(emb_a: torch.Tensor, emb_b: torch.Tensor, same: torch.Tensor, hinge: float = 1.0) -> torch.Tensor:
     """Mean contrastive loss over explicit pairs.
 
     Args:
         emb_a, emb_b: (N, D) embeddings of the two images of each pair.
         same: (N,) bool, True where the two images show the same identity (so there is no
             "does label 1 mean similar?" ambiguity).
-        margin: dissimilar pairs closer than this are pushed apart.
+        hinge: dissimilar pairs closer than this are pushed apart.
     """
-    return contrastive_terms(torch.linalg.vector_norm(emb_a - emb_b, dim=1), same, margin).mean()
+    return contrastive_terms(torch.linalg.vector_norm(emb_a - emb_b, dim=1), same, hinge).mean()
 
 
 def _pair_distances(emb: torch.Tensor) -> torch.Tensor:
@@ -34,12 +34,12 @@ def _pair_distances(emb: torch.Tensor) -> torch.Tensor:
     return sq.clamp(min=1e-12).sqrt() * (sq > 0)
 
 
-def batch_contrastive_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+def batch_contrastive_loss(emb: torch.Tensor, labels: torch.Tensor, hinge: float = 1.0) -> torch.Tensor:
     """Contrastive loss over every pair inside a P×K batch.
 
     Positives and negatives are averaged separately and added, so the many easy negatives neither
     drown the positives nor dilute the gradient: negatives are averaged over those still inside the
-    margin (pytorch-metric-learning's "average non-zero" reduction).
+    hinge (pytorch-metric-learning's "average non-zero" reduction).
 
     Args:
         emb: (N, D) embeddings; labels: (N,) identity ids.
@@ -47,7 +47,7 @@ def batch_contrastive_loss(emb: torch.Tensor, labels: torch.Tensor, margin: floa
     d = _pair_distances(emb)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
     upper = torch.triu(torch.ones_like(same), diagonal=1)
-    terms = contrastive_terms(d, same, margin)
+    terms = contrastive_terms(d, same, hinge)
     pos, neg = terms[same & upper], terms[~same & upper]
     pos_loss = pos.mean() if pos.numel() else emb.sum() * 0
     active = neg[neg > 0]
@@ -56,24 +56,24 @@ def batch_contrastive_loss(emb: torch.Tensor, labels: torch.Tensor, margin: floa
 
 
 def triplet_margin_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                        margin: float = 0.2) -> torch.Tensor:
-    """Mean of max(0, d(a, p) − d(a, n) + margin) over explicit (N, D) triplets."""
+                        hinge: float = 0.2) -> torch.Tensor:
+    """Mean of max(0, d(a, p) − d(a, n) + hinge) over explicit (N, D) triplets."""
     d_ap = torch.linalg.vector_norm(anchor - positive, dim=1)
     d_an = torch.linalg.vector_norm(anchor - negative, dim=1)
-    return (d_ap - d_an + margin).clamp(min=0).mean()
+    return (d_ap - d_an + hinge).clamp(min=0).mean()
 
 
-def batch_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+def batch_triplet_loss(emb: torch.Tensor, labels: torch.Tensor, hinge: float = 0.2) -> torch.Tensor:
     """Triplet loss over every valid (anchor, positive, negative) in a P×K batch ("batch all").
 
-    Averaged over the triplets that still violate the margin (Hermans et al., 2017), so the loss
+    Averaged over the triplets that still violate the hinge (Hermans et al., 2017), so the loss
     keeps its scale as training makes most triplets easy.
     """
     d = _pair_distances(emb)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
     eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
     valid = (same & ~eye).unsqueeze(2) & (~same).unsqueeze(1)  # [a, p, n]
-    losses = (d.unsqueeze(2) - d.unsqueeze(1) + margin).clamp(min=0)[valid]
+    losses = (d.unsqueeze(2) - d.unsqueeze(1) + hinge).clamp(min=0)[valid]
     active = losses[losses > 0]
     return active.mean() if active.numel() else emb.sum() * 0
 
@@ -101,6 +101,12 @@ def batch_ntxent_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: floa
 BATCH_LOSSES = {"contrastive": batch_contrastive_loss, "triplet": batch_triplet_loss, "ntxent": batch_ntxent_loss}
 
 
-def batch_loss(name: str, margin: float, temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The batch loss `name` with its one setting bound: ntxent's temperature, or the others' margin."""
-    return partial(BATCH_LOSSES[name], **({"temperature": temperature} if name == "ntxent" else {"margin": margin}))
+def batch_loss(name: str, hinge: float | None,
+               temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The batch loss `name` with its one setting bound: ntxent's temperature, or the others' hinge.
+
+    hinge=None takes the loss's own default (DEFAULT_HINGES): contrastive's hinge is a distance, triplet's a gap.
+    """
+    if name == "ntxent":
+        return partial(BATCH_LOSSES[name], temperature=temperature)
+    return partial(BATCH_LOSSES[name], hinge=DEFAULT_HINGES[name] if hinge is None else hinge)

@@ -16,8 +16,6 @@ from torch import nn
 from .config import EncoderConfig
 from .errors import UsageError
 
-RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")
-
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     """Two 3x3 conv-BN-ReLU layers and a 2x2 max-pool: the unit of the small backbone."""
@@ -107,10 +105,6 @@ class Encoder(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
                     m.eval()
         return self
-
-    def block_names(self) -> tuple[str, ...]:
-        """Names of backbone blocks that --unfreeze accepts."""
-        return tuple(name for name, _ in self.backbone.named_children())
 
     def blocks(self, names: tuple[str, ...] | list[str]) -> list[nn.Module]:
         """The named backbone blocks, with a clear error for a name that does not exist."""

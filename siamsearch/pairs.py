@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from .config import TrainConfig
 from .errors import UsageError
+from .images import identity_of
 
 
 def encode_labels(identities: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -40,6 +43,19 @@ def split_identities(identities: Sequence[str], val_fraction: float, group_depth
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def split_folder(paths: list[Path], root: Path, cfg: TrainConfig) -> tuple[list[str], np.ndarray, np.ndarray, bool]:
+    """Identity names and the train/validation split of a training folder; `eval --held-out` repeats it.
+
+    Returns:
+        (name of each path's identity, train indices, validation indices, self-supervised).
+    """
+    ids = [identity_of(p, root) for p in paths]
+    self_sup = cfg.self_supervised or all(i is None for i in ids)
+    names = [p.relative_to(root).as_posix() if self_sup or i is None else i for p, i in zip(paths, ids)]
+    tr, va = split_identities(names, cfg.val_fraction, 0 if self_sup else cfg.val_group_depth, cfg.seed)
+    return names, tr, va, self_sup
+
+
 class PKSampler:
     """Batches of P identities × K images each, plus singleton identities as extra negatives.
 
@@ -49,8 +65,7 @@ class PKSampler:
     each batch only as single images, so they serve as negatives and never as positives.
     """
 
-    def __init__(self, labels: np.ndarray, p: int, k: int, batches: int | None = None,
-                 min_images: int = 2, seed: int = 0) -> None:
+    def __init__(self, labels: np.ndarray, p: int, k: int, min_images: int = 2, seed: int = 0) -> None:
         self.labels = np.asarray(labels)
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
         by_id: dict[int, list[int]] = {}
@@ -61,7 +76,7 @@ class PKSampler:
         if len(self.members) < 2:
             raise UsageError(f"need at least 2 identities with {min_images}+ images to form pairs; "
                              f"found {len(self.members)}")
-        self.batches = batches or max(1, math.ceil(len(self.labels) / (p * k)))
+        self.batches = max(1, math.ceil(len(self.labels) / (p * k)))
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed so each epoch differs yet a resumed run repeats the same batches."""

@@ -1,30 +1,29 @@
-"""Training a Siamese encoder on an identity folder: data, the loop, validation, checkpoints."""
+"""Training a Siamese encoder on an identity folder: the loop, validation, checkpoints (data: trainset.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from . import metrics
 from .checkpoint import load_checkpoint, load_resume, save_model, save_resume, update_model_file
-from .config import EncoderConfig, TrainConfig, from_dict, to_dict
+from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
 from .device import autocast, resolve_device
-from .embed import DecodedImages, decode_images, embed_tensors, keep_list
-from .errors import UsageError
-from .images import Failure, find_images, identity_of
+from .embed import embed_tensors
+from .images import Failure
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
-from .pairs import PKSampler, encode_labels, split_identities
-from .transforms import augment_batch, normalize, resize_batch, train_load_size
+from .trainset import TrainData, decode_workers, load_data, sampler_for, train_batches, val_views
+from .transforms import augment_batch, normalize, train_load_size
+
+PROGRESS_EVERY = 20  # batches between loss reads for the progress bar: each read waits for the GPU
 
 
 class Observer(Protocol):
@@ -32,7 +31,7 @@ class Observer(Protocol):
 
     def message(self, text: str) -> None: ...
     def epoch_start(self, epoch: int, steps: int) -> None: ...
-    def step(self, images: int, loss: float) -> None: ...
+    def step(self, images: int, loss: float) -> None: ...  # loss: epoch mean so far, read every PROGRESS_EVERY
     def epoch_end(self, record: dict[str, Any]) -> None: ...
 
 
@@ -43,25 +42,6 @@ class Quiet:
     def epoch_start(self, epoch: int, steps: int) -> None: ...
     def step(self, images: int, loss: float) -> None: ...
     def epoch_end(self, record: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class Split:
-    """One side of the data: files, int labels, and (when cached) their decoded uint8 views."""
-
-    paths: list[Path]
-    labels: np.ndarray
-    views: tuple[torch.Tensor, ...] = ()  # one (N, C, s, s) uint8 tensor per cached size
-
-
-@dataclass
-class TrainData:
-    """Training and held-out validation splits of an image folder."""
-
-    train: Split
-    val: Split
-    self_supervised: bool
-    failures: list[Failure] = field(default_factory=list)
 
 
 @dataclass
@@ -83,81 +63,8 @@ def resume_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".resume.pt")
 
 
-def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: int, workers: int,
-            failures: list[Failure]) -> Split:
-    """Decode a split into memory, dropping (and recording) unreadable files."""
-    kept, views, bad = decode_images(paths, sizes, channels, workers)
-    failures.extend(bad)
-    return Split([paths[i] for i in kept], labels[kept], views)
-
-
-def split_folder(paths: list[Path], root: Path, cfg: TrainConfig) -> tuple[list[str], np.ndarray, np.ndarray, bool]:
-    """Identity names and the train/validation split of a training folder; `eval --held-out` repeats it.
-
-    Returns:
-        (name of each path's identity, train indices, validation indices, self-supervised).
-    """
-    ids = [identity_of(p, root) for p in paths]
-    self_sup = cfg.self_supervised or all(i is None for i in ids)
-    names = [p.relative_to(root).as_posix() if self_sup or i is None else i for p, i in zip(paths, ids)]
-    tr, va = split_identities(names, cfg.val_fraction, 0 if self_sup else cfg.val_group_depth, cfg.seed)
-    return names, tr, va, self_sup
-
-
-def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig) -> TrainData:
-    """Scan an identity folder, hold out validation identities and decode what fits in memory.
-
-    Sub-folders are identities. With no sub-folders (or --self-supervised) every image is its own
-    identity and its positive is an augmented view of itself.
-    """
-    paths = find_images(root)
-    if not paths:
-        raise UsageError(f"no images found under {root}")
-    names, tr, va, self_sup = split_folder(paths, root, cfg)
-    labels, _ = encode_labels(names)
-    size, load = enc.image_size, train_load_size(enc.image_size)
-    failures: list[Failure] = []
-    train_paths = [paths[i] for i in tr]
-    fits = len(tr) * enc.channels * load * load <= cfg.cache_gb * 2**30
-    train = (_decode(train_paths, labels[tr], [load], enc.channels, cfg.workers, failures) if fits
-             else Split(train_paths, labels[tr]))
-    val_sizes = [size, load] if self_sup else [size]
-    val = _decode([paths[i] for i in va], labels[va], val_sizes, enc.channels, cfg.workers, failures)
-    return TrainData(train, val, self_sup, failures)
-
-
-def _train_batches(split: Split, sampler: PKSampler, load: int, channels: int, workers: int,
-                   failures: list[Failure]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) per P×K batch, from the memory cache or decoded on the fly."""
-    if split.views:
-        for idx in sampler:
-            yield split.views[0][idx], torch.from_numpy(split.labels[idx])
-        return
-    loader = DataLoader(DecodedImages(split.paths, [load], channels), batch_sampler=sampler,
-                        num_workers=workers, collate_fn=keep_list)
-    for items in loader:
-        failures.extend(Failure(split.paths[i], why) for i, v, _, why in items if v is None)
-        good = [(i, v[0]) for i, v, _, _ in items if v is not None]
-        yield torch.stack([v for _, v in good]), torch.from_numpy(split.labels[[i for i, _ in good]])
-
-
-def _val_views(data: TrainData, enc: EncoderConfig, cfg: TrainConfig) -> tuple[torch.Tensor, np.ndarray]:
-    """The validation images as the encoder sees them, and their labels.
-
-    Self-supervised runs validate on (image, augmented copy) pairs: exactly the question dedup asks.
-    """
-    val = data.val
-    if not data.self_supervised:
-        return val.views[0], val.labels
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    copies = augment_batch(val.views[1], enc.image_size, cfg.augment_cfg, gen)
-    clean = resize_batch(val.views[1], enc.image_size)
-    n = len(val.labels)
-    return torch.cat([clean, copies]), np.concatenate([np.arange(n), np.arange(n)])
-
-
 def validate(model: Encoder, images: torch.Tensor, labels: np.ndarray, cfg: TrainConfig,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, amp: bool | None = None) -> dict[str, float]:
     """Held-out identity metrics: verification ROC AUC, P@1, N-way one-shot and the thresholds."""
     counts = np.unique(labels, return_counts=True)[1]
     ways = min(cfg.ways, int((counts >= 2).sum()))
@@ -165,7 +72,7 @@ def validate(model: Encoder, images: torch.Tensor, labels: np.ndarray, cfg: Trai
         return {}
     model.eval()
     pre = model.cfg.preprocess()
-    emb = np.concatenate([embed_tensors(model, images[i:i + 512], pre, device, cfg.amp)
+    emb = np.concatenate([embed_tensors(model, images[i:i + 512], pre, device, amp)
                           for i in range(0, len(images), 512)])
     out = metrics.verification_metrics(emb, labels, seed=cfg.seed)
     out["p_at_1"] = metrics.precision_at_1(emb, labels)
@@ -197,23 +104,66 @@ def _lr_factor(step: int, total_steps: int, elapsed: float, budget: float | None
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _unfreeze(model: Encoder, optimizer: torch.optim.Optimizer, names: tuple[str, ...], lr: float) -> int:
+
+
+class _Clock:
+    """Seconds trained, counting the runs before a resume, against the --max-minutes budget."""
+
+    def __init__(self, before: float, max_minutes: float | None) -> None:
+        self.t0, self.budget = time.perf_counter() - before, max_minutes * 60 if max_minutes else None
+
+    def elapsed(self) -> float:
+        """Seconds trained so far, this run and the ones it resumes."""
+        return time.perf_counter() - self.t0
+
+    def out_of_time(self) -> bool:
+        """True once the time budget is spent (never without one)."""
+        return self.budget is not None and self.elapsed() >= self.budget
+
+
+class _Stepper:
+    """Backward on every batch, an optimizer step every `accumulate` batches, then the cosine learning rate."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epoch: int, start_epoch: int,
+                 clock: _Clock, device: torch.device, amp: bool) -> None:
+        self.optimizer, self.clock, self.accumulate = optimizer, clock, cfg.accumulate
+        self.total = cfg.epochs * batches_per_epoch // cfg.accumulate
+        self.done = (start_epoch - 1) * batches_per_epoch // cfg.accumulate
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"
+                                           and not torch.cuda.is_bf16_supported())  # fp16 needs loss scaling
+
+    def backward(self, loss: torch.Tensor, batch: int) -> None:
+        """Add this batch's gradient; after the epoch's `accumulate`-th, `2×accumulate`-th… batch, step."""
+        self.scaler.scale(loss / self.accumulate).backward()
+        if (batch + 1) % self.accumulate:
+            return
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.done += 1
+        factor = _lr_factor(self.done, self.total, self.clock.elapsed(), self.clock.budget)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+
+def unfreeze_blocks(model: Encoder, optimizer: torch.optim.Optimizer, names: tuple[str, ...], lr: float) -> int:
     """Make the named blocks trainable and give them their own optimizer group at the fine-tune lr."""
     params = [p for p in set_trainable(model.blocks(names), True)]
     optimizer.add_param_group({"params": params, "lr": lr, "base_lr": lr})
     return sum(p.numel() for p in params)
 
 
-def _resume_state(model: Encoder, optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int,
-                  history: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
-    """Everything --resume needs to carry on from the start of `epoch`."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "encoder": to_dict(model.cfg),
-            "train": to_dict(cfg), "epoch": epoch, "history": history, "elapsed": elapsed}
+def _unfreeze_due(run: _Run, epoch: int, obs: Observer) -> None:
+    """Unfreeze the blocks --unfreeze names for this epoch."""
+    for at, names in run.cfg.unfreeze:
+        if at == epoch:
+            n = unfreeze_blocks(run.model, run.optimizer, names, run.cfg.finetune_lr)
+            obs.message(f"epoch {epoch}: unfroze {', '.join(names)} ({n:,} parameters at lr {run.cfg.finetune_lr:g})")
 
 
 @dataclass
-class _Setup:
-    """The model and optimizer a run starts from, fresh or resumed."""
+class _Run:
+    """What a run carries from epoch to epoch, fresh or resumed: model, optimizer, recipe, history."""
 
     model: Encoder
     optimizer: torch.optim.Optimizer
@@ -221,11 +171,20 @@ class _Setup:
     cfg: TrainConfig
     start_epoch: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # seconds trained before this call
+    fingerprint: str | None = None  # of the best model written so far
+
+    def save_state(self, out: Path, epoch: int, elapsed: float) -> None:
+        """Everything --resume needs to carry on from the start of `epoch`; the recipe, never the runtime."""
+        save_resume(resume_path_for(out), {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "encoder": to_dict(self.enc),
+            "train": to_dict(self.cfg), "epoch": epoch, "history": self.history, "elapsed": elapsed,
+            "fingerprint": self.fingerprint})
 
 
-def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, state: dict[str, Any] | None) -> _Setup:
-    """Build model and optimizer; a resumed run keeps its configuration, only the budget may change."""
+def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out: Path, resume: bool) -> _Run:
+    """Build model and optimizer; a resumed run keeps its recipe, only the budget (epochs, minutes) may change."""
+    state = load_resume(resume_path_for(out)) if resume else None
     if state:
         enc = from_dict(EncoderConfig, state["encoder"])
         cfg = dataclasses.replace(from_dict(TrainConfig, state["train"]), epochs=cfg.epochs,
@@ -236,101 +195,92 @@ def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, stat
     optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad],
                                     "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay)
     if not state:
-        return _Setup(model, optimizer, enc, cfg)
+        return _Run(model, optimizer, enc, cfg)
     for epoch, names in cfg.unfreeze:  # recreate the optimizer groups in the order they were added
         if epoch < state["epoch"]:
-            _unfreeze(model, optimizer, names, cfg.finetune_lr)
+            unfreeze_blocks(model, optimizer, names, cfg.finetune_lr)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    return _Setup(model, optimizer, enc, cfg, state["epoch"], state["history"], state["elapsed"])
+    fp = state.get("fingerprint") or (load_checkpoint(out).fingerprint if state["history"] else None)  # older states
+    return _Run(model, optimizer, enc, cfg, state["epoch"], state["history"], state["elapsed"], fp)
 
 
-def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, *, weights_file: Path | None = None,
-          resume: bool = False, observer: Observer | None = None) -> TrainResult:
-    """Train an encoder on an identity folder and write the best checkpoint to `out`."""
-    obs = observer or Quiet()
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    run = _setup(enc, cfg, weights_file, load_resume(resume_path_for(out)) if resume else None)
-    model, optimizer, enc, cfg, history = run.model, run.optimizer, run.enc, run.cfg, run.history
-    if resume:
-        obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
-    model.to(device).to(memory_format=torch.channels_last)
-    trainable, total = count_parameters(model)
-    obs.message(f"{trainable:,} of {total:,} parameters train on {device}")
-
-    t_load = time.perf_counter()
-    data = load_data(root, enc, cfg)
-    failures = data.failures
+def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer) -> TrainData:
+    """The training folder, decoded, with a line saying how much and how long."""
+    t0 = time.perf_counter()
+    data = load_data(root, run.enc, run.cfg, runtime)
+    bad = f"; skipped {len(data.failures)} unreadable" if data.failures else ""
     obs.message(f"{len(data.train.labels):,} training images, {len(data.val.labels):,} validation images "
                 f"({'self-supervised' if data.self_supervised else 'held-out identities'}), decoded in "
-                f"{time.perf_counter() - t_load:.1f}s" + (f"; skipped {len(failures)} unreadable" if failures else ""))
-    sampler = PKSampler(data.train.labels, cfg.ids_per_batch, 2 if data.self_supervised else cfg.images_per_id,
-                        min_images=1 if data.self_supervised else 2, seed=cfg.seed)
-    val_images, val_labels = _val_views(data, enc, cfg) if len(data.val.labels) else (None, None)
-    loss_fn = batch_loss(cfg.loss, cfg.margin, cfg.temperature)
-    pre, load = enc.preprocess(), train_load_size(enc.image_size)
-    gen = torch.Generator().manual_seed(cfg.seed + run.start_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"
-                                  and not torch.cuda.is_bf16_supported())  # fp16 needs loss scaling
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-    total_steps = cfg.epochs * len(sampler) // cfg.accumulate
-    best = max(history, key=_score) if history else None
-    step, stopped, t0 = (run.start_epoch - 1) * len(sampler) // cfg.accumulate, "epochs", time.perf_counter()
-    elapsed = lambda: run.elapsed + time.perf_counter() - t0  # noqa: E731
+                f"{time.perf_counter() - t0:.1f}s{bad}")
+    return data
 
-    epoch = run.start_epoch
+
+def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(), *,
+          weights_file: Path | None = None, resume: bool = False, observer: Observer | None = None) -> TrainResult:
+    """Train an encoder on an identity folder and write the best checkpoint to `out`.
+
+    `enc` and `cfg` are the recipe, kept in the model file and the resume state; `runtime` is this
+    machine's (device, decode workers, mixed precision, cache), so a resumed run uses the one given now.
+    """
+    obs, device = observer or Quiet(), resolve_device(runtime.device)
+    torch.manual_seed(cfg.seed)
+    run = _setup(enc, cfg, weights_file, out, resume)
+    if resume:
+        obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
+    run.model.to(device).to(memory_format=torch.channels_last)
+    obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
+    data = _load(root, run, runtime, obs)
+    amp = device.type == "cuda" if runtime.amp is None else runtime.amp
+    best, stopped = _loop(run, data, out, device, amp, decode_workers(runtime), obs)
+    if best is not None:  # the best file gets the whole history, for training curves
+        update_model_file(out, history=run.history)
+    return TrainResult(out, run.fingerprint, run.history, best, _calibration(best) if best else {}, data.failures,
+                       stopped, resume_path_for(out))
+
+
+def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool, workers: int,
+          obs: Observer) -> tuple[dict[str, Any] | None, str]:
+    """The epochs: P×K batches, validation, the best model to `out`, the state --resume needs; (best, why stopped)."""
+    model, enc, cfg, clock = run.model, run.enc, run.cfg, _Clock(run.elapsed, run.cfg.max_minutes)
+    sampler, val = sampler_for(data, cfg), val_views(data, enc, cfg)
+    stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
+    loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), torch.Generator().manual_seed(cfg.seed + run.start_epoch)
+    pre, load = enc.preprocess(), train_load_size(enc.image_size)
+    best, stopped, epoch = max(run.history, key=_score, default=None), "epochs", run.start_epoch
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
-            for at, names in cfg.unfreeze:
-                if at == epoch:
-                    n = _unfreeze(model, optimizer, names, cfg.finetune_lr)
-                    obs.message(f"epoch {epoch}: unfroze {', '.join(names)} ({n:,} parameters at lr {cfg.finetune_lr:g})")
+            _unfreeze_due(run, epoch, obs)
             sampler.set_epoch(epoch)
             model.train()
             obs.epoch_start(epoch, len(sampler))
-            losses, seen, t_epoch = [], 0, time.perf_counter()
-            for i, (batch, labels) in enumerate(_train_batches(data.train, sampler, load, enc.channels,
-                                                                cfg.workers, failures)):
-                x = normalize(augment_batch(batch.to(device, non_blocking=True), enc.image_size,
-                                            cfg.augment_cfg, gen), pre).contiguous(memory_format=torch.channels_last)
-                with autocast(device, cfg.amp):
-                    emb = model(x)
-                loss = loss_fn(emb.float(), labels.to(device)) / cfg.accumulate
-                scaler.scale(loss).backward()
-                if (i + 1) % cfg.accumulate == 0:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    for group in optimizer.param_groups:
-                        group["lr"] = group["base_lr"] * _lr_factor(step, total_steps, elapsed(), budget)
-                losses.append(loss.item() * cfg.accumulate)
+            loss_sum, batches, seen, shown, t0 = torch.zeros((), device=device), 0, 0, math.nan, time.perf_counter()
+            for batches, (images, labels) in enumerate(train_batches(data.train, sampler, load, enc.channels, workers,
+                                                                     data.failures), 1):
+                x = augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen)
+                with autocast(device, amp):
+                    emb = model(normalize(x, pre).contiguous(memory_format=torch.channels_last))
+                loss = loss_fn(emb.float(), labels.to(device))
+                stepper.backward(loss, batches - 1)
+                loss_sum += loss.detach()  # on the device: reading it waits for the GPU, so only now and then
                 seen += len(labels)
-                obs.step(len(labels), losses[-1])
-                if budget and elapsed() >= budget:
+                shown = loss_sum.item() / batches if batches % PROGRESS_EVERY == 1 else shown
+                obs.step(len(labels), shown)
+                if clock.out_of_time():
                     stopped = "time budget"
                     break
-            record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                      "images_per_s": seen / max(1e-9, time.perf_counter() - t_epoch),
-                      "lr": optimizer.param_groups[0]["lr"]}
-            if val_images is not None:
-                record |= validate(model, val_images, val_labels, cfg, device)
-            record["minutes"] = elapsed() / 60
-            history.append(record)
+            record = {"epoch": epoch, "loss": loss_sum.item() / batches if batches else math.nan,
+                      "images_per_s": seen / max(1e-9, time.perf_counter() - t0), "lr": run.optimizer.param_groups[0]["lr"]}
+            record |= validate(model, *val, cfg, device, amp) if val else {}
+            record["minutes"] = clock.elapsed() / 60
+            run.history.append(record)
             if best is None or _score(record) > _score(best):
-                best = record
-                save_model(out, model, cfg, history, _calibration(record))
+                best, run.fingerprint = record, save_model(out, model, cfg, run.history, _calibration(record))
             obs.epoch_end(record)
-            save_resume(resume_path_for(out), _resume_state(model, optimizer, cfg, epoch + 1, history, elapsed()))
+            run.save_state(out, epoch + 1, clock.elapsed())
             if stopped != "epochs":
                 break
     except KeyboardInterrupt:
         stopped = "interrupted"
-        save_resume(resume_path_for(out), _resume_state(model, optimizer, cfg, epoch, history, elapsed()))
-    fp = None
-    if best is not None:  # the best file gets the whole history, for training curves
-        update_model_file(out, history=history)
-        fp = load_checkpoint(out).fingerprint
-    return TrainResult(out, fp, history, best, _calibration(best) if best else {}, failures, stopped,
-                       resume_path_for(out))
+        run.save_state(out, epoch, clock.elapsed())
+    return best, stopped

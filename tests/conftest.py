@@ -50,6 +50,12 @@ def identity_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def bad_files(identity_dir: Path) -> list[Path]:
+    """identity_dir with the unreadable files of add_bad_files in it; returns those files."""
+    return add_bad_files(identity_dir)
+
+
+@pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     """A small untrained encoder saved as a model file (weights seeded, so runs repeat)."""
     import torch

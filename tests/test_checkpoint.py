@@ -3,9 +3,15 @@
 import pytest
 import torch
 
-from siamsearch.checkpoint import (CheckpointError, fingerprint, load_checkpoint, load_encoder, save_model,
-                                   update_model_file)
-from siamsearch.config import EncoderConfig, TrainConfig
+from siamsearch.checkpoint import (
+    CheckpointError,
+    fingerprint,
+    load_checkpoint,
+    load_encoder,
+    save_model,
+    update_model_file,
+)
+from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, TrainConfig, to_dict
 from siamsearch.model import build_encoder
 
 
@@ -38,7 +44,21 @@ def test_wrapped_prefixes_are_stripped(tmp_path):
     data = torch.load(tmp_path / "m.pt", weights_only=True)
     data["state_dict"] = {f"module._orig_mod.{k}": v for k, v in data["state_dict"].items()}
     torch.save(data, tmp_path / "wrapped.pt")
-    load_encoder(tmp_path / "wrapped.pt")
+    loaded, _ = load_encoder(tmp_path / "wrapped.pt")
+    saved, got = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == got.keys() and all(torch.equal(saved[k], got[k]) for k in saved)
+
+
+def test_a_model_file_from_before_the_renames_loads_with_todays_names(tmp_path):
+    model = build_encoder(EncoderConfig(backbone="small", dim=8, image_size=24))
+    fp = save_model(tmp_path / "m.pt", model, TrainConfig())
+    data = torch.load(tmp_path / "m.pt", weights_only=True)
+    old = {k: v for k, v in data["train"].items() if k not in ("hinge", "augment")}
+    data["train"] = old | {"margin": 0.3, "augment": "faces", "augment_cfg": to_dict(AUGMENT_PRESETS["photos"]),
+                           "workers": 4, "device": "cuda", "amp": True, "cache_gb": 1.0}  # runtime knobs of old
+    torch.save(data, tmp_path / "old.pt")
+    ckpt = load_checkpoint(tmp_path / "old.pt")
+    assert ckpt.train.hinge == 0.3 and ckpt.train.augment == AUGMENT_PRESETS["photos"] and ckpt.fingerprint == fp
 
 
 @pytest.mark.parametrize("content,match", [(b"", "not a readable"), (b"garbage" * 10, "not a readable")])

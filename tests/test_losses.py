@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from siamsearch.config import TrainConfig
-from siamsearch.losses import (batch_contrastive_loss, batch_loss, batch_ntxent_loss, batch_triplet_loss,
-                               contrastive_loss, triplet_margin_loss)
+from siamsearch.losses import (
+    BATCH_LOSSES,
+    DEFAULT_HINGES,
+    batch_contrastive_loss,
+    batch_loss,
+    batch_ntxent_loss,
+    batch_triplet_loss,
+    contrastive_loss,
+    triplet_margin_loss,
+)
 
 E0 = torch.tensor([[1.0, 0.0]])  # angle 0
 E90 = torch.tensor([[0.0, 1.0]])  # angle 90°: distance sqrt(2) from E0
@@ -16,41 +24,41 @@ E180 = torch.tensor([[-1.0, 0.0]])  # angle 180°: distance 2 from E0
 
 
 def test_similar_pair_pays_squared_distance():
-    loss = contrastive_loss(E0, E90, same=torch.tensor([True]), margin=2.0)
+    loss = contrastive_loss(E0, E90, same=torch.tensor([True]), hinge=2.0)
     assert loss.item() == pytest.approx(2.0)  # d² = (√2)²
 
 
 def test_dissimilar_pair_pays_squared_hinge():
-    loss = contrastive_loss(E0, E90, same=torch.tensor([False]), margin=2.0)
+    loss = contrastive_loss(E0, E90, same=torch.tensor([False]), hinge=2.0)
     assert loss.item() == pytest.approx((2.0 - math.sqrt(2)) ** 2)
 
 
-def test_dissimilar_pair_beyond_margin_is_free_and_label_is_not_inverted():
-    far = contrastive_loss(E0, E180, same=torch.tensor([False]), margin=1.5)
-    near_same = contrastive_loss(E0, E0, same=torch.tensor([True]), margin=1.5)
+def test_dissimilar_pair_beyond_the_hinge_is_free_and_label_is_not_inverted():
+    far = contrastive_loss(E0, E180, same=torch.tensor([False]), hinge=1.5)
+    near_same = contrastive_loss(E0, E0, same=torch.tensor([True]), hinge=1.5)
     assert far.item() == 0.0 and near_same.item() == 0.0
     # the inverted convention ("1 means dissimilar") would make both of these non-zero
-    assert contrastive_loss(E0, E180, same=torch.tensor([True]), margin=1.5).item() == pytest.approx(4.0)
+    assert contrastive_loss(E0, E180, same=torch.tensor([True]), hinge=1.5).item() == pytest.approx(4.0)
 
 
 def test_pair_loss_is_mean_over_pairs():
     a, b = torch.cat([E0, E0]), torch.cat([E90, E180])
-    loss = contrastive_loss(a, b, same=torch.tensor([True, False]), margin=3.0)
+    loss = contrastive_loss(a, b, same=torch.tensor([True, False]), hinge=3.0)
     assert loss.item() == pytest.approx((2.0 + (3.0 - 2.0) ** 2) / 2)
 
 
 def test_triplet_margin_loss_by_hand():
-    assert triplet_margin_loss(E0, E90, E180, margin=1.0).item() == pytest.approx(math.sqrt(2) - 2 + 1)
-    assert triplet_margin_loss(E0, E90, E180, margin=0.2).item() == 0.0
+    assert triplet_margin_loss(E0, E90, E180, hinge=1.0).item() == pytest.approx(math.sqrt(2) - 2 + 1)
+    assert triplet_margin_loss(E0, E90, E180, hinge=0.2).item() == 0.0
 
 
 def test_batch_contrastive_averages_positives_and_active_negatives():
     # points: a(0°) and b(90°) share identity 0; c(180°) is identity 1.
     emb = torch.cat([E0, E90, E180])
     labels = torch.tensor([0, 0, 1])
-    # positives: (a,b) d=√2 → 2.  negatives: (a,c) d=2 → 0 (inactive at margin 1.5); (b,c) d=√2 → (1.5-√2)²
+    # positives: (a,b) d=√2 → 2.  negatives: (a,c) d=2 → 0 (inactive at hinge 1.5); (b,c) d=√2 → (1.5-√2)²
     expected = 2.0 + (1.5 - math.sqrt(2)) ** 2
-    assert batch_contrastive_loss(emb, labels, margin=1.5).item() == pytest.approx(expected)
+    assert batch_contrastive_loss(emb, labels, hinge=1.5).item() == pytest.approx(expected)
 
 
 def test_batch_triplet_averages_active_triplets():
@@ -58,7 +66,7 @@ def test_batch_triplet_averages_active_triplets():
     labels = torch.tensor([0, 0, 1])
     # triplets (a,b,c): √2-2+m ; (b,a,c): √2-√2+m = m.  With m=1 both active.
     expected = ((math.sqrt(2) - 2 + 1) + 1) / 2
-    assert batch_triplet_loss(emb, labels, margin=1.0).item() == pytest.approx(expected)
+    assert batch_triplet_loss(emb, labels, hinge=1.0).item() == pytest.approx(expected)
 
 
 def test_batch_losses_have_gradients_and_zero_when_solved():
@@ -101,7 +109,10 @@ def test_batch_loss_binds_the_right_setting():
     assert batch_loss("ntxent", 1.0, 0.3)(emb, labels).item() == pytest.approx(
         batch_ntxent_loss(emb, labels, temperature=0.3).item())
     assert batch_loss("triplet", 0.4, 0.3)(emb, labels).item() == pytest.approx(
-        batch_triplet_loss(emb, labels, margin=0.4).item())
+        batch_triplet_loss(emb, labels, hinge=0.4).item())
+    for name, hinge in DEFAULT_HINGES.items():  # hinge=None: the loss's own default
+        assert batch_loss(name, None, 0.3)(emb, labels).item() == pytest.approx(
+            BATCH_LOSSES[name](emb, labels, hinge=hinge).item())
     loss = batch_ntxent_loss(emb, labels)
     loss.backward()
     assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0

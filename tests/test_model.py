@@ -6,7 +6,7 @@ import torch
 from siamsearch.config import EncoderConfig
 from siamsearch.losses import contrastive_loss
 from siamsearch.model import build_encoder, set_trainable
-from siamsearch.train import _unfreeze
+from siamsearch.train import unfreeze_blocks
 
 
 def small(channels=3, size=32, backbone="small"):
@@ -64,14 +64,14 @@ def test_unfreeze_adds_exactly_the_named_blocks_at_the_finetune_lr():
     model = small(backbone="resnet18", size=32)
     set_trainable(model.backbone, False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    _unfreeze(model, opt, ("layer3", "layer4"), lr=1e-5)
+    unfreeze_blocks(model, opt, ("layer3", "layer4"), lr=1e-5)
     added = {id(p) for p in opt.param_groups[1]["params"]}
     expected = {id(p) for blk in (model.backbone.layer3, model.backbone.layer4) for p in blk.parameters()}
     assert added == expected and opt.param_groups[1]["lr"] == 1e-5
     still_frozen = [n for n, p in model.backbone.named_parameters() if not n.startswith(("layer3", "layer4"))]
     assert all(not dict(model.backbone.named_parameters())[n].requires_grad for n in still_frozen)
     with pytest.raises(ValueError, match="unknown block"):
-        _unfreeze(model, opt, ("layer9",), lr=1e-5)
+        unfreeze_blocks(model, opt, ("layer9",), lr=1e-5)
 
 
 @pytest.mark.parametrize("backbone,channels", [("small", 1), ("small", 3), ("resnet18", 1), ("resnet18", 3)])

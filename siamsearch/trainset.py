@@ -1,0 +1,111 @@
+"""The training folder as the loop sees it: the held-out split, the decoded cache, P×K batches, validation views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .config import EncoderConfig, Runtime, TrainConfig
+from .embed import DecodedImages, decode_images, keep_list
+from .errors import UsageError
+from .images import Failure, find_images
+from .pairs import PKSampler, encode_labels, split_folder
+from .transforms import augment_batch, resize_batch, train_load_size
+
+
+@dataclass
+class Split:
+    """One side of the data: files, int labels, and (when cached) their decoded uint8 views."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    views: tuple[torch.Tensor, ...] = ()  # one (N, C, s, s) uint8 tensor per cached size
+
+
+@dataclass
+class TrainData:
+    """Training and held-out validation splits of an image folder."""
+
+    train: Split
+    val: Split
+    self_supervised: bool
+    failures: list[Failure] = field(default_factory=list)
+
+
+def decode_workers(runtime: Runtime) -> int:
+    """Training's decode workers: None means 0, the main process, as the cache is decoded only once."""
+    return runtime.workers or 0
+
+
+def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: int, workers: int,
+            failures: list[Failure]) -> Split:
+    """Decode a split into memory, dropping (and recording) unreadable files."""
+    kept, views, bad = decode_images(paths, sizes, channels, workers)
+    failures.extend(bad)
+    return Split([paths[i] for i in kept], labels[kept], views)
+
+
+def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime()) -> TrainData:
+    """Scan an identity folder, hold out validation identities and decode what fits in memory.
+
+    Sub-folders are identities. With no sub-folders (or --self-supervised) every image is its own
+    identity and its positive is an augmented view of itself.
+    """
+    paths = find_images(root)
+    if not paths:
+        raise UsageError(f"no images found under {root}")
+    names, tr, va, self_sup = split_folder(paths, root, cfg)
+    labels, _ = encode_labels(names)
+    size, load, workers = enc.image_size, train_load_size(enc.image_size), decode_workers(runtime)
+    failures: list[Failure] = []
+    train_paths = [paths[i] for i in tr]
+    fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
+    train = (_decode(train_paths, labels[tr], [load], enc.channels, workers, failures) if fits
+             else Split(train_paths, labels[tr]))
+    val_sizes = [size, load] if self_sup else [size]
+    val = _decode([paths[i] for i in va], labels[va], val_sizes, enc.channels, workers, failures)
+    return TrainData(train, val, self_sup, failures)
+
+
+def sampler_for(data: TrainData, cfg: TrainConfig) -> PKSampler:
+    """P×K batches of the training split; self-supervised runs draw each image twice (K=2 views)."""
+    self_sup = data.self_supervised
+    return PKSampler(data.train.labels, cfg.ids_per_batch, 2 if self_sup else cfg.images_per_id,
+                     min_images=1 if self_sup else 2, seed=cfg.seed)
+
+
+def train_batches(split: Split, sampler: PKSampler, load: int, channels: int, workers: int,
+                  failures: list[Failure]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) per P×K batch, from the memory cache or decoded on the fly."""
+    if split.views:
+        for idx in sampler:
+            yield split.views[0][idx], torch.from_numpy(split.labels[idx])
+        return
+    loader = DataLoader(DecodedImages(split.paths, [load], channels), batch_sampler=sampler,
+                        num_workers=workers, collate_fn=keep_list)
+    for items in loader:
+        failures.extend(Failure(split.paths[i], why) for i, v, _, why in items if v is None)
+        good = [(i, v[0]) for i, v, _, _ in items if v is not None]
+        yield torch.stack([v for _, v in good]), torch.from_numpy(split.labels[[i for i, _ in good]])
+
+
+def val_views(data: TrainData, enc: EncoderConfig, cfg: TrainConfig) -> tuple[torch.Tensor, np.ndarray] | None:
+    """The validation images as the encoder sees them, and their labels; None when nothing is held out.
+
+    Self-supervised runs validate on (image, augmented copy) pairs: exactly the question dedup asks.
+    """
+    val = data.val
+    if not len(val.labels):
+        return None
+    if not data.self_supervised:
+        return val.views[0], val.labels
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    copies = augment_batch(val.views[1], enc.image_size, cfg.augment, gen)
+    clean = resize_batch(val.views[1], enc.image_size)
+    n = len(val.labels)
+    return torch.cat([clean, copies]), np.concatenate([np.arange(n), np.arange(n)])
