@@ -23,7 +23,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from .errors import UsageError
-from .store import ModelMismatchError, Row, Store
+from .rows import Row
+from .errors import ModelMismatchError
+from .store import Store
 
 Status = Literal["duplicate", "review"]
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids (P,) int64, ids (P,) int64, distances (P,) float)

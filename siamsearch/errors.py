@@ -13,3 +13,34 @@ class UsageError(SiamsearchError, ValueError):
 
 class NotFoundError(SiamsearchError, FileNotFoundError):
     """A folder or file the user named does not exist."""
+
+
+# ---- an index folder (siamsearch.store) ----------------------------------------------------------
+
+
+class StoreError(SiamsearchError):
+    """An index directory that cannot be used; the message is one line saying what to do."""
+
+
+class NotAnIndexError(StoreError):
+    """The directory holds no siamsearch index."""
+
+
+class IndexExistsError(StoreError):
+    """create() on a directory that already holds an index."""
+
+
+class UnsupportedFormatError(StoreError):
+    """The index was written by a newer siamsearch."""
+
+
+class CorruptIndexError(StoreError):
+    """A file of the index is missing or unreadable."""
+
+
+class ModelMismatchError(StoreError):
+    """The index was built by another encoder."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the write lock."""

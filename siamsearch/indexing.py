@@ -28,7 +28,9 @@ from .device import resolve_device
 from .embed import EmbedResult, Progress, embed_batches
 from .errors import NotFoundError
 from .images import Failure, find_images, identity_of
-from .store import MANIFEST, NewRow, Store, StoreError
+from .rows import NewRow
+from .errors import StoreError
+from .store import MANIFEST, Store
 
 COMMIT_GROWTH = 0.1  # a chunk is at least this fraction of the vectors stored: O(N) bytes written in all
 EmbedStream = Callable[[Sequence[Path]], Iterable[EmbedResult]]  # files → their embedded batches, in order

@@ -24,7 +24,6 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,71 +33,19 @@ import numpy as np
 
 from .ann import KINDS, build_index, index_ids, kind_of, new_index, plan_kind, reconstruct
 from .atomic import LockedError, exclusive_lock, write_atomic, write_json
-from .errors import SiamsearchError, UsageError
+from .errors import (
+    CorruptIndexError,
+    IndexExistsError,
+    ModelMismatchError,
+    NotAnIndexError,
+    StoreLockedError,
+    UnsupportedFormatError,
+    UsageError,
+)
+from .rows import NewRow, Row, RowTable
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
-COLUMNS = "id, path, identity, size, mtime_ns, width, height"
-SCHEMA = """
-CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, identity TEXT,
-                     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, width INTEGER NOT NULL,
-                     height INTEGER NOT NULL);
-PRAGMA journal_mode = WAL;
-"""
-
-
-class StoreError(SiamsearchError):
-    """An index directory that cannot be used; the message is one line saying what to do."""
-
-
-class NotAnIndexError(StoreError):
-    """The directory holds no siamsearch index."""
-
-
-class IndexExistsError(StoreError):
-    """create() on a directory that already holds an index."""
-
-
-class UnsupportedFormatError(StoreError):
-    """The index was written by a newer siamsearch."""
-
-
-class CorruptIndexError(StoreError):
-    """A file of the index is missing or unreadable."""
-
-
-class ModelMismatchError(StoreError):
-    """The index was built by another encoder."""
-
-
-class StoreLockedError(StoreError):
-    """Another process holds the write lock."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One indexed image: its stable id, where it is, and the file stamp it was embedded from."""
-
-    id: int
-    path: str  # relative to the index root, posix
-    abspath: Path
-    identity: str | None
-    size: int
-    mtime_ns: int
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class NewRow:
-    """What Store.add needs to make a row: where the image is, its identity and file stamp, its size."""
-
-    path: str  # relative to the index root, posix; not yet in the index
-    identity: str | None
-    size: int
-    mtime_ns: int
-    width: int
-    height: int
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -151,7 +98,7 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         """Load an existing index; Store.open says what can go wrong."""
         self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
+        self._rows: RowTable | None = None
         self._writing = False
         self._load()
 
@@ -183,9 +130,7 @@ class Store:
                 raise IndexExistsError(f"{path} already holds an index; open it, or rebuild it with --rebuild")
             for name in (MANIFEST, INDEX, ROWS, f"{ROWS}-wal", f"{ROWS}-shm"):  # manifest first: then no index
                 (path / name).unlink(missing_ok=True)
-            db = sqlite3.connect(path / ROWS)
-            db.executescript(SCHEMA)
-            db.close()
+            RowTable.create(path / ROWS)
             index = new_index("flat", dim)  # every index starts flat; a writing run lays out the kind at its end
             _write_index(path, index)
             now = _now()
@@ -215,15 +160,13 @@ class Store:
                                     f"{manifest.get('dim')}; rebuild the index with --rebuild")
         if not (self.path / ROWS).is_file():
             raise CorruptIndexError(f"{self.path / ROWS} is missing; rebuild the index with --rebuild")
-        db = sqlite3.connect(self.path / ROWS)
         try:
-            row_ids = np.fromiter((r[0] for r in db.execute("SELECT id FROM images")), np.int64)
+            rows = RowTable(self.path / ROWS, Path(manifest["root"]))
         except sqlite3.DatabaseError:
-            db.close()
             raise CorruptIndexError(f"{self.path / ROWS} is unreadable; rebuild the index with --rebuild") from None
         self.close()
-        self._manifest, self._index, self._db = manifest, index, db
-        self._repair(row_ids)
+        self._manifest, self._index, self._rows = manifest, index, rows
+        self._repair(rows.ids_at_open())
 
     def _repair(self, row_ids: np.ndarray) -> None:
         """Make vectors and rows agree after a crash; saved only by the process holding the lock."""
@@ -235,8 +178,8 @@ class Store:
         if not self._writing:
             return
         if unembedded.size:  # forget them: the next scan sees the files as new
-            self._db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in unembedded])
-            self._db.commit()
+            self._rows.delete(unembedded)
+            self._rows.commit()
         if orphans.size:
             _write_index(self.path, self._index)
 
@@ -299,16 +242,14 @@ class Store:
             raise ModelMismatchError(f"got vectors of shape {vectors.shape} for {len(rows)} rows, "
                                      f"this index holds {self.dim}-d vectors")
         finite = np.isfinite(vectors).all(axis=1)
-        first = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sqlite_sequence WHERE name = 'images'")
-        ids[finite] = np.arange(finite.sum(), dtype=np.int64) + first.fetchone()[0]  # AUTOINCREMENT: never reused
-        values = [(int(i), *astuple(row)) for i, row in zip(ids, rows) if i >= 0]
+        ids[finite] = np.arange(finite.sum(), dtype=np.int64) + self._rows.next_id()
         try:
-            self._db.executemany(f"INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+            self._rows.insert(ids[finite], [row for row, ok in zip(rows, finite) if ok])
             self._index.add_with_ids(np.ascontiguousarray(vectors[finite]), ids[finite])
             _write_index(self.path, self._index)
-            self._db.commit()
+            self._rows.commit()
         except BaseException:
-            self._db.rollback()
+            self._rows.rollback()
             self._load()  # back to what is on disk, minus the vectors of this chunk
             raise
         self._write_manifest()
@@ -320,8 +261,8 @@ class Store:
         ids = np.asarray(ids, dtype=np.int64).ravel()
         if not ids.size:
             return
-        self._db.executemany("DELETE FROM images WHERE id = ?", [(int(i),) for i in ids])
-        self._db.commit()
+        self._rows.delete(ids)
+        self._rows.commit()
         self._drop_vectors(ids)
         _write_index(self.path, self._index)
         self._write_manifest()
@@ -420,31 +361,17 @@ class Store:
         order = np.lexsort((squared, np.repeat(np.arange(len(lims) - 1), np.diff(lims))))
         return lims, np.sqrt(np.maximum(squared[order], 0)), ids[order].astype(np.int64)
 
-    def _row(self, r: tuple) -> Row:
-        """A Row from a SELECT of COLUMNS."""
-        return Row(r[0], r[1], self.root / r[1], *r[2:])
-
     def rows(self, ids: Sequence[int] | np.ndarray) -> list[Row]:
         """The rows of those ids, in the same order.
 
         Raises:
             KeyError: an id (e.g. -1 padding) has no row.
         """
-        wanted = [int(i) for i in np.asarray(ids).ravel()]
-        found: dict[int, Row] = {}
-        for i in range(0, len(wanted), 500):
-            part = wanted[i:i + 500]
-            sql = f"SELECT {COLUMNS} FROM images WHERE id IN ({', '.join('?' * len(part))})"
-            found.update((r[0], self._row(r)) for r in self._db.execute(sql, part))
-        missing = [i for i in wanted if i not in found]
-        if missing:
-            raise KeyError(f"no rows with ids {missing[:5]}")
-        return [found[i] for i in wanted]
+        return self._rows.get(ids)
 
     def iter_rows(self) -> Iterator[Row]:
         """Every row, by id."""
-        for r in self._db.execute(f"SELECT {COLUMNS} FROM images ORDER BY id"):
-            yield self._row(r)
+        return iter(self._rows)
 
     def vectors(self, ids: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors, read back from the index (PQ approximations for ivfpq).
@@ -457,7 +384,7 @@ class Store:
 
     def identities(self) -> int:
         """How many distinct identities the rows have, counted by SQLite rather than by reading every row."""
-        return self._db.execute("SELECT COUNT(DISTINCT identity) FROM images").fetchone()[0]
+        return self._rows.identities()
 
     def info(self) -> dict[str, Any]:
         """The manifest plus what is true now: count, kind, exactness and size on disk."""
@@ -467,9 +394,9 @@ class Store:
 
     def close(self) -> None:
         """Close the SQLite connection."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._rows is not None:
+            self._rows.close()
+            self._rows = None
 
     def __enter__(self) -> Store:
         return self

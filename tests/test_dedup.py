@@ -23,7 +23,9 @@ from siamsearch.dedup import (
 )
 from siamsearch.model import build_encoder
 from siamsearch.moves import apply_moves, plan_moves, undo_moves
-from siamsearch.store import ModelMismatchError, NewRow, Row, Store
+from siamsearch.rows import NewRow, Row
+from siamsearch.errors import ModelMismatchError
+from siamsearch.store import Store
 
 
 def make_store(folder: Path, vectors: np.ndarray, fingerprint: str = "f" * 16, model: Path | None = None,

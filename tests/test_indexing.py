@@ -17,7 +17,8 @@ from siamsearch.config import Runtime
 from siamsearch.embed import EmbedResult
 from siamsearch.images import BadImageError, Failure, find_images, load_image
 from siamsearch.indexing import index_folder, sync
-from siamsearch.store import Store, StoreLockedError
+from siamsearch.errors import StoreLockedError
+from siamsearch.store import Store
 
 
 class FakeEmbed:

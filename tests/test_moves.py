@@ -8,7 +8,7 @@ import pytest
 
 from siamsearch.dedup import DedupResult, Group, Member
 from siamsearch.moves import MoveError, apply_moves, plan_moves, undo_moves
-from siamsearch.store import Row
+from siamsearch.rows import Row
 
 
 def row(root: Path, rel: str, content: bytes = b"x", link_to: Path | None = None) -> Row:

@@ -13,7 +13,8 @@ from siamsearch.config import EncoderConfig
 from siamsearch.indexing import index_folder
 from siamsearch.model import build_encoder
 from siamsearch.search import Searcher
-from siamsearch.store import ModelMismatchError, Store
+from siamsearch.errors import ModelMismatchError
+from siamsearch.store import Store
 
 
 def test_index_query_json_follows_the_schema(identity_dir, model_file, tmp_path):

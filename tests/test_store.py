@@ -8,16 +8,10 @@ import pytest
 from test_ann import DIM, assert_same_neighbours, brute_force, clustered
 
 import siamsearch.ann as ann
-from siamsearch.store import (
-    CorruptIndexError,
-    IndexExistsError,
-    ModelMismatchError,
-    NewRow,
-    NotAnIndexError,
-    Store,
-    StoreError,
-    UnsupportedFormatError,
-)
+from siamsearch.errors import (CorruptIndexError, IndexExistsError, ModelMismatchError, NotAnIndexError, StoreError,
+                               UnsupportedFormatError)
+from siamsearch.rows import NewRow
+from siamsearch.store import Store
 
 # ---- searching ----------------------------------------------------------------------------------
 
