@@ -1,0 +1,198 @@
+"""What the CLI shows: tables, progress bars, training progress; every name escaped, never obeyed.
+
+Output goes to two consoles without markup, so a file called "[red]x.jpg" prints as it is: stdout for
+results (tables or --json), stderr for bars, notes and errors, so --json stays clean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from .commands import EvalRun
+from .dedup import CrossResult, DedupResult, calibrated_margin
+from .embed import Progress as EmbedProgress
+from .images import Failure
+from .moves import MovePlan, MoveReport
+from .search import QueryResult
+from .train import TrainResult
+
+# No markup: a file named "[red]x.jpg" or "x[/]y.jpg" prints as it is. Colour comes from Text styles.
+console = Console(soft_wrap=True, markup=False, highlight=False)
+
+
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+
+
+def shown(value: Any) -> str:
+    """A name as the user should read it: control characters (a newline in a file name) escaped, never obeyed."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def calibration_line(cal: dict[str, Any]) -> str:
+    """Dedup's default margin and the thresholds it comes from, for train and calibrate to print."""
+    line = f"dedup margin {calibrated_margin(cal):.4f} (best F1 {cal['threshold_best_f1']:.4f}"
+    if "threshold_at_recall" in cal:
+        line += f", {cal['target_recall']:g} of same pairs within {cal['threshold_at_recall']:.4f}"
+    return line + f"); {cal['threshold_at_precision']:.4f} for precision {cal['target_precision']:g}"
+
+
+def report_failures(failures: list[Failure], listed: int = 10) -> None:
+    """Bad files are listed (the first few) and counted at the end of a run."""
+    if not failures:
+        return
+    err.print(Text(f"skipped {len(failures)} unreadable file(s):", style="yellow"))
+    for f in failures[:listed]:
+        err.print(f"  {shown(f.path)}: {f.reason}")
+    if len(failures) > listed:
+        err.print(f"  … and {len(failures) - listed} more")
+
+
+def fmt(value: Any) -> str:
+    """Compact table cell for a metric."""
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+class TrainProgress:
+    """Rich progress bar (images/s, ETA) and a per-epoch line: the CLI's training Observer."""
+
+    columns = ("epoch", "loss", "roc_auc", "p_at_1", "one_shot", "threshold_best_f1", "minutes")
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+                            TimeRemainingColumn(), console=err, transient=True,
+                            disable=not err.is_terminal)  # a log file gets the epoch lines only
+        self.task: Any = None
+        self.images = 0
+
+    def message(self, text: str) -> None:
+        err.print(text, highlight=False)
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self.bar.start()
+        self.images, self.t0 = 0, time.perf_counter()
+        self.task = self.bar.add_task("train", total=steps, epoch=epoch, loss=float("nan"), ips=0.0)
+
+    def step(self, images: int, loss: float) -> None:
+        self.images += images
+        self.bar.update(self.task, advance=1, loss=loss, ips=self.images / max(1e-9, time.perf_counter() - self.t0))
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        self.bar.remove_task(self.task)
+        self.bar.stop()
+        console.print("  ".join(f"{k} {fmt(record[k])}" for k in self.columns if k in record), highlight=False)
+
+
+def print_training(result: TrainResult) -> None:
+    """Skipped files, how the run ended, the best epoch, its calibration and the file written."""
+    report_failures(result.failures)
+    if result.stopped == "interrupted":
+        err.print(f"interrupted: state saved to {shown(result.resume_path)}; continue with the same command and "
+                  "--resume")
+    best = result.best
+    if best is None:
+        return
+    console.print(f"best epoch {best['epoch']} (stopped by {result.stopped}): "
+                  + "  ".join(f"{k} {fmt(best[k])}" for k in ("roc_auc", "p_at_1", "one_shot") if k in best))
+    if result.calibration:
+        console.print(f"calibration: {calibration_line(result.calibration)}")
+    console.print(f"wrote {shown(result.out)} (fingerprint {result.fingerprint})")
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[EmbedProgress]:
+    """A transient bar with a count and ETA on stderr (so --json stays clean), fed as progress(done, total)."""
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True, disable=not err.is_terminal)
+    task = bar.add_task(label, total=None)
+    with bar:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def print_json(data: Any) -> None:
+    """--json output: plain JSON on stdout, nothing else there."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def print_neighbours(results: list[QueryResult]) -> None:
+    """One table per query, nearest first."""
+    for r in results:
+        table = Table("rank", "distance", "path", "identity", title=shown(r.query), title_justify="left")
+        for n in r.neighbors:
+            table.add_row(str(n.rank), f"{n.distance:.4f}", shown(n.path), shown(n.identity or ""))
+        console.print(table)
+
+
+def dedup_table(result: DedupResult | CrossResult) -> Table:
+    """Groups (kept file first, with the group's largest inner distance) or cross pairs, one row per file."""
+    if isinstance(result, CrossResult):
+        table = Table("path", "duplicate in the other index", "distance", "status",
+                      title=f"{len(result.pairs)} pair(s)", title_justify="left")
+        for p in result.pairs:
+            table.add_row(shown(p.path), shown(p.other_path), f"{p.distance:.4f}", p.status)
+        return table
+    members = [m for g in result.groups for m in g.members]
+    review = sum(m.status == "review" for m in members)
+    table = Table("group", "path", "distance", "status", title=f"{len(result.groups)} group(s): "
+                  f"{len(members) - review} duplicate(s), {review} to review", title_justify="left")
+    for n, g in enumerate(result.groups, start=1):
+        table.add_row(str(n), shown(g.keep.path), "", f"keep (max distance {g.max_distance:.4f})")
+        for m in g.members:
+            table.add_row("", shown(m.path), f"{m.distance:.4f}", m.status)
+    for p in result.links:  # duplicates the groups do not show: never hidden
+        table.add_row("link", f"{shown(p.path)} ~ {shown(p.other_path)}", f"{p.distance:.4f}",
+                      "duplicate, across groups")
+    return table
+
+
+def print_moves(plan: MovePlan, moved: MoveReport | None, out: Console) -> None:
+    """A dry run lists what would move; a real one says how to undo it. Skipped files come with a reason."""
+    if moved is None:
+        out.print(f"dry run: would move {len(plan.moves)} duplicate(s) to {shown(plan.dest)} (add --yes to move them)")
+        for move in plan.moves:
+            out.print(f"  {shown(move.path)}")
+    else:
+        out.print(f"moved {len(moved.done)} duplicate(s) to {shown(plan.dest)}; undo with: siamsearch undo "
+                  f"{shown(moved.manifest)}")
+    for skip in plan.skipped if moved is None else moved.skipped:
+        out.print(f"  skipped {shown(skip.path)}: {skip.reason}")
+
+
+# (title, metric keys) of the eval table, in the order a reader wants them
+EVAL_SECTIONS = (
+    ("retrieval", ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "r_precision", "map_at_r")),
+    ("verification", ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")),
+    ("one-shot", ("one_shot", "ways", "episodes")),
+    ("thresholds", ("threshold_best_f1", "best_f1", "threshold_at_precision", "target_precision",
+                    "precision_at_threshold", "recall_at_threshold", "threshold_at_recall", "target_recall")),
+)
+
+
+def print_eval(run: EvalRun) -> None:
+    """The metrics table by section, the notes, the plots written."""
+    result = run.result
+    table = Table("metric", "value", title=f"{shown(result.root)}: {result.counts['images']:,} images, "
+                  f"{result.counts['identities']:,} identities", title_justify="left")
+    for section, keys in EVAL_SECTIONS:
+        table.add_section()
+        for key in (k for k in keys if k in result.metrics):
+            value = result.metrics[key]
+            table.add_row(f"{section}: {key}", str(int(value)) if value.is_integer() and value > 1 else fmt(value))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    for path in run.plots:
+        console.print(f"wrote {shown(path)}")
