@@ -43,6 +43,34 @@ def add_bad_files(root: Path) -> list[Path]:
     return [empty, trunc, text]
 
 
+# ---- vectors with a brute-force oracle (FAISS answers are checked against these) ----
+
+DIM = 8
+
+
+def clustered(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    """Unit vectors around a few centres, like embeddings of a few identities."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((8, dim))[rng.integers(8, size=n)] + 0.4 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(xb: np.ndarray, ids: np.ndarray, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances and ids of the k nearest, computed the slow, obvious way."""
+    d = np.sqrt(((xq[:, None, :].astype(np.float64) - xb[None]) ** 2).sum(-1))
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, 1), ids[order]
+
+
+def assert_same_neighbours(dist, found, xb, ids, xq, k):
+    """Distances match the oracle; ids too, wherever the distance is not tied with a neighbour's."""
+    true_d, true_ids = brute_force(xb, ids, xq, k + 1)
+    np.testing.assert_allclose(dist, true_d[:, :k], atol=1e-5)
+    gaps = np.diff(true_d, axis=1) > 1e-5
+    distinct = gaps[:, :k] & np.concatenate([np.ones((len(xq), 1), bool), gaps[:, :k - 1]], axis=1)
+    assert np.array_equal(found[distinct], true_ids[:, :k][distinct])
+
+
 @pytest.fixture
 def identity_dir(tmp_path: Path) -> Path:
     """16 identities x 6 images of 32x32 RGB gratings."""
@@ -128,8 +156,6 @@ def vector_folder():
 @pytest.fixture
 def new_store(tmp_path: Path):
     """new_store(root, kind, fingerprint): an empty DIM-d store at tmp_path/index for the images under root."""
-    from test_ann import DIM
-
     from siamsearch.store import Store
 
     def make(root: Path, kind: str = "auto", fingerprint: str = "a" * 16) -> Store:

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import clustered
 from conftest import run_cli as run
-from test_ann import clustered
 
 from siamsearch.checkpoint import save_model
 from siamsearch.config import EncoderConfig

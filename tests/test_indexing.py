@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import add_bad_files, make_identities
 from PIL import Image
-from test_ann import DIM, clustered
+from conftest import DIM, add_bad_files, clustered, make_identities
 
 import siamsearch.embed as embed_mod
 import siamsearch.indexing as indexing

@@ -5,7 +5,7 @@ import json
 import faiss
 import numpy as np
 import pytest
-from test_ann import DIM, assert_same_neighbours, brute_force, clustered
+from conftest import DIM, assert_same_neighbours, brute_force, clustered
 
 import siamsearch.ann as ann
 from siamsearch.errors import (CorruptIndexError, IndexExistsError, ModelMismatchError, NotAnIndexError, StoreError,
