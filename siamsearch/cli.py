@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -28,12 +29,14 @@ from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
 from .terminal import (
+    Skipped,
     TrainProgress,
     calibration_line,
     console,
     dedup_table,
     err,
     fmt,
+    note_skipped,
     print_eval,
     print_json,
     print_moves,
@@ -47,13 +50,26 @@ from .train import train as train_model
 
 
 class Commands(TyperGroup):
-    """Every command's user errors end here, in one line: the library raises SiamsearchError (or the OS an OSError)."""
+    """Where every command ends: its errors in one line, and the exit code (errors.py lists them)."""
 
     def invoke(self, ctx: typer.Context) -> Any:
+        Skipped.count = 0
         try:
-            return super().invoke(ctx)
-        except (SiamsearchError, OSError) as exc:
+            result = super().invoke(ctx)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except SiamsearchError as exc:
+            fail(str(exc), exc.exit_code)
+        except OSError as exc:  # disk full, permission denied: the machine's answer, in its words
             fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug: one line, exit 4, the traceback on request
+            if os.environ.get("SIAMSEARCH_DEBUG"):
+                raise
+            fail(f"internal error, please report it ({type(exc).__name__}: {exc}); "
+                 "SIAMSEARCH_DEBUG=1 shows the traceback", 4)
+        if Skipped.count:
+            raise typer.Exit(1)
+        return result
 
 
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
@@ -70,10 +86,21 @@ Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed preci
                                                                     "--amp also on CPUs with native bf16).")]
 
 
-def fail(message: str) -> None:
-    """One-line error and a non-zero exit: how every user mistake ends."""
+def fail(message: str, code: int = 2) -> None:
+    """One-line error and a non-zero exit: how every user mistake ends (printed even with --quiet)."""
+    err.quiet = False
     err.print(Text("error: ", style="bold red") + shown(message))
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and --json output; the "
+                                                                    "exit code still says what happened.")] = False,
+         ) -> None:
+    """Train a Siamese image encoder, index image folders, find neighbours and duplicates."""
+    console.quiet = quiet
+    err.quiet = quiet
+
 
 
 @app.command()
@@ -178,8 +205,7 @@ def query(
         err.print(f"wrote {shown(written)}")
     for f in run.failures:
         err.print(Text("error: ", style="bold red") + f"cannot read {shown(f.path)}: {f.reason}")
-    if run.failures:
-        raise typer.Exit(1)
+    note_skipped(len(run.failures))
 
 
 @app.command()
@@ -229,6 +255,8 @@ def dedup(
         err.print(f"wrote {shown(written)}")
     if run.plan is not None:
         print_moves(run.plan, run.moved, err if as_json else console)
+    if run.moved is not None:
+        note_skipped(len(run.moved.skipped))
 
 
 @app.command()
@@ -238,8 +266,7 @@ def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedu
     for skip in done.skipped:
         err.print(f"  skipped {shown(skip.path)}: {skip.reason}")
     console.print(f"restored {len(done.done)} file(s), skipped {len(done.skipped)}")
-    if done.skipped:
-        raise typer.Exit(1)
+    note_skipped(len(done.skipped))
 
 
 @app.command("eval")

@@ -1,10 +1,23 @@
-"""The one base of every error a user can cause: the CLI catches it once and prints its one line."""
+"""The one base of every error a user can cause: the CLI catches it once and prints its one line.
+
+Exit codes (README, "Exit codes"): 0 done; 1 done, but files were skipped; 2 a usage error (a bad
+argument, a missing file or folder, an unreadable model or index: `exit_code` of SiamsearchError);
+3 refused to protect the user's data or index (RefusedError); 4 an internal error (a bug).
+"""
 
 from __future__ import annotations
 
 
 class SiamsearchError(Exception):
     """Something siamsearch cannot do as asked; the message is one line saying what to do."""
+
+    exit_code = 2
+
+
+class RefusedError(SiamsearchError):
+    """Refused to protect files or an index: a lock held, another model, an unsafe move or undo."""
+
+    exit_code = 3
 
 
 class UsageError(SiamsearchError, ValueError):
@@ -26,7 +39,7 @@ class NotAnIndexError(StoreError):
     """The directory holds no siamsearch index."""
 
 
-class IndexExistsError(StoreError):
+class IndexExistsError(StoreError, RefusedError):
     """create() on a directory that already holds an index."""
 
 
@@ -38,9 +51,9 @@ class CorruptIndexError(StoreError):
     """A file of the index is missing or unreadable."""
 
 
-class ModelMismatchError(StoreError):
+class ModelMismatchError(StoreError, RefusedError):
     """The index was built by another encoder."""
 
 
-class StoreLockedError(StoreError):
+class StoreLockedError(StoreError, RefusedError):
     """Another process holds the write lock."""

@@ -20,10 +20,10 @@ from typing import Any
 
 from .atomic import write_json
 from .dedup import DedupResult, Group
-from .errors import UsageError
+from .errors import RefusedError
 
 
-class MoveError(UsageError):
+class MoveError(RefusedError):
     """A move or undo that cannot start; the message is one line saying why."""
 
 

@@ -47,8 +47,20 @@ def calibration_line(cal: dict[str, Any]) -> str:
     return line + f"); {cal['threshold_at_precision']:.4f} for precision {cal['target_precision']:g}"
 
 
+class Skipped:
+    """How many files the running command skipped: any at all makes its exit code 1."""
+
+    count = 0
+
+
+def note_skipped(n: int) -> None:
+    """Count files a command left out (unreadable, or not moved) for the exit code."""
+    Skipped.count += n
+
+
 def report_failures(failures: list[Failure], listed: int = 10) -> None:
     """Bad files are listed (the first few) and counted at the end of a run."""
+    note_skipped(len(failures))
     if not failures:
         return
     err.print(Text(f"skipped {len(failures)} unreadable file(s):", style="yellow"))
@@ -74,7 +86,7 @@ class TrainProgress:
         self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
                             TimeRemainingColumn(), console=err, transient=True,
-                            disable=not err.is_terminal)  # a log file gets the epoch lines only
+                            disable=not err.is_terminal or console.quiet)  # a log file gets the epoch lines only
         self.task: Any = None
         self.images = 0
 
@@ -116,7 +128,7 @@ def print_training(result: TrainResult) -> None:
 def progress_bar(label: str) -> Iterator[EmbedProgress]:
     """A transient bar with a count and ETA on stderr (so --json stays clean), fed as progress(done, total)."""
     bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=err, transient=True, disable=not err.is_terminal)
+                   console=err, transient=True, disable=not err.is_terminal or console.quiet)
     task = bar.add_task(label, total=None)
     with bar:
         yield lambda done, total: bar.update(task, completed=done, total=total)

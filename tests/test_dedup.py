@@ -342,4 +342,4 @@ def test_cli_margin_comes_from_the_calibration_or_is_a_one_line_error(tmp_path):
         assert res.exit_code == 2 and "pass --margin" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     other = make_store(tmp_path / "e", planted(), "0" * 16)
     res = run("dedup", "--index", other.path, "--against", tmp_path / "a" / "index", "--margin", 0.1)
-    assert res.exit_code == 2 and "different models" in res.stderr
+    assert res.exit_code == 3 and "different models" in res.stderr

@@ -70,7 +70,7 @@ def test_a_different_model_is_refused(identity_dir, model_file, tmp_path):
     with pytest.raises(ModelMismatchError):
         index_folder(identity_dir, idx, other)
     res = run("query", identity_dir / "id00" / "0.png", "--index", idx, "--model", other)
-    assert res.exit_code == 2 and "another model" in res.output and "--rebuild" in res.output
+    assert res.exit_code == 3 and "another model" in res.output and "--rebuild" in res.output
     res = run("index", identity_dir, "--index", idx, "--model", other, "--rebuild", "--workers", "0")
     assert res.exit_code == 0, res.output
     assert Store.open(idx).fingerprint == load_checkpoint(other).fingerprint
@@ -80,7 +80,7 @@ def test_bad_files_are_skipped_and_a_bad_query_fails_in_one_line(identity_dir, m
     bad = add_bad_files(identity_dir)
     idx = tmp_path / "idx"
     res = run("index", identity_dir, "--model", model_file, "--index", idx, "--workers", "0")
-    assert res.exit_code == 0 and "skipped 3" in res.output
+    assert res.exit_code == 1 and "skipped 3" in res.output
     res = run("query", bad[0], "--index", idx)
     assert res.exit_code == 1 and f"cannot read {bad[0]}: empty file" in res.output
 
