@@ -56,7 +56,7 @@ class Commands(TyperGroup):
         Skipped.count = 0
         try:
             result = super().invoke(ctx)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):  # Typer reports its own
             raise
         except SiamsearchError as exc:
             fail(str(exc), exc.exit_code)
@@ -79,7 +79,7 @@ app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 DecodeWorkers = Annotated[Optional[int], typer.Option("--workers", help="Decode workers (default: cores - 1).")]
 IndexDir = Annotated[Path, typer.Option("--index", help="Index folder.")]
-TargetPrecision = Annotated[float, typer.Option(help="Precision the second threshold is set for.")]
+TargetPrecision = Annotated[float, typer.Option(min=0.0, max=1.0, help="Precision the second threshold is set for.")]
 Seed = Annotated[int, typer.Option()]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
@@ -186,8 +186,8 @@ def index(
 def query(
     images: Annotated[list[Path], typer.Argument(help="Query images or folders.")],
     index_dir: IndexDir,
-    k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
-    margin: Annotated[Optional[float], typer.Option("--margin", "--max-distance",
+    k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per query.")] = 10,
+    margin: Annotated[Optional[float], typer.Option("--margin", "--max-distance", min=0.0, max=2.0,
                                                     help="Drop neighbours farther than this distance.")] = None,
     exclude_self: Annotated[bool, typer.Option(help="Drop the query itself when it is indexed.")] = False,
     model: Annotated[Optional[Path], typer.Option(help="Model file (default: the index's own).")] = None,
@@ -275,8 +275,8 @@ def eval_(
     model: Annotated[Path, typer.Option(help="Model file.")],
     held_out: Annotated[bool, typer.Option(help="Only the identities training held out (DATA_DIR = the "
                                                 "training folder).")] = False,
-    ways: Annotated[int, typer.Option(help="Identities per one-shot episode.")] = 20,
-    episodes: Annotated[int, typer.Option(help="Seeded one-shot episodes.")] = 400,
+    ways: Annotated[int, typer.Option(min=2, help="Identities per one-shot episode.")] = 20,
+    episodes: Annotated[int, typer.Option(min=1, help="Seeded one-shot episodes.")] = 400,
     target_precision: TargetPrecision = 0.99,
     seed: Seed = 0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write ROC, distance and training "

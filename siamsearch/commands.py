@@ -146,7 +146,10 @@ def query_index(index_dir: Path | str, images: Sequence[Path | str], *, k: int =
     """Embed the query images (folders expand), search the index, and draw the HTML page or contact sheet."""
     searcher = Searcher.open(index_dir, model, runtime)
     with searcher.store:
+        k = max(1, min(k, len(searcher.store)))  # more neighbours than rows would only allocate padding
         run = QueryRun(*searcher.query_images(images, k, margin, exclude_self))
+    if not run.results and not run.failures:
+        raise UsageError(f"no images found in {', '.join(map(str, images))}")
     if html_file is not None:
         run.written.append(report.query_page(run.results, searcher.store.root, html_file))
     if sheet is not None and run.results:

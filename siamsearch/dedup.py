@@ -30,6 +30,7 @@ from .store import Store
 Status = Literal["duplicate", "review"]
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids (P,) int64, ids (P,) int64, distances (P,) float)
 BLOCK = 4096  # query vectors per range search
+MAX_DISTANCE = 2.0  # Euclidean distance of opposite unit vectors
 LINKAGES = ("single", "complete")
 KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
     "largest": lambda r: (-r.width * r.height, -r.size, r.path),
@@ -148,10 +149,14 @@ def calibrated_margin(calibration: Mapping[str, Any]) -> float:
 
 
 def _margins(margin: float, review_margin: float | None) -> float:
-    """The review margin (margin when None), after checking 0 < margin <= review margin."""
+    """The review margin (margin when None), after checking 0 < margin <= review margin <= 2.
+
+    Distances between unit vectors are at most MAX_DISTANCE: a larger margin would group everything.
+    """
     review = margin if review_margin is None else review_margin
-    if not 0 < margin <= review:
-        raise DedupError(f"need 0 < margin <= review margin, got {margin} and {review}")
+    if not 0 < margin <= review <= MAX_DISTANCE:
+        raise DedupError(f"need 0 < margin <= review margin <= {MAX_DISTANCE:g} (distances between unit vectors "
+                         f"are at most 2), got {margin} and {review}")
     return review
 
 

@@ -121,11 +121,14 @@ def write_eval_report(result: EvalResult, out_dir: Path) -> list[Path]:
 
 
 def thumbnail(path: Path | str, size: int) -> Image.Image | str:
-    """The image fitted inside size x size (RGB), or the reason it cannot be shown."""
+    """The image fitted inside size x size (RGB), at least one pixel each way (a 1x4000 strip too), or why not."""
     try:
-        return ImageOps.contain(load_image(path, 3, draft_size=size), (size, size), Image.Resampling.BILINEAR)
+        img = load_image(path, 3, draft_size=size)
     except BadImageError as exc:
         return exc.reason
+    scale = min(size / img.width, size / img.height)
+    return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                      Image.Resampling.BILINEAR)
 
 
 def _data_uri(img: Image.Image) -> str:

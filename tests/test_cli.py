@@ -45,3 +45,27 @@ def test_quiet_prints_only_json_and_errors(identity_dir, model_file, tmp_path, j
     assert (json.loads(res.stdout)["margin"] == 0.3) if json_flag else res.stdout == ""
     res = run("--quiet", "info", "--index", tmp_path / "missing")
     assert res.exit_code == 2 and "error:" in res.stderr
+
+
+def test_out_of_range_numbers_are_usage_errors_not_tracebacks(identity_dir, model_file, tmp_path):
+    idx = tmp_path / "idx"
+    index_folder(identity_dir, idx, model_file)[0].close()
+    query = identity_dir / "id00" / "0.png"
+    huge = run("query", query, "--index", idx, "-k", 10_000_000_000, "--json")
+    assert huge.exit_code == 0 and len(json.loads(huge.stdout)[0]["neighbors"]) == 96  # clamped to the index
+    for args in (["query", query, "--index", idx, "-k", 0], ["query", query, "--index", idx, "-k", -1],
+                 ["query", query, "--index", idx, "--margin", 5],
+                 ["dedup", "--index", idx, "--margin", 5], ["dedup", "--index", idx, "--margin", "inf"],
+                 ["dedup", "--index", idx, "--margin", 0.5, "--review-margin", 0.2],
+                 ["eval", identity_dir, "--model", model_file, "--episodes", 0],
+                 ["eval", identity_dir, "--model", model_file, "--ways", 1],
+                 ["calibrate", identity_dir, "--model", model_file, "--target-precision", 2]):
+        res = run(*args)
+        assert res.exit_code == 2 and "Traceback" not in res.output, (args, res.output)
+
+
+def test_a_query_folder_without_images_says_so(identity_dir, model_file, tmp_path):
+    index_folder(identity_dir, tmp_path / "idx", model_file)[0].close()
+    (tmp_path / "empty").mkdir()
+    res = run("query", tmp_path / "empty", "--index", tmp_path / "idx")
+    assert res.exit_code == 2 and "no images found" in res.stderr

@@ -9,7 +9,7 @@ from PIL import Image
 
 from siamsearch import metrics
 from siamsearch.evaluate import EvalResult
-from siamsearch.report import SHEET_LABEL, SHEET_PAD, contact_sheet, dedup_page, query_page, write_eval_report
+from siamsearch.report import SHEET_LABEL, SHEET_PAD, contact_sheet, dedup_page, query_page, thumbnail, write_eval_report
 from siamsearch.search import Neighbor, QueryResult
 
 
@@ -96,3 +96,13 @@ def test_contact_sheet_has_one_row_per_query_and_a_grey_box_for_missing(results,
         assert sheet.getpixel((3 * w + w // 2, h + h // 2)) == (255, 255, 255)  # row 1 has one neighbour
     with pytest.raises(ValueError):
         contact_sheet([], identity_dir, tmp_path / "none.png")
+
+
+def test_thumbnails_of_extreme_shapes_keep_a_pixel_each_way(tmp_path):
+    for w, h in ((1, 4000), (4000, 1)):
+        Image.new("RGB", (w, h), "red").save(tmp_path / f"{w}x{h}.png")
+        thumb = thumbnail(tmp_path / f"{w}x{h}.png", 96)
+        assert max(thumb.size) == 96 and min(thumb.size) == 1
+    page = dedup_page([{"keep": "1x4000.png", "max_distance": 0.1, "members": [
+        {"path": "4000x1.png", "distance": 0.1, "status": "duplicate"}]}], tmp_path / "d.html", root=tmp_path)
+    assert page.stat().st_size > 0
