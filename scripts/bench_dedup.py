@@ -29,7 +29,8 @@ import faiss
 import numpy as np
 from bench_search import make_data
 
-from siamsearch.dedup import find_duplicates, find_pairs
+from siamsearch.closepairs import find_pairs
+from siamsearch.dedup import find_duplicates
 from siamsearch.embed import EmbedResult
 from siamsearch.indexing import sync
 from siamsearch.store import Store

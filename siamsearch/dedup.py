@@ -22,14 +22,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from .closepairs import BLOCK, ClosePairs, Pairs, close_pairs, find_cross_pairs
 from .errors import UsageError
 from .rows import Row
-from .errors import ModelMismatchError
 from .store import Store
 
 Status = Literal["duplicate", "review"]
-Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids (P,) int64, ids (P,) int64, distances (P,) float)
-BLOCK = 4096  # query vectors per range search
 MAX_DISTANCE = 2.0  # Euclidean distance of opposite unit vectors
 LINKAGES = ("single", "complete")
 KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
@@ -93,6 +91,7 @@ class DedupResult:
     # kept file: complete linkage refused to merge their groups, or the review band put them in one group
     # beside a third file. Listed so that no duplicate is ever hidden.
     links: list[CrossPair] = field(default_factory=list)
+    capped: int = 0  # images with more than MAX_NEIGHBOURS others within the review margin: nearest kept
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: margins, approximate, groups of {keep, max_distance, members}, links."""
@@ -101,7 +100,7 @@ class DedupResult:
                             "members": [{"path": m.path, "distance": round(m.distance, 6), "status": m.status}
                                         for m in g.members]} for g in self.groups],
                 "links": [{"path": p.path, "other_path": p.other_path, "distance": round(p.distance, 6)}
-                          for p in self.links]}
+                          for p in self.links], "capped": self.capped}
 
     def records(self) -> list[dict[str, Any]]:
         """One flat record per member, then one per link (no group; its other file under keep), for CSV."""
@@ -169,97 +168,6 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
 def _status(distance: float, margin: float) -> Status:
     """duplicate within the margin, review beyond it."""
     return "duplicate" if distance <= margin else "review"
-
-
-# ---- pairs ---------------------------------------------------------------------------------------
-
-
-def _blocks(store: Store, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The stored (ids, vectors), `block` rows at a time: bounded memory at any size."""
-    if block < 1:
-        raise ValueError("block must be >= 1")
-    ids = np.fromiter((row.id for row in store.iter_rows()), np.int64)
-    for start in range(0, len(ids), block):
-        yield store.vectors(ids[start:start + block])
-
-
-def _search_blocks(store: Store, index: Store, margin: float,
-                   block: int) -> Iterator[tuple[Pairs, np.ndarray, np.ndarray]]:
-    """Each block's hits within margin, (query id, found id, distance), with the block's ids and vectors."""
-    for ids, queries in _blocks(store, block):
-        lims, distances, found = index.range_search(queries, margin)
-        yield (np.repeat(ids, np.diff(lims)), found, distances), ids, queries
-
-
-def _concat(parts: list[Pairs]) -> Pairs:
-    """Join the blocks' pairs into three arrays."""
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
-
-
-def find_pairs(store: Store, margin: float, *, block: int = BLOCK) -> Pairs:
-    """Every pair of stored images within margin, each once.
-
-    On approximate kinds a pair counts when either image finds the other, which recovers some misses.
-
-    Returns:
-        (i (P,) int64, j (P,) int64, distances (P,) float32) with i < j, sorted by (i, j).
-    """
-    return _pairs_and_vectors(store, margin, block)[0]
-
-
-def _pairs_and_vectors(store: Store, margin: float, block: int) -> tuple[Pairs, np.ndarray, np.ndarray]:
-    """find_pairs, plus the sorted ids in a pair and their vectors, kept from the search pass itself.
-
-    A vector is read back from the index once: grouping needs the vectors of paired images, and the
-    search already holds them. Only an id that no query of its own paired (an approximate index's
-    one-sided hit) is read again.
-    """
-    parts, kept_ids, kept_vectors = [], [], []
-    for (query, found, distances), ids, vectors in _search_blocks(store, store, margin, block):
-        other = found != query
-        parts.append((np.minimum(query, found)[other], np.maximum(query, found)[other], distances[other]))
-        paired = np.isin(ids, query[other])
-        kept_ids.append(ids[paired])
-        kept_vectors.append(vectors[paired])
-    i, j, d = _concat(parts)
-    order = np.lexsort((d, j, i))
-    i, j, d = i[order], j[order], d[order]
-    first = np.ones(len(i), bool)
-    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
-    pairs = (i[first], j[first], d[first])
-    ids = np.concatenate(kept_ids) if kept_ids else np.zeros(0, np.int64)
-    vectors = np.concatenate(kept_vectors) if kept_vectors else np.zeros((0, store.dim), np.float32)
-    missing = np.setdiff1d(np.concatenate(pairs[:2]), ids)
-    if missing.size:
-        ids, vectors = np.concatenate([ids, missing]), np.concatenate([vectors, store.vectors(missing)[1]])
-    order = np.argsort(ids)
-    return pairs, ids[order], vectors[order]
-
-
-def check_same_model(store: Store, other: Store) -> None:
-    """Refuse to compare indexes of two encoders: their distances mean nothing to each other.
-
-    Raises:
-        ModelMismatchError: the fingerprints differ.
-    """
-    if store.fingerprint != other.fingerprint:
-        raise ModelMismatchError(f"{store.path} and {other.path} were built by different models "
-                                 f"({store.fingerprint[:12]} and {other.fingerprint[:12]}); re-index one with the other's")
-
-
-def find_cross_pairs(store: Store, other: Store, margin: float, *, block: int = BLOCK) -> Pairs:
-    """Every (image of store, image of other) pair within margin.
-
-    Returns:
-        (ids in store (P,) int64, ids in other (P,) int64, distances (P,) float32), by store id then distance.
-
-    Raises:
-        ModelMismatchError: the two indexes were built by different models.
-    """
-    check_same_model(store, other)
-    return _concat([hits for hits, _, _ in _search_blocks(store, other, margin, block)])
 
 
 # ---- groups --------------------------------------------------------------------------------------
@@ -344,7 +252,8 @@ def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) ->
     members = [Member(row, float(dist), _status(float(dist), margin))
                for n, (row, dist) in enumerate(zip(rows, distances)) if n != k]
     members.sort(key=lambda m: (m.distance, m.path))
-    return Group(kept, max_distance(vectors, vectors), members)
+    distinct = np.unique(vectors, axis=0)  # copies of one vector add nothing to the diameter
+    return Group(kept, max_distance(distinct, distinct), members)
 
 
 def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[int, Row]) -> list[CrossPair]:
@@ -375,15 +284,30 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     review = _margins(margin, review_margin)
     _check_choice(linkage, LINKAGES, "linkage")
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
-    pairs, ids, vectors = _pairs_and_vectors(store, review, block)
-    rows = dict(zip(ids.tolist(), store.rows(ids)))
-    groups = []
-    for members in _link(pairs, ids, vectors, review, linkage):
-        at = np.searchsorted(ids, members)
-        groups.append(_describe([rows[x] for x in members.tolist()], vectors[at], margin, keep))
+    found = close_pairs(store, review, block=block)
+    rows = _rows_with_copies(store, found)
+    groups = [_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
+              for ids, vectors in _expanded_groups(found, review, linkage)]
     groups.sort(key=lambda g: g.keep.path)
-    return DedupResult(store.root, margin, review, store.approximate, groups, len(pairs[0]),
-                       _hidden_pairs(pairs, margin, groups, rows))
+    return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
+                       _hidden_pairs(found.pairs, margin, groups, rows), found.capped)
+
+
+def _rows_with_copies(store: Store, found: ClosePairs) -> dict[int, Row]:
+    """The rows of every representative and of every copy it stands for, by id, in one read."""
+    ids = np.union1d(found.ids, np.concatenate([np.zeros(0, np.int64), *found.copies.values()]))
+    return dict(zip(ids.tolist(), store.rows(ids)))
+
+
+def _expanded_groups(found: ClosePairs, margin: float, linkage: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of each group: linked representatives, and lone ones with copies, each with its copies."""
+    linked = _link(found.pairs, found.ids, found.vectors, margin, linkage)
+    grouped = set(np.concatenate([np.zeros(0, np.int64), *linked]).tolist())
+    lone = [np.array([rep]) for rep in found.copies if rep not in grouped]
+    for reps in [*linked, *lone]:
+        members = [found.copies.get(int(r), np.array([r])) for r in reps]
+        vectors = found.vectors[np.searchsorted(found.ids, reps)]
+        yield np.concatenate(members), np.repeat(vectors, [len(m) for m in members], axis=0)
 
 
 def find_duplicates_in(store: Store, other: Store, margin: float, review_margin: float | None = None, *,

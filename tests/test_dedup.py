@@ -1,6 +1,8 @@
 """Dedup: pairs match brute force, groups keep their linkage invariants, moves are undone byte for byte."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,13 @@ from conftest import run_cli as run
 
 from siamsearch.checkpoint import save_model
 from siamsearch.config import EncoderConfig
+from siamsearch.closepairs import find_pairs
 from siamsearch.dedup import (
     DedupError,
     calibrated_margin,
     choose_keep,
     find_duplicates,
     find_duplicates_in,
-    find_pairs,
     group,
     max_distance,
 )
@@ -298,7 +300,8 @@ def test_cli_json_follows_the_schema_and_csv_has_a_row_per_member(tmp_path):
               "--csv", tmp_path / "out.csv")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links"} and data["links"] == []
+    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links", "capped"}
+    assert data["links"] == [] and data["capped"] == 0
     assert (data["margin"], data["review_margin"], data["approximate"]) == (0.1, 0.3, False)
     assert len(data["groups"]) == 5
     for g in data["groups"]:
@@ -343,3 +346,50 @@ def test_cli_margin_comes_from_the_calibration_or_is_a_one_line_error(tmp_path):
     other = make_store(tmp_path / "e", planted(), "0" * 16)
     res = run("dedup", "--index", other.path, "--against", tmp_path / "a" / "index", "--margin", 0.1)
     assert res.exit_code == 3 and "different models" in res.stderr
+
+
+def test_exact_copies_collapse_yet_every_pair_matches_brute_force(tmp_path):
+    base = planted()
+    x = np.concatenate([base, base[:3], base[:3], base[5:6]])  # vectors 0-2 three times, 5 twice
+    store = make_store(tmp_path, x)
+    dist = pairwise(x)
+    i, j, d = find_pairs(store, 0.2)
+    names = {r.id: index_of(r.path) for r in store.iter_rows()}
+    found = {(min(names[a], names[b]), max(names[a], names[b])): dd for a, b, dd in zip(i, j, d)}
+    truth = {(a, b) for a, b in zip(*np.nonzero(np.triu(dist <= 0.2, 1)))}
+    assert set(found) == truth and all(abs(found[p] - dist[p]) < 1e-5 for p in truth)
+    groups = {frozenset([g.keep.path, *(m.path for m in g.members)]) for g in find_duplicates(store, 0.2).groups}
+    assert frozenset({"d0/v0000.png", "d0/v0030.png", "d2/v0035.png", "d2/v0038.png"}) in groups  # 0, near, copies
+    assert frozenset({"d2/v0005.png", "d2/v0041.png"}) in groups
+
+
+def test_a_crowd_within_the_margin_keeps_each_images_nearest_and_says_so(tmp_path, monkeypatch):
+    from siamsearch import closepairs
+
+    monkeypatch.setattr(closepairs, "MAX_NEIGHBOURS", 20)
+    rng = np.random.default_rng(0)
+    crowd = unit(np.array([1.0] + [0.0] * 15) + 1e-3 * rng.standard_normal((200, 16)))  # near-identical frames
+    result = find_duplicates(make_store(tmp_path, crowd), 0.1)
+    assert result.capped == 200 and len(result.groups) == 1 and len(result.groups[0].members) == 199
+
+
+def test_fifty_thousand_identical_vectors_dedup_in_bounded_memory(tmp_path):
+    code = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from siamsearch.dedup import find_duplicates
+from siamsearch.rows import NewRow
+from siamsearch.store import Store
+root = Path(sys.argv[1])
+store = Store.create(root / "index", dim=16, fingerprint="f" * 16, encoder={}, model_path=None, root=root)
+vectors = np.zeros((50_000, 16), np.float32)
+vectors[:, 0] = 1
+with store.writing():
+    store.add([NewRow(f"frame{i:05d}.png", None, 1, 1, 1, 1) for i in range(len(vectors))], vectors)
+result = find_duplicates(store, 0.1)
+print(len(result.groups), len(result.groups[0].members), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    groups, members, peak_kib = map(int, out.stdout.split())
+    assert (groups, members) == (1, 49_999) and peak_kib < 2 * 1024 * 1024, out.stderr

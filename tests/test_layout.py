@@ -8,7 +8,7 @@ import siamsearch
 # The README's order: foundations, then folder → images → tensors → encoder → vectors → store → groups → report.
 ORDER = ("errors", "atomic", "config", "device", "images", "samples", "transforms", "pairs", "embed", "trainset",
          "model", "losses", "metrics", "checkpoint", "train", "evaluate", "ann", "rows", "store", "indexing",
-         "search", "dedup", "moves", "report", "commands", "demo", "terminal", "cli")
+         "search", "closepairs", "dedup", "moves", "report", "commands", "demo", "terminal", "cli")
 
 
 def imports_of(path: Path) -> set[str]:

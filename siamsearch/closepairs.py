@@ -1,0 +1,208 @@
+"""Every pair of stored vectors within a margin, in bounded memory, with no N×N matrix.
+
+Pairs come from FAISS range searches of the stored vectors against their own index, a block of
+queries at a time. Two things keep memory bounded when a collection holds many copies of one picture
+(blank frames, a burst of identical shots):
+  * vectors with the same bytes are collapsed first: one representative searches for all of them,
+    and the copies come back as one group at distance 0 (siamsearch.dedup expands them);
+  * each query keeps at most MAX_NEIGHBOURS nearest hits (the rest are counted as capped), and the
+    block shrinks when hits are dense, so one search never returns more than about HITS_PER_BLOCK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelMismatchError, UsageError
+from .store import Store
+
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (ids (P,) int64, ids (P,) int64, distances (P,) float)
+BLOCK = 4096  # query vectors per range search, at most
+MIN_BLOCK = 16  # ... and at least
+HITS_PER_BLOCK = 4_000_000  # range-search hits one block may return, about (12 bytes each)
+MAX_NEIGHBOURS = 1000  # hits a query keeps; more than that within a margin is a crowd, not duplicates
+
+
+@dataclass
+class ClosePairs:
+    """The pairs within a margin among representatives, their vectors, and who stands for whom."""
+
+    pairs: Pairs  # (i, j, d) with i < j, representative ids, sorted by (i, j)
+    ids: np.ndarray  # (M,) sorted ids of the representatives in a pair or standing for copies
+    vectors: np.ndarray  # (M, D) their vectors
+    copies: dict[int, np.ndarray]  # representative id → every id with its exact vector (itself first), 2+ only
+    capped: int  # queries that had more than MAX_NEIGHBOURS hits and kept the nearest
+
+
+def _blocks(store: Store, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The stored (ids, vectors), `block` rows at a time: bounded memory at any size."""
+    if block < 1:
+        raise UsageError("block must be >= 1")
+    ids = np.fromiter((row.id for row in store.iter_rows()), np.int64)
+    for start in range(0, len(ids), block):
+        yield store.vectors(ids[start:start + block])
+
+
+def _representatives(store: Store, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, representative of each): the first id whose vector has exactly the same bytes (a 128-bit digest)."""
+    first: dict[bytes, int] = {}
+    ids, reps = [], []
+    for part, vectors in _blocks(store, block):
+        ids.append(part)
+        reps.append(np.array([first.setdefault(hashlib.blake2b(v.tobytes(), digest_size=16).digest(), i)
+                              for i, v in zip(part.tolist(), vectors)], np.int64))
+    empty = np.zeros(0, np.int64)
+    return (np.concatenate(ids), np.concatenate(reps)) if ids else (empty, empty)
+
+
+def _search(queries: Iterator[tuple[np.ndarray, np.ndarray]], index: Store, margin: float,
+            block: int) -> Iterator[tuple[Pairs, np.ndarray, np.ndarray]]:
+    """Range-search (ids, vectors) query rows in blocks sized to the hits seen so far: (hits, ids, vectors)."""
+    size = min(block, 256)
+    pending_ids, pending = np.zeros(0, np.int64), np.zeros((0, index.dim), np.float32)
+    for ids, vectors in queries:
+        pending_ids, pending = np.concatenate([pending_ids, ids]), np.concatenate([pending, vectors])
+        while len(pending_ids) >= size:
+            chunk, chunk_ids = pending[:size], pending_ids[:size]
+            pending_ids, pending = pending_ids[size:], pending[size:]
+            hits, size = _range(index, chunk_ids, chunk, margin, size, block)
+            yield hits, chunk_ids, chunk
+    if len(pending_ids):
+        yield _range(index, pending_ids, pending, margin, size, block)[0], pending_ids, pending
+
+
+def _range(index: Store, ids: np.ndarray, vectors: np.ndarray, margin: float, size: int,
+           block: int) -> tuple[Pairs, int]:
+    """One range search, and the next block size: what keeps the next one near HITS_PER_BLOCK hits."""
+    lims, distances, found = index.range_search(vectors, margin)
+    per_query = max(1.0, len(found) / max(1, len(ids)))
+    return (np.repeat(ids, np.diff(lims)), found, distances), int(np.clip(HITS_PER_BLOCK / per_query, MIN_BLOCK, block))
+
+
+def _once_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray) -> Pairs:
+    """Each (query, found) once at its smallest distance (copies of one vector map to one representative),
+    sorted by query, then distance."""
+    order = np.lexsort((d, found, query))
+    query, found, d = query[order], found[order], d[order]
+    first = np.r_[True, (query[1:] != query[:-1]) | (found[1:] != found[:-1])] if len(query) else np.zeros(0, bool)
+    query, found, d = query[first], found[first], d[first]
+    order = np.lexsort((d, query))
+    return query[order], found[order], d[order]
+
+
+def _nearest_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray) -> tuple[Pairs, int]:
+    """Each query's nearest MAX_NEIGHBOURS hits (inputs sorted by query, then distance); how many queries lost some."""
+    starts = np.flatnonzero(np.r_[True, query[1:] != query[:-1]]) if len(query) else np.zeros(0, np.int64)
+    rank = np.arange(len(query)) - np.repeat(starts, np.diff(np.r_[starts, len(query)]))
+    keep = rank < MAX_NEIGHBOURS
+    return (query[keep], found[keep], d[keep]), int(np.unique(query[~keep]).size)
+
+
+def _unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
+    """Each unordered pair once (i < j), at its smallest distance, sorted by (i, j)."""
+    i, j = np.minimum(i, j), np.maximum(i, j)
+    order = np.lexsort((d, j, i))
+    i, j, d = i[order], j[order], d[order]
+    first = np.r_[True, (i[1:] != i[:-1]) | (j[1:] != j[:-1])] if len(i) else np.zeros(0, bool)
+    return i[first], j[first], d[first]
+
+
+def close_pairs(store: Store, margin: float, *, block: int = BLOCK) -> ClosePairs:
+    """The pairs of distinct stored vectors within margin, exact copies collapsed, vectors read once.
+
+    On approximate kinds a pair counts when either image finds the other, which recovers some misses.
+    """
+    ids, reps = _representatives(store, block)
+    is_rep = ids == reps
+    rep_of = dict(zip(ids[~is_rep].tolist(), reps[~is_rep].tolist()))
+    parts, kept_ids, kept_vectors, capped = [], [], [], 0
+    rep_queries = ((part[mask], vectors[mask]) for part, vectors in _blocks(store, block)
+                   if (mask := np.isin(part, ids[is_rep], assume_unique=True)).any())
+    for (query, found, d), part, vectors in _search(rep_queries, store, margin, block):
+        found = np.array([rep_of.get(f, f) for f in found.tolist()], np.int64)
+        other = found != query
+        nearest, lost = _nearest_per_query(*_once_per_query(query[other], found[other], d[other]))
+        parts.append(nearest)
+        capped += lost
+        paired = np.isin(part, nearest[0])
+        kept_ids.append(part[paired])
+        kept_vectors.append(vectors[paired])
+    pairs = _unique_pairs(*(np.concatenate(c) for c in zip(*parts))) if parts else _unique_pairs(*_empty())
+    copies = _copies(ids, reps)
+    return _with_vectors(store, pairs, copies, kept_ids, kept_vectors, capped)
+
+
+def _empty() -> Pairs:
+    """No pairs."""
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+
+def _copies(ids: np.ndarray, reps: np.ndarray) -> dict[int, np.ndarray]:
+    """Representative → all ids sharing its vector (itself first), for representatives with copies."""
+    order = np.lexsort((ids, reps))
+    ids, reps = ids[order], reps[order]
+    starts = np.flatnonzero(np.r_[True, reps[1:] != reps[:-1]]) if len(reps) else np.zeros(0, np.int64)
+    groups = np.split(ids, starts[1:])
+    return {int(g[0]): g for g in groups if len(g) > 1}
+
+
+def _with_vectors(store: Store, pairs: Pairs, copies: dict[int, np.ndarray], kept_ids: list[np.ndarray],
+                  kept_vectors: list[np.ndarray], capped: int) -> ClosePairs:
+    """Sorted ids and vectors of every representative in a pair or with copies; only a missing one is read again."""
+    ids = np.concatenate(kept_ids) if kept_ids else np.zeros(0, np.int64)
+    vectors = np.concatenate(kept_vectors) if kept_vectors else np.zeros((0, store.dim), np.float32)
+    wanted = np.union1d(np.concatenate(pairs[:2]), np.fromiter(copies, np.int64, len(copies)))
+    missing = np.setdiff1d(wanted, ids)
+    if missing.size:
+        ids, vectors = np.concatenate([ids, missing]), np.concatenate([vectors, store.vectors(missing)[1]])
+    order = np.argsort(ids)
+    return ClosePairs(pairs, ids[order], vectors[order], copies, capped)
+
+
+def find_pairs(store: Store, margin: float, *, block: int = BLOCK) -> Pairs:
+    """Every pair of stored images within margin, each once; copies of one vector pair at distance 0.
+
+    Returns:
+        (i (P,) int64, j (P,) int64, distances (P,) float32) with i < j, sorted by (i, j).
+    """
+    found = close_pairs(store, margin, block=block)
+    if not found.copies:
+        return found.pairs
+    members = lambda rep: found.copies.get(rep, np.array([rep]))  # noqa: E731 - a representative and its copies
+    parts = [found.pairs]
+    for i, j, d in zip(*(c.tolist() for c in found.pairs)):
+        a, b = np.meshgrid(members(i), members(j))
+        parts.append((a.ravel(), b.ravel(), np.full(a.size, d, np.float32)))
+    for same in found.copies.values():
+        i, j = np.triu_indices(len(same), 1)
+        parts.append((same[i], same[j], np.zeros(len(i), np.float32)))
+    return _unique_pairs(*(np.concatenate(c) for c in zip(*parts)))
+
+
+def check_same_model(store: Store, other: Store) -> None:
+    """Refuse to compare indexes of two encoders: their distances mean nothing to each other.
+
+    Raises:
+        ModelMismatchError: the fingerprints differ.
+    """
+    if store.fingerprint != other.fingerprint:
+        raise ModelMismatchError(f"{store.path} and {other.path} were built by different models "
+                                 f"({store.fingerprint[:12]} and {other.fingerprint[:12]}); re-index one with the other's")
+
+
+def find_cross_pairs(store: Store, other: Store, margin: float, *, block: int = BLOCK) -> Pairs:
+    """Every (image of store, image of other) pair within margin, each image's nearest MAX_NEIGHBOURS at most.
+
+    Returns:
+        (ids in store (P,) int64, ids in other (P,) int64, distances (P,) float32), by store id then distance.
+
+    Raises:
+        ModelMismatchError: the two indexes were built by different models.
+    """
+    check_same_model(store, other)
+    parts = [_nearest_per_query(*hits)[0] for hits, _, _ in _search(_blocks(store, block), other, margin, block)]
+    return tuple(np.concatenate(c) for c in zip(*parts)) if parts else _empty()  # type: ignore[return-value]
