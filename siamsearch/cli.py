@@ -260,13 +260,16 @@ def dedup(
 
 
 @app.command()
-def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")]) -> None:
+def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")],
+         as_json: Json = False) -> None:
     """Move files back where dedup --move-to took them from; never overwrites, checks each file's hash."""
     done = undo_moves(manifest)
+    note_skipped(len(done.skipped))
+    if as_json:
+        return print_json(done.to_dict())
     for skip in done.skipped:
         err.print(f"  skipped {shown(skip.path)}: {skip.reason}")
     console.print(f"restored {len(done.done)} file(s), skipped {len(done.skipped)}")
-    note_skipped(len(done.skipped))
 
 
 @app.command("eval")
@@ -305,11 +308,14 @@ def calibrate(
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    as_json: Json = False,
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
                                 seed=seed, device=device, workers=workers, progress=progress)
+    if as_json:
+        return print_json(found)
     console.print(f"{calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "
                   f"{found['recall_at_threshold']:.4f}; from {found['pairs']:,} pairs")
     console.print(f"stored in {shown(model)}; the weights and fingerprint are unchanged, so its indexes stay valid")

@@ -70,12 +70,8 @@ class DedupRun:
         """The result's JSON, plus the moves when a destination was given."""
         out = self.result.to_dict()
         if self.plan is not None:
-            out["moves"] = {"dest": str(self.plan.dest), "dry_run": self.moved is None,
-                            "moved" if self.moved else "would_move":
-                                self.moved.done if self.moved else [m.path for m in self.plan.moves],
-                            "skipped": [{"path": s.path, "reason": s.reason} for s in
-                                        (self.moved.skipped if self.moved else self.plan.skipped)],
-                            "manifest": str(self.moved.manifest) if self.moved and self.moved.manifest else None}
+            moves = self.moved or MoveReport(None, [m.path for m in self.plan.moves], self.plan.skipped)
+            out["moves"] = {"dest": str(self.plan.dest), "dry_run": self.moved is None, **moves.to_dict()}
         return out
 
 

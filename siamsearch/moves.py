@@ -62,6 +62,11 @@ class MoveReport:
     done: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary: manifest, files done, files skipped with the reason."""
+        return {"manifest": None if self.manifest is None else str(self.manifest), "done": self.done,
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped]}
+
 
 def _changed(path: Path, size: int, mtime_ns: int) -> str | None:
     """Why a file cannot move (or be kept) as indexed: missing, a symlink, or changed since; else None."""

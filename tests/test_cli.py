@@ -69,3 +69,16 @@ def test_a_query_folder_without_images_says_so(identity_dir, model_file, tmp_pat
     (tmp_path / "empty").mkdir()
     res = run("query", tmp_path / "empty", "--index", tmp_path / "idx")
     assert res.exit_code == 2 and "no images found" in res.stderr
+
+
+def test_undo_and_calibrate_summaries_in_json(identity_dir, model_file, tmp_path):
+    res = run("calibrate", identity_dir, "--model", model_file, "--workers", 0, "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["pairs"] > 0
+    index_folder(identity_dir, tmp_path / "idx", model_file)[0].close()
+    moved = run("dedup", "--index", tmp_path / "idx", "--margin", 0.6, "--move-to", tmp_path / "dups", "--yes",
+                "--json")
+    assert moved.exit_code == 0, moved.output
+    moves = json.loads(moved.stdout)["moves"]
+    assert moves["done"] and not moves["dry_run"]
+    res = run("undo", moves["manifest"], "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["done"] == moves["done"]
