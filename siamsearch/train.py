@@ -213,6 +213,9 @@ def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer) -> TrainData:
     obs.message(f"{len(data.train.labels):,} training images, {len(data.val.labels):,} validation images "
                 f"({'self-supervised' if data.self_supervised else 'held-out identities'}), decoded in "
                 f"{time.perf_counter() - t0:.1f}s{bad}")
+    if run.cfg.val_fraction > 0 and not len(data.val.labels):
+        obs.message("warning: too few identities to hold some out and still train (each side needs 2 that can "
+                    "form pairs): nothing held out, so the run keeps its last epoch")
     return data
 
 

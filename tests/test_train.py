@@ -5,13 +5,14 @@ import math
 
 import pytest
 import torch
+from conftest import make_identities
 from typer.testing import CliRunner
 
 from siamsearch.checkpoint import load_checkpoint, load_encoder
 from siamsearch.cli import app
 from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
 from siamsearch.model import build_encoder
-from siamsearch.train import resume_path_for, train, validate
+from siamsearch.train import Quiet, resume_path_for, train, validate
 from siamsearch.trainset import load_data, val_views
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3)
@@ -146,3 +147,21 @@ def test_cli_train_rejects_bad_options_in_one_line(identity_dir, tmp_path, args,
 def test_cli_train_missing_folder(tmp_path):
     res = CliRunner().invoke(app, ["train", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such folder" in res.output
+
+
+class Messages(Quiet):
+    """An observer that keeps the lines training reports."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_two_identities_train_on_everything_with_a_warning(tmp_path):
+    two = make_identities(tmp_path / "two", n_ids=2, per_id=4)
+    obs = Messages()
+    result = train(two, tmp_path / "m.pt", ENC, dataclasses.replace(CFG, epochs=2), observer=obs)
+    assert any("nothing held out" in line and "last epoch" in line for line in obs.lines)
+    assert result.best["epoch"] == 2 and (tmp_path / "m.pt").exists()
