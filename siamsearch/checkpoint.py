@@ -6,7 +6,6 @@ weights so an index can refuse vectors from a different model.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +170,7 @@ def read_calibration(path: Path) -> tuple[str, dict[str, Any]]:
 def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encoder, Checkpoint]:
     """Build the encoder a model file describes, load its weights, eval mode, on `device`."""
     ckpt = load_checkpoint(path)
-    model = Encoder(dataclasses.replace(ckpt.encoder, pretrained=False))  # weights come from the file
+    model = Encoder(ckpt.encoder, download=False)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
