@@ -6,23 +6,32 @@ weights so an index can refuse vectors from a different model.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .atomic import write_atomic
 from .config import EncoderConfig, Preprocess, TrainConfig, from_dict, to_dict
-from .errors import SiamsearchError
+from .errors import SiamsearchError, UsageError
 from .model import Encoder
+
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 KIND_MODEL = "siamsearch.encoder"
 KIND_RESUME = "siamsearch.resume"
 _PREFIXES = ("module.", "_orig_mod.")
+NONE = type(None)
+# What each file kind must hold, and of which types; older model files may lack train, history, calibration.
+MODEL_ENTRIES: dict[str, tuple[type, ...]] = {
+    "fingerprint": (str,), "encoder": (dict,), "preprocess": (dict,), "state_dict": (dict,),
+    "train": (dict, NONE), "history": (list,), "calibration": (dict,)}
+RESUME_ENTRIES: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "optimizer": (dict,), "encoder": (dict,), "train": (dict,), "epoch": (int,),
+    "history": (list,), "elapsed": (int, float), "fingerprint": (str, NONE)}
 
 
 class CheckpointError(SiamsearchError):
@@ -104,35 +113,68 @@ def _read(path: Path, kind: str, mmap: bool = False) -> dict[str, Any]:
     return data
 
 
+def damaged(path: Path, what: str) -> CheckpointError:
+    """The one error for a file with an entry missing, of the wrong type or not fitting the network."""
+    return CheckpointError(f"{path} is damaged ({what}); train again or use another file")
+
+
+def _checked(path: Path, data: dict[str, Any], entries: dict[str, tuple[type, ...]], weights: str) -> dict[str, Any]:
+    """`data` when every entry the loaders read is there with its type; else one line naming the first that is not."""
+    for key, types in entries.items():
+        if not isinstance(data.get(key), types):
+            names = " or ".join("None" if t is NONE else t.__name__ for t in types)
+            raise damaged(path, f"{key!r} is missing or not a {names}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data[weights].items()):
+        raise damaged(path, "its weights are not a dict of named tensors")
+    return data
+
+
+def _read_model(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A model file's entries, checked; the ones older files lack are filled in."""
+    data = {"train": None, "history": [], "calibration": {}} | _read(path, KIND_MODEL, mmap)
+    return _checked(path, data, MODEL_ENTRIES, "state_dict")
+
+
+def _config(cls: type[T], path: Path, data: dict[str, Any], key: str) -> T:
+    """A config stored in a file; a value of the wrong type or out of range means the file is damaged."""
+    try:
+        return from_dict(cls, data[key])
+    except UsageError as exc:
+        raise damaged(path, f"{key}: {exc}") from None
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a model file without building the network."""
-    data = _read(path, KIND_MODEL)
+    """Read a model file without building the network.
+
+    Raises:
+        CheckpointError: no file, not a model file, from a newer siamsearch, or damaged.
+    """
+    data = _read_model(path)
     return Checkpoint(
-        encoder=from_dict(EncoderConfig, data["encoder"]),
-        preprocess=from_dict(Preprocess, data["preprocess"]),
+        encoder=_config(EncoderConfig, path, data, "encoder"),
+        preprocess=_config(Preprocess, path, data, "preprocess"),
         state_dict=_clean_state(data["state_dict"]),
         fingerprint=data["fingerprint"],
-        train=from_dict(TrainConfig, data["train"]) if data.get("train") else None,
-        history=data.get("history", []),
-        calibration=data.get("calibration", {}),
+        train=_config(TrainConfig, path, data, "train") if data["train"] else None,
+        history=data["history"],
+        calibration=data["calibration"],
     )
 
 
 def read_calibration(path: Path) -> tuple[str, dict[str, Any]]:
     """(fingerprint, calibration) of a model file, its weights left on disk: what dedup's default margin needs."""
-    data = _read(path, KIND_MODEL, mmap=True)
-    return data["fingerprint"], data.get("calibration", {})
+    data = _read_model(path, mmap=True)
+    return data["fingerprint"], data["calibration"]
 
 
 def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encoder, Checkpoint]:
     """Build the encoder a model file describes, load its weights, eval mode, on `device`."""
     ckpt = load_checkpoint(path)
-    model = Encoder(dataclasses.replace(ckpt.encoder, pretrained=False))  # weights come from the file
+    model = Encoder(ckpt.encoder, download=False)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match the stored encoder config ({first})") from None
+        raise damaged(path, f"weights do not match the stored encoder config: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), ckpt
 
 
@@ -152,5 +194,5 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_resume(path: Path) -> dict[str, Any]:
-    """Read a training state written by save_resume."""
-    return _read(path, KIND_RESUME)
+    """Read a training state written by save_resume, checked like a model file."""
+    return _checked(path, {"fingerprint": None} | _read(path, KIND_RESUME), RESUME_ENTRIES, "model")

@@ -139,6 +139,7 @@ def train(
     workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 0,
     seed: Seed = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out (indexes built with it will refuse it).")] = False,
 ) -> None:
     """Train a Siamese encoder on an identity folder."""
     if augment not in AUGMENT_PRESETS:
@@ -147,7 +148,7 @@ def train(
                           "unfreeze": parse_unfreeze(unfreeze or [])}  # the configs pick their fields by name
     enc, cfg, runtime = (from_options(cls, options) for cls in (EncoderConfig, TrainConfig, Runtime))
     result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume,
-                         observer=TrainProgress())
+                         force=force, observer=TrainProgress())
     print_training(result)
     if result.best is None:
         fail("no epoch finished, so no model was written")

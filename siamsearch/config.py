@@ -35,8 +35,19 @@ def _renamed(cls: type, data: dict[str, Any]) -> dict[str, Any]:
                                                                     if old in data}
 
 
+def _check_type(name: str, value: Any, default: Any) -> None:
+    """Refuse a stored value of another type than its field's (a damaged file), so no config is half valid."""
+    want = (int, float) if isinstance(default, float) else type(default)
+    if default is not None and (not isinstance(value, want) or isinstance(value, bool) != isinstance(default, bool)):
+        raise UsageError(f"{name} is a {type(value).__name__}, not a {type(default).__name__}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a config, ignoring unknown keys and renaming legacy ones so older checkpoints stay loadable."""
+    """Rebuild a config, ignoring unknown keys and renaming legacy ones so older checkpoints stay loadable.
+
+    Raises:
+        UsageError: a value of the wrong type or out of range.
+    """
     defaults = cls()  # type: ignore[call-arg]
     data = _renamed(cls, data)
     kwargs = {}
@@ -49,6 +60,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
                 continue
             value = from_dict(type(default), value)
         kwargs[f.name] = _tuples(value)
+        _check_type(f.name, kwargs[f.name], default)
     return cls(**kwargs)
 
 

@@ -85,7 +85,7 @@ def _digits(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict
     obs.message(f"training the digits encoder ({minutes:.1f} min)")
     trained = train(train_dir, model, DIGITS_ENCODER,
                     dataclasses.replace(DIGITS_TRAINING, max_minutes=minutes),
-                    Runtime(device=runtime.device, amp=False), observer=obs)
+                    Runtime(device=runtime.device, amp=False), force=True, observer=obs)  # the demo's own folder
     obs.message("evaluating it on the held-out third of every digit")
     result = evaluate(test_dir, model, ways=10, workers=0, device=runtime.device)
     files = {f"plot_{p.stem}": p for p in report.write_eval_report(result, work / "report")}
@@ -110,7 +110,7 @@ def _photos(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict
     obs.message(f"training the photo encoder, self-supervised ({minutes:.1f} min)")
     trained = train(tiles, model, PHOTOS_ENCODER,
                     dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes),
-                    Runtime(device=runtime.device, amp=False), observer=obs)
+                    Runtime(device=runtime.device, amp=False), force=True, observer=obs)  # the demo's own folder
     obs.message("calibrating it on synthetic copies of tiles, indexing the photos, finding duplicates")
     calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=runtime.device)
     review = calibrated_margin(calibration)  # `siamsearch dedup`'s default margin

@@ -78,13 +78,14 @@ class ResNetTrunk(nn.Module):
 class Encoder(nn.Module):
     """Image → L2-normalised embedding of size `dim`; frozen BatchNorm layers stay in eval mode."""
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, download: bool = True) -> None:
+        """download=False: weights about to be loaded from a file (a model, a resume state) make ImageNet's moot."""
         super().__init__()
         self.cfg = cfg
         if cfg.backbone == "small":
             self.backbone: nn.Module = SmallNet(cfg.channels)
         else:
-            self.backbone = ResNetTrunk(cfg.backbone, cfg.pretrained)
+            self.backbone = ResNetTrunk(cfg.backbone, cfg.pretrained and download)
         f = self.backbone.out_features
         self.head = nn.Sequential(nn.Linear(f, f), nn.BatchNorm1d(f), nn.ReLU(inplace=True), nn.Linear(f, cfg.dim))
 
@@ -131,9 +132,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def build_encoder(cfg: EncoderConfig, weights_file: Path | None = None) -> Encoder:
-    """Build an encoder; `weights_file` is a local torchvision ResNet state dict (no download)."""
-    model = Encoder(cfg)
+def build_encoder(cfg: EncoderConfig, weights_file: Path | None = None, download: bool = True) -> Encoder:
+    """Build an encoder; `weights_file` is a local torchvision ResNet state dict (no download); see Encoder."""
+    model = Encoder(cfg, download)
     if weights_file is not None:
         if not isinstance(model.backbone, ResNetTrunk):
             raise UsageError("--weights takes a torchvision ResNet state dict; the small backbone has none")

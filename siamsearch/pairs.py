@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,27 +21,39 @@ def encode_labels(identities: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[x] for x in identities], dtype=np.int64), names
 
 
+def _usable(identities: Sequence[str], idx: np.ndarray, min_images: int) -> int:
+    """How many identities have at least `min_images` images among `idx`: those that can form pairs."""
+    counts = Counter(identities[i] for i in idx)
+    return sum(n >= min_images for n in counts.values())
+
+
 def split_identities(identities: Sequence[str], val_fraction: float, group_depth: int = 0,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int = 0, min_images: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Hold out whole identities (or whole groups of them) for validation.
+
+    Nothing is held out when either side would keep fewer than 2 identities with `min_images`+ images:
+    training could form no pairs, or validation could measure nothing (the run then keeps its last epoch).
 
     Args:
         identities: identity of each image, e.g. "Latin/character05".
         val_fraction: fraction of groups that go to validation.
         group_depth: 0 splits identities; 1 splits by their first folder (whole alphabets), etc.
+        min_images: images an identity needs to form pairs (1 when self-supervised).
 
     Returns:
         (train indices, val indices) into `identities`.
     """
     groups = ["/".join(x.split("/")[:group_depth]) if group_depth else x for x in identities]
     names = sorted(set(groups))
+    nothing = np.arange(len(identities)), np.array([], dtype=np.int64)
     if val_fraction <= 0 or len(names) < 2:
-        return np.arange(len(identities)), np.array([], dtype=np.int64)
+        return nothing
     rng = np.random.default_rng(seed)
     n_val = min(len(names) - 1, max(1, round(len(names) * val_fraction)))
     val_names = set(rng.permutation(names)[:n_val].tolist())
     is_val = np.array([g in val_names for g in groups])
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    split = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    return split if min(_usable(identities, side, min_images) for side in split) >= 2 else nothing
 
 
 def split_folder(paths: list[Path], root: Path, cfg: TrainConfig) -> tuple[list[str], np.ndarray, np.ndarray, bool]:
@@ -52,7 +65,8 @@ def split_folder(paths: list[Path], root: Path, cfg: TrainConfig) -> tuple[list[
     ids = [identity_of(p, root) for p in paths]
     self_sup = cfg.self_supervised or all(i is None for i in ids)
     names = [p.relative_to(root).as_posix() if self_sup or i is None else i for p, i in zip(paths, ids)]
-    tr, va = split_identities(names, cfg.val_fraction, 0 if self_sup else cfg.val_group_depth, cfg.seed)
+    tr, va = split_identities(names, cfg.val_fraction, 0 if self_sup else cfg.val_group_depth, cfg.seed,
+                              min_images=1 if self_sup else 2)
     return names, tr, va, self_sup
 
 

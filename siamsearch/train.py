@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,11 @@ import numpy as np
 import torch
 
 from . import metrics
-from .checkpoint import load_checkpoint, load_resume, save_model, save_resume, update_model_file
+from .checkpoint import damaged, load_checkpoint, load_resume, save_model, save_resume, update_model_file
 from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
 from .device import autocast, resolve_device
 from .embed import embed_tensors
+from .errors import UsageError
 from .images import Failure
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
@@ -154,11 +156,24 @@ def unfreeze_blocks(model: Encoder, optimizer: torch.optim.Optimizer, names: tup
 
 
 def _unfreeze_due(run: _Run, epoch: int, obs: Observer) -> None:
-    """Unfreeze the blocks --unfreeze names for this epoch."""
-    for at, names in run.cfg.unfreeze:
-        if at == epoch:
-            n = unfreeze_blocks(run.model, run.optimizer, names, run.cfg.finetune_lr)
-            obs.message(f"epoch {epoch}: unfroze {', '.join(names)} ({n:,} parameters at lr {run.cfg.finetune_lr:g})")
+    """Unfreeze the blocks --unfreeze names up to this epoch that are not unfrozen yet (a resumed run has some)."""
+    for at, names in run.cfg.unfreeze[run.unfrozen:]:
+        if at > epoch:
+            return
+        n = unfreeze_blocks(run.model, run.optimizer, names, run.cfg.finetune_lr)
+        run.unfrozen += 1
+        obs.message(f"epoch {epoch}: unfroze {', '.join(names)} ({n:,} parameters at lr {run.cfg.finetune_lr:g})")
+
+
+def _check_unfreeze(model: Encoder, cfg: TrainConfig) -> None:
+    """Refuse at the start an --unfreeze plan that would fail at its epoch, hours in."""
+    names = [name for _, names in cfg.unfreeze for name in names]
+    if names and not cfg.freeze_backbone:
+        raise UsageError("--unfreeze needs --freeze-backbone: without it every block trains at --lr from the start")
+    model.blocks(names)  # an unknown name: UsageError listing the backbone's blocks
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--unfreeze names {', '.join(twice)} more than once; name each block once")
 
 
 @dataclass
@@ -173,6 +188,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0  # seconds trained before this call
     fingerprint: str | None = None  # of the best model written so far
+    unfrozen: int = 0  # --unfreeze steps applied: the optimizer's groups after the first
 
     def save_state(self, out: Path, epoch: int, elapsed: float) -> None:
         """Everything --resume needs to carry on from the start of `epoch`; the recipe, never the runtime."""
@@ -182,27 +198,62 @@ class _Run:
             "fingerprint": self.fingerprint})
 
 
-def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out: Path, resume: bool) -> _Run:
-    """Build model and optimizer; a resumed run keeps its recipe, only the budget (epochs, minutes) may change."""
-    state = load_resume(resume_path_for(out)) if resume else None
-    if state:
-        enc = from_dict(EncoderConfig, state["encoder"])
-        cfg = dataclasses.replace(from_dict(TrainConfig, state["train"]), epochs=cfg.epochs,
-                                  max_minutes=cfg.max_minutes)
-    model = build_encoder(enc, None if state else weights_file)
+def _check_out(out: Path, force: bool, resume: bool) -> None:
+    """Refuse at the start an --out that cannot be written at the end, or a model that --force alone may replace."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name a model file, e.g. {out / 'model.pt'}")
+    folder = next(p for p in out.absolute().parents if p.exists())  # the missing ones are created
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {out}: {folder} is not a writable folder; choose another --out")
+    taken = [p for p in (out, resume_path_for(out)) if p.exists()]
+    if taken and not (force or resume):
+        raise UsageError(f"{taken[0]} exists; pass --resume to continue its run, --force to start over "
+                         "(indexes built with the old model will refuse the new one), or choose another --out")
+
+
+def _recipe(enc: EncoderConfig, cfg: TrainConfig, state: dict[str, Any] | None) -> tuple[EncoderConfig, TrainConfig]:
+    """The run's recipe: as given, or a resumed run's own, where only the budget (epochs, minutes) may change."""
+    if state is None:
+        if enc.pretrained and enc.backbone == "small":
+            raise UsageError("--pretrained needs a ResNet backbone: small has no ImageNet weights")
+        return enc, cfg
+    return from_dict(EncoderConfig, state["encoder"]), dataclasses.replace(
+        from_dict(TrainConfig, state["train"]), epochs=cfg.epochs, max_minutes=cfg.max_minutes)
+
+
+def _restore(run: _Run, state: dict[str, Any], path: Path) -> None:
+    """Load a resume state: first the optimizer groups it has (unfrozen blocks, even mid-epoch), then weights."""
+    run.unfrozen = len(state["optimizer"].get("param_groups", [])) - 1
+    if not 0 <= run.unfrozen <= len(run.cfg.unfreeze):
+        raise damaged(path, f"{run.unfrozen + 1} optimizer groups for a plan of {len(run.cfg.unfreeze)} --unfreeze")
+    for _, names in run.cfg.unfreeze[:run.unfrozen]:
+        unfreeze_blocks(run.model, run.optimizer, names, run.cfg.finetune_lr)
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])  # its tensors go to their parameters' device
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise damaged(path, f"it does not fit its recipe: {str(exc).splitlines()[0]}") from None
+
+
+def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out: Path, resume: bool,
+           device: torch.device) -> _Run:
+    """Model on `device`, then its optimizer; a resumed run's weights come from its state, never a download."""
+    path = resume_path_for(out)
+    state = load_resume(path) if resume else None
+    enc, cfg = _recipe(enc, cfg, state)
+    model = build_encoder(enc, None if state else weights_file, download=state is None)
+    _check_unfreeze(model, cfg)
     if cfg.freeze_backbone:
         set_trainable(model.backbone, False)
+    model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad],
                                     "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay)
-    if not state:
-        return _Run(model, optimizer, enc, cfg)
-    for epoch, names in cfg.unfreeze:  # recreate the optimizer groups in the order they were added
-        if epoch < state["epoch"]:
-            unfreeze_blocks(model, optimizer, names, cfg.finetune_lr)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    fp = state.get("fingerprint") or (load_checkpoint(out).fingerprint if state["history"] else None)  # older states
-    return _Run(model, optimizer, enc, cfg, state["epoch"], state["history"], state["elapsed"], fp)
+    run = _Run(model, optimizer, enc, cfg)
+    if state:
+        _restore(run, state, path)
+        run.start_epoch, run.history, run.elapsed = state["epoch"], state["history"], state["elapsed"]
+        run.fingerprint = state["fingerprint"] or (load_checkpoint(out).fingerprint if run.history else None)  # older states
+    return run
 
 
 def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer) -> TrainData:
@@ -213,22 +264,27 @@ def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer) -> TrainData:
     obs.message(f"{len(data.train.labels):,} training images, {len(data.val.labels):,} validation images "
                 f"({'self-supervised' if data.self_supervised else 'held-out identities'}), decoded in "
                 f"{time.perf_counter() - t0:.1f}s{bad}")
+    if run.cfg.val_fraction > 0 and not len(data.val.labels):
+        obs.message("warning: too few identities to hold some out and still train (each side needs 2 that can "
+                    "form pairs): nothing held out, so the run keeps its last epoch")
     return data
 
 
 def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(), *,
-          weights_file: Path | None = None, resume: bool = False, observer: Observer | None = None) -> TrainResult:
+          weights_file: Path | None = None, resume: bool = False, force: bool = False,
+          observer: Observer | None = None) -> TrainResult:
     """Train an encoder on an identity folder and write the best checkpoint to `out`.
 
     `enc` and `cfg` are the recipe, kept in the model file and the resume state; `runtime` is this
     machine's (device, decode workers, mixed precision, cache), so a resumed run uses the one given now.
+    An existing `out` is replaced only with `force` (or continued with `resume`).
     """
+    _check_out(out, force, resume)
     obs, device = observer or Quiet(), resolve_device(runtime.device)
     torch.manual_seed(cfg.seed)
-    run = _setup(enc, cfg, weights_file, out, resume)
+    run = _setup(enc, cfg, weights_file, out, resume, device)
     if resume:
         obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
-    run.model.to(device).to(memory_format=torch.channels_last)
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
     data = _load(root, run, runtime, obs)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp

@@ -85,3 +85,36 @@ def test_truncated_and_foreign_and_future_files_are_refused(tmp_path):
     torch.save(data, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="upgrade"):
         load_encoder(tmp_path / "future.pt")
+
+
+
+def _without(data, key):
+    return {k: v for k, v in data.items() if k != key}
+
+
+def _one_weight(data):
+    return dict(list(data["state_dict"].items())[:1])
+
+
+DAMAGE = {  # a saved model file rewritten with one entry missing, of the wrong type or not fitting the network
+    **{f"no {key}": lambda d, key=key: _without(d, key) for key in ("encoder", "preprocess", "state_dict", "fingerprint")},
+    "encoder a list": lambda d: d | {"encoder": [1, 2]},
+    "dim a string": lambda d: d | {"encoder": d["encoder"] | {"dim": "128"}},
+    "unknown backbone": lambda d: d | {"encoder": d["encoder"] | {"backbone": "vgg"}},
+    "image_size a float": lambda d: d | {"preprocess": d["preprocess"] | {"image_size": 32.5}},
+    "train a string": lambda d: d | {"train": "faces"},
+    "epochs a bool": lambda d: d | {"train": {"epochs": True}},
+    "history a dict": lambda d: d | {"history": {}},
+    "calibration a list": lambda d: d | {"calibration": [0.5]},
+    "weights not tensors": lambda d: d | {"state_dict": {k: [1.0] for k in _one_weight(d)}},
+    "weights of another net": lambda d: d | {"state_dict": _one_weight(d)},
+    "weights for another dim": lambda d: d | {"encoder": d["encoder"] | {"dim": 64}},
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_every_malformed_model_file_is_a_one_line_checkpoint_error(model_file, tmp_path, case):
+    torch.save(DAMAGE[case](torch.load(model_file, weights_only=True)), tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="is damaged") as caught:
+        load_encoder(tmp_path / "bad.pt")
+    assert "\n" not in str(caught.value)

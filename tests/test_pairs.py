@@ -64,3 +64,13 @@ def test_split_by_identity_never_shares_an_identity():
     assert not {names[i] for i in train} & {names[i] for i in val}
     ids, table = encode_labels(names)
     assert table[ids[0]] == "id0" and len(table) == 10
+
+
+def test_too_few_identities_to_split_hold_nothing_out():
+    two = ["a"] * 3 + ["b"] * 3 + ["c"]  # c: one image, a negative only
+    for names in (two, two + ["d"] * 2, two + ["d"] * 2 + ["e"] * 2):  # the 20% held out would leave one side with 1
+        train, val = split_identities(names, 0.2, seed=0)
+        assert len(train) == len(names) and not len(val)
+    enough = [f"id{i}" for i in range(10) for _ in range(2)]
+    assert len(split_identities(enough, 0.2, seed=0)[1]) == 4
+    assert len(split_identities([f"img{i}" for i in range(3)], 0.5, min_images=1)[1]) == 0  # self-supervised

@@ -5,13 +5,15 @@ import math
 
 import pytest
 import torch
+from conftest import make_identities
 from typer.testing import CliRunner
 
 from siamsearch.checkpoint import load_checkpoint, load_encoder
 from siamsearch.cli import app
 from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
+from siamsearch.errors import UsageError
 from siamsearch.model import build_encoder
-from siamsearch.train import resume_path_for, train, validate
+from siamsearch.train import Quiet, resume_path_for, train, validate
 from siamsearch.trainset import load_data, val_views
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3)
@@ -80,24 +82,125 @@ def test_a_resumed_run_that_does_not_improve_reports_the_saved_fingerprint(ident
     assert again.fingerprint == first.fingerprint == load_checkpoint(out).fingerprint
 
 
-def test_interrupt_saves_state_that_resume_continues(identity_dir, tmp_path, monkeypatch):
-    out = tmp_path / "m.pt"
+def train_interrupted(identity_dir, out, cfg, monkeypatch, batch=6):
+    """Train until Ctrl-C arrives at the `batch`-th batch (the 6th is in the second epoch), then resume to the end."""
     import siamsearch.train as tr
-    real = tr.augment_batch
-    calls = {"n": 0}
+    real, calls = tr.augment_batch, {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 6:  # second epoch
+        if calls["n"] == batch:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tr, "augment_batch", flaky)
-    result = train(identity_dir, out, ENC, dataclasses.replace(CFG, epochs=3))
+    result = train(identity_dir, out, ENC, cfg)
     assert result.stopped == "interrupted" and len(result.history) == 1
     monkeypatch.setattr(tr, "augment_batch", real)
-    resumed = train(identity_dir, out, ENC, dataclasses.replace(CFG, epochs=3), resume=True)
+    return train(identity_dir, out, ENC, cfg, resume=True)
+
+
+def test_interrupt_saves_state_that_resume_continues(identity_dir, tmp_path, monkeypatch):
+    resumed = train_interrupted(identity_dir, tmp_path / "m.pt", dataclasses.replace(CFG, epochs=3), monkeypatch)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+
+
+def test_an_interrupted_unfreeze_epoch_resumes_with_its_optimizer_groups(identity_dir, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(CFG, epochs=2, freeze_backbone=True, unfreeze=((2, ("layer4",)),))
+    resumed = train_interrupted(identity_dir, tmp_path / "m.pt", cfg, monkeypatch)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"freeze_backbone": True, "unfreeze": ((2, ("stem",)),)}, "unknown block"),  # the small net has no stem
+    ({"freeze_backbone": True, "unfreeze": ((2, ("layer4",)), (3, ("layer3", "layer4")))}, "more than once"),
+    ({"unfreeze": ((2, ("layer4",)),)}, "--freeze-backbone"),
+])
+def test_a_bad_unfreeze_plan_is_refused_before_training(identity_dir, tmp_path, change, match):
+    with pytest.raises(UsageError, match=match):
+        train(identity_dir, tmp_path / "m.pt", ENC, dataclasses.replace(CFG, epochs=3, **change))
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.filterwarnings("ignore:.*meta parameter")  # the weights loaded into meta tensors are dropped
+def test_resume_puts_the_optimizer_state_on_its_parameters_device(identity_dir, tmp_path, monkeypatch):
+    import siamsearch.train as tr
+    out, cfg = tmp_path / "m.pt", dataclasses.replace(CFG, epochs=1)
+    train(identity_dir, out, ENC, cfg)
+    seen = {}
+
+    def spy(run, *args):
+        seen["optimized"] = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+        seen["model"] = {id(p) for p in run.model.parameters() if p.requires_grad}
+        seen["devices"] = [(p.device, v.device) for p, state in run.optimizer.state.items() for k, v in state.items()
+                           if torch.is_tensor(v) and k != "step"]  # Adam keeps its step count on the CPU by design
+        return None, "epochs"
+
+    monkeypatch.setattr(tr, "resolve_device", lambda _: torch.device("meta"))  # a device other than the CPU
+    monkeypatch.setattr(tr, "_loop", spy)
+    train(identity_dir, out, ENC, cfg, resume=True)
+    assert seen["optimized"] == seen["model"]  # the parameters on the device, not copies left behind
+    assert seen["devices"] and all(p == v == torch.device("meta") for p, v in seen["devices"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda_takes_optimizer_steps(identity_dir, tmp_path):
+    out, cuda = tmp_path / "m.pt", Runtime(device="cuda")
+    train(identity_dir, out, ENC, dataclasses.replace(CFG, epochs=1), cuda)
+    resumed = train(identity_dir, out, ENC, dataclasses.replace(CFG, epochs=2), cuda, resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2] and math.isfinite(resumed.history[-1]["loss"])
+
+
+def test_an_existing_model_is_replaced_only_with_force(identity_dir, tmp_path):
+    out, cfg = tmp_path / "m.pt", dataclasses.replace(CFG, epochs=1)
+    out.write_bytes(b"a model indexes rely on")
+    with pytest.raises(UsageError, match="--force"):
+        train(identity_dir, out, ENC, cfg)
+    assert out.read_bytes() == b"a model indexes rely on"
+    train(identity_dir, out, ENC, cfg, force=True)
+    assert load_checkpoint(out).history
+
+
+@pytest.mark.parametrize("where,match", [("folder", "is a folder"), ("file/m.pt", "not a writable folder")])
+def test_an_unwritable_out_is_refused_before_training(identity_dir, tmp_path, where, match):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match=match):
+        train(identity_dir, tmp_path / where, ENC, dataclasses.replace(CFG, epochs=1))
+    assert not resume_path_for(tmp_path / where).exists()
+
+
+def test_cli_train_refuses_an_existing_out_without_force(identity_dir, tmp_path):
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"old")
+    args = ["train", str(identity_dir), "--out", str(out), "--image-size", "32", "--epochs", "1", "-P", "8", "-K", "3",
+            "--dim", "8"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "--force" in res.output and len(res.output.strip().splitlines()) == 1
+    assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0 and load_checkpoint(out).history
+
+
+def test_pretrained_is_refused_for_the_small_backbone(identity_dir, tmp_path):
+    with pytest.raises(UsageError, match="--pretrained"):
+        train(identity_dir, tmp_path / "m.pt", dataclasses.replace(ENC, pretrained=True), CFG)
+
+
+def test_resume_of_a_pretrained_run_does_not_download(identity_dir, tmp_path, monkeypatch):
+    import torchvision
+    import torchvision.models._api as api
+    imagenet = torchvision.models.resnet18().state_dict()  # stands in for the download
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda *a, **k: imagenet)
+    out, enc, cfg = tmp_path / "m.pt", EncoderConfig(backbone="resnet18", dim=8, image_size=32, pretrained=True), \
+        dataclasses.replace(CFG, epochs=1)
+    train(identity_dir, out, enc, cfg)
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    resumed = train(identity_dir, out, enc, cfg, resume=True)
+    assert len(resumed.history) == 1 and load_checkpoint(out).encoder.pretrained
 
 
 def test_self_supervised_on_a_flat_folder(tmp_path, identity_dir):
@@ -146,3 +249,21 @@ def test_cli_train_rejects_bad_options_in_one_line(identity_dir, tmp_path, args,
 def test_cli_train_missing_folder(tmp_path):
     res = CliRunner().invoke(app, ["train", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such folder" in res.output
+
+
+class Messages(Quiet):
+    """An observer that keeps the lines training reports."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_two_identities_train_on_everything_with_a_warning(tmp_path):
+    two = make_identities(tmp_path / "two", n_ids=2, per_id=4)
+    obs = Messages()
+    result = train(two, tmp_path / "m.pt", ENC, dataclasses.replace(CFG, epochs=2), observer=obs)
+    assert any("nothing held out" in line and "last epoch" in line for line in obs.lines)
+    assert result.best["epoch"] == 2 and (tmp_path / "m.pt").exists()
