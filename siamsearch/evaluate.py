@@ -76,7 +76,7 @@ def held_out_images(found: list[Path], root: Path, ckpt: Checkpoint) -> list[Pat
     if self_sup:
         raise UsageError("the model trained self-supervised: it held out images, not identities")
     if not len(val):
-        raise UsageError("the model's training held nothing out (val_fraction 0)")
+        raise UsageError("the model's training held nothing out (val_fraction 0, or too few identities to split)")
     return [found[i] for i in val]
 
 
