@@ -18,7 +18,7 @@ def main(folder: Path, model: Path, query: Path | None) -> None:
     store, report = index_folder(folder, index_dir, model)
     print(f"{len(store)} images; added {report.added}, skipped {len(report.failures)} unreadable")
     with store:
-        groups = find_duplicates(store, default_margin(store)).groups
+        groups = find_duplicates(store, default_margin(store).margin).groups
     if query is not None:
         results, _ = Searcher.open(index_dir).query_images([query], k=5)
         for hit in results[0].neighbors:

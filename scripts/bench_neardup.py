@@ -160,7 +160,7 @@ def siamsearch_rows(test: Path, index: Path, model: Path, cal: dict[str, Any], p
     store, _ = index_folder(test, index, model, rebuild=True, runtime=Runtime(workers=0, device="cpu"))
     best_f1, strict = cal["threshold_best_f1"], cal["threshold_at_precision"]
     with store:
-        margin = default_margin(store)
+        margin = default_margin(store).margin
         found = {"default": find_duplicates(store, margin), "single": find_duplicates(store, margin, linkage="single"),
                  "best_f1": find_duplicates(store, best_f1), "strict": find_duplicates(store, strict)}
     settings = {"default": f"margin {margin:.3f} (default), complete linkage (default)",

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import torch
 
 from .atomic import write_atomic
+from .calibration import purpose_of
 from .config import EncoderConfig, Preprocess, TrainConfig, from_dict, to_dict
 from .errors import SiamsearchError, UsageError
 from .model import Encoder
@@ -162,9 +163,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def read_calibration(path: Path) -> tuple[str, dict[str, Any]]:
-    """(fingerprint, calibration) of a model file, its weights left on disk: what dedup's default margin needs."""
+    """(fingerprint, calibration with its "purpose") of a model file, its weights left on disk: dedup's needs."""
     data = _read_model(path, mmap=True)
-    return data["fingerprint"], data["calibration"]
+    self_supervised = (data.get("train") or {}).get("self_supervised")
+    return data["fingerprint"], data["calibration"] | {"purpose": purpose_of(data["calibration"], self_supervised)}
 
 
 def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encoder, Checkpoint]:

@@ -12,6 +12,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from . import __version__
+from .calibration import FALSE_PAIRS_PER_1000
 from .commands import dedup_index, evaluate_model, index_info, query_index
 from .config import (
     AUGMENT_PRESETS,
@@ -33,10 +34,10 @@ from .terminal import (
     TrainProgress,
     calibration_line,
     console,
-    dedup_table,
     err,
     fmt,
     note_skipped,
+    print_dedup,
     print_eval,
     print_json,
     print_moves,
@@ -225,8 +226,11 @@ def info(index_dir: IndexDir, as_json: Json = False) -> None:
 @app.command()
 def dedup(
     index_dir: IndexDir,
-    margin: Annotated[Optional[float], typer.Option(help="Duplicate distance (default: the model's calibrated "
-                                                         "margin).")] = None,
+    margin: Annotated[Optional[float], typer.Option(min=0.0, max=2.0, help=(
+        "Duplicate distance (default: the largest at which the model's calibration expects at most --false-pairs "
+        "wrong pairs per 1,000 images of this index)."))] = None,
+    false_pairs: Annotated[float, typer.Option(min=0.0, help="Wrong pairs per 1,000 images the default margin "
+                                                             "may expect.")] = FALSE_PAIRS_PER_1000,
     review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
                                                                 "are formed with it.")] = None,
     linkage: Annotated[str, typer.Option(help="complete (all members within the review margin of each other) "
@@ -245,13 +249,9 @@ def dedup(
 ) -> None:
     """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
     run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
-                      against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file)
-    if as_json:
-        print_json(run.to_dict())
-    else:
-        console.print(dedup_table(run.result))
-        console.print(f"margin {run.result.margin:.4f}, review margin {run.result.review_margin:.4f}"
-                      + ("; approximate index: a few duplicates may be missed" if run.result.approximate else ""))
+                      against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
+                      false_pairs_per_1000=false_pairs)
+    print_json(run.to_dict()) if as_json else print_dedup(run)
     for written in run.written:
         err.print(f"wrote {shown(written)}")
     if run.plan is not None:

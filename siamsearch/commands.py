@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
+from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .checkpoint import CheckpointError, read_calibration
 from .config import Runtime
 from .dedup import (
@@ -21,11 +22,10 @@ from .dedup import (
     CrossResult,
     DedupError,
     DedupResult,
-    calibrated_margin,
     find_duplicates,
     find_duplicates_in,
 )
-from .errors import UsageError
+from .errors import RefusedError, UsageError
 from .evaluate import EvalResult, evaluate
 from .images import Failure
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
@@ -33,11 +33,8 @@ from .search import QueryResult, Searcher
 from .store import Store
 
 
-def default_margin(store: Store) -> float:
-    """The calibrated margin (dedup.calibrated_margin) of the model file the index names.
-
-    It can still be looser than a collection's best margin, which complete linkage absorbs: a merge
-    needs every cross pair within it. Single linkage at this margin chains groups together.
+def model_calibration(store: Store) -> dict[str, Any]:
+    """The calibration (with its "purpose") of the model file the index names.
 
     Raises:
         DedupError: no model file, not the model that built the index, or no calibration in it.
@@ -54,7 +51,12 @@ def default_margin(store: Store) -> float:
     if "threshold_best_f1" not in calibration:
         raise DedupError(f"{model} holds no calibration; run `siamsearch calibrate` on labelled data or pass "
                          "--margin")
-    return calibrated_margin(calibration)
+    return calibration
+
+
+def default_margin(store: Store, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000) -> MarginChoice:
+    """The margin the model's calibration gives an index of this size (siamsearch.calibration.collection_margin)."""
+    return collection_margin(model_calibration(store), len(store), false_pairs_per_1000)
 
 
 @dataclass
@@ -62,13 +64,18 @@ class DedupRun:
     """What `siamsearch dedup` did: the groups (or cross pairs), the reports written, the moves."""
 
     result: DedupResult | CrossResult
+    chosen: MarginChoice | None = None  # how the default margin was chosen; None when --margin was given
+    purpose: str | None = None  # what the model was trained for (known when it chose the margin); "identities"
+    #                             groups are photos of the same person or product, not copies
     plan: MovePlan | None = None
     moved: MoveReport | None = None
     written: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The result's JSON, plus the moves when a destination was given."""
-        out = self.result.to_dict()
+        """The result's JSON, how the margin was chosen, and the moves when a destination was given."""
+        out = self.result.to_dict() | {"purpose": self.purpose}
+        if self.chosen is not None:
+            out |= self.chosen.to_dict()
         if self.plan is not None:
             moves = self.moved or MoveReport(None, [m.path for m in self.plan.moves], self.plan.skipped)
             out["moves"] = {"dest": str(self.plan.dest), "dry_run": self.moved is None, **moves.to_dict()}
@@ -91,22 +98,33 @@ def _check_dedup_args(linkage: str, keep: str, against: Path | None, move_to: Pa
 def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_margin: float | None = None,
                 linkage: str = "complete", keep: str = "largest", against: Path | str | None = None,
                 move_to: Path | str | None = None, yes: bool = False, csv_file: Path | None = None,
-                html_file: Path | None = None) -> DedupRun:
-    """Group an index's duplicates at the margin (the model's calibrated one when None), report, then move.
+                html_file: Path | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000) -> DedupRun:
+    """Group an index's duplicates at the margin (when None, the one its model gives this many images), report,
+    then move.
 
     Reports are written before any file moves, so the HTML shows every file in place and a failing
-    report cannot hide what moved. Without yes, move_to is a dry run: the plan only.
+    report cannot hide what moved. Without yes, move_to is a dry run: the plan only. A model trained on
+    identities groups photos of one person or product, not copies: moving them needs an explicit margin.
+
+    Raises:
+        RefusedError: --move-to with an identity model and no --margin.
     """
     _check_dedup_args(linkage, keep, None if against is None else Path(against), None if move_to is None
                       else Path(move_to), html_file)
     with Store.open(index_dir) as store:
-        margin = default_margin(store) if margin is None else margin
+        calibration = model_calibration(store) if margin is None else {}
+        chosen = collection_margin(calibration, len(store), false_pairs_per_1000) if calibration else None
+        purpose = calibration.get("purpose")
+        if purpose == "identities" and move_to is not None:
+            raise RefusedError("this index's model was trained on identities: its groups are photos of one person "
+                               "or product, not copies; moving them needs an explicit --margin")
+        margin = chosen.margin if chosen else margin
         if against is None:
             result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep)
         else:
             with Store.open(against) as other:
                 result = find_duplicates_in(store, other, margin, review_margin)
-    run = DedupRun(result)
+    run = DedupRun(result, chosen, purpose)
     if csv_file is not None:
         run.written.append(report.write_csv(csv_file, result.FIELDS, result.records()))
     if html_file is not None:

@@ -1,9 +1,9 @@
 """Margin search over stored vectors → groups → which file to keep.
 
 Works on the embeddings a Store already holds: nothing is embedded again. Two images are duplicates
-when the Euclidean distance of their embeddings is within the margin (by default the one calibrated
-into the model that built the index: see calibrated_margin). A wider review margin adds a "needs
-review" band.
+when the Euclidean distance of their embeddings is within the margin (by default the one the model's
+calibration gives a collection of this size: siamsearch.calibration). A wider review margin adds a
+"needs review" band.
 
 Pairs come from FAISS range searches of the stored vectors against their own index, one block of
 queries at a time, so memory holds one block and the pairs found, never an N×N matrix. Pairs then
@@ -14,8 +14,7 @@ the others with their distance to it. siamsearch.moves moves the duplicates out 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -132,19 +131,6 @@ class CrossResult:
 
 
 # ---- margins -------------------------------------------------------------------------------------
-
-
-def calibrated_margin(calibration: Mapping[str, Any]) -> float:
-    """Dedup's default margin from a model's calibration: best F1, capped at the target-recall distance.
-
-    The best-F1 distance is fitted on balanced same/different pairs. On near-duplicate copies it
-    reaches for the last few percent of same pairs (a brightened, cropped copy), where a collection,
-    with far more different pairs than same ones, pays for it in merged groups. The recall distance
-    needs no negatives, so calibration folders whose labels split look-alikes (tiles of one photo)
-    do not pull it in. On identity data the recall distance lies beyond best F1 and changes nothing.
-    Model files calibrated before the recall distance was stored use best F1 alone.
-    """
-    return float(min(calibration["threshold_best_f1"], calibration.get("threshold_at_recall", math.inf)))
 
 
 def _margins(margin: float, review_margin: float | None) -> float:

@@ -25,8 +25,8 @@ import numpy as np
 
 from . import report
 from .checkpoint import load_checkpoint
+from .commands import dedup_index
 from .config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
-from .dedup import calibrated_margin, find_duplicates
 from .evaluate import calibrate, evaluate
 from .indexing import index_folder
 from .samples import DIGIT_SIZE, build_copies, build_digits, build_photos, tile_files
@@ -113,17 +113,14 @@ def _photos(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict
                     Runtime(device=runtime.device, amp=False), force=True, observer=obs)  # the demo's own folder
     obs.message("calibrating it on synthetic copies of tiles, indexing the photos, finding duplicates")
     calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=runtime.device)
-    review = calibrated_margin(calibration)  # `siamsearch dedup`'s default margin
-    margin = min(calibration["threshold_at_precision"], review)  # "duplicate": 99.9% precision on the copies
-    store, _ = index_folder(photos, work / "indexes" / "photos", model, rebuild=True, runtime=runtime)
-    with store:  # grouped as `siamsearch dedup` groups them; members beyond the 99.9% margin are "review"
-        found = find_duplicates(store, margin, review)
-    groups = found.to_dict()["groups"]
-    files = {"dedup_html": report.dedup_page(groups, work / "dedup.html", root=photos,
-                                             title="siamsearch demo: photos")}
+    index_folder(photos, work / "indexes" / "photos", model, rebuild=True, runtime=runtime)[0].close()
+    run = dedup_index(work / "indexes" / "photos", html_file=work / "dedup.html")  # as `siamsearch dedup` does
+    groups = run.result.to_dict()["groups"]
+    files = {"dedup_html": run.written[0]}
     curves = report.plot_training(load_checkpoint(model).history, work / "report" / "training_photos.png")
     files |= {"plot_training_photos": curves} if curves else {}
-    return {"best": trained.best or {}, "calibration": calibration, "dedup": score_groups(groups, planted),
+    return {"best": trained.best or {}, "calibration": calibration, "dedup": score_groups(groups, planted)
+            | {"margin": round(run.result.margin, 4)},
             "files": files}
 
 

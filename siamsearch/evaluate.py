@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .calibration import CALIBRATION_KEYS, distance_tails, purpose_of
 from .checkpoint import Checkpoint, load_encoder, update_model_file
 from .device import resolve_device
 from .embed import Progress, embed_paths
@@ -157,13 +158,15 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
     the calibration that dedup uses by default is replaced.
 
     Returns:
-        The new calibration: CALIBRATION_KEYS plus "source" ("calibrate:<folder>") and "pairs".
+        The new calibration: CALIBRATION_KEYS, "tails" (siamsearch.calibration), the model's "purpose",
+        "source" ("calibrate:<folder>") and "pairs".
     """
     data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,
                           progress=progress)
     found = metrics.verification_metrics(data.vectors, data.labels, max_pairs=max_pairs, seed=seed,
                                          target_precision=target_precision, target_recall=target_recall)
-    calibration = {k: found[k] for k in metrics.CALIBRATION_KEYS} | {"source": f"calibrate:{data.root}",
-                                                              "pairs": int(found["pairs"])}
+    calibration = ({k: found[k] for k in CALIBRATION_KEYS}
+                   | {"tails": distance_tails(data.vectors, data.labels, seed), "purpose": purpose_of(data.ckpt.calibration, data.ckpt.train and data.ckpt.train.self_supervised),
+                      "source": f"calibrate:{data.root}", "pairs": int(found["pairs"])})
     update_model_file(Path(model_path), calibration=calibration)
     return calibration

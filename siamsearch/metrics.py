@@ -337,11 +337,6 @@ def one_shot_accuracy(emb: np.ndarray, labels: np.ndarray, ways: int = 20, episo
     return float((np.einsum("ewd,ewd->ew", diff, diff).argmin(axis=1) == target).mean())
 
 
-# The thresholds a model file stores as its calibration (training and `calibrate`); dedup reads them.
-CALIBRATION_KEYS = ("threshold_best_f1", "best_f1", "threshold_at_precision", "precision_at_threshold",
-                    "recall_at_threshold", "target_precision", "threshold_at_recall", "target_recall")
-
-
 def verification_metrics(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0,
                          target_precision: float = 0.99, target_recall: float = TARGET_RECALL) -> dict[str, float]:
     """Everything a verification report needs from one seeded pair sample, as plain floats for JSON.

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from . import metrics
-from .dedup import calibrated_margin
+from .calibration import calibrated_margin
 from .evaluate import EvalResult
 from .images import BadImageError, load_image
 from .search import QueryResult

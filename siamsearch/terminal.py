@@ -18,8 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .commands import EvalRun
-from .dedup import CrossResult, DedupResult, calibrated_margin
+from .calibration import calibrated_margin, collection_margin
+from .closepairs import MAX_NEIGHBOURS
+from .commands import DedupRun, EvalRun
+from .dedup import CrossResult, DedupResult
 from .embed import Progress as EmbedProgress
 from .images import Failure
 from .moves import MovePlan, MoveReport
@@ -40,11 +42,15 @@ def shown(value: Any) -> str:
 
 
 def calibration_line(cal: dict[str, Any]) -> str:
-    """Dedup's default margin and the thresholds it comes from, for train and calibrate to print."""
-    line = f"dedup margin {calibrated_margin(cal):.4f} (best F1 {cal['threshold_best_f1']:.4f}"
+    """The calibrated thresholds and the margins dedup will pick from them, for train and calibrate to print."""
+    line = f"balanced margin {calibrated_margin(cal):.4f} (best F1 {cal['threshold_best_f1']:.4f}"
     if "threshold_at_recall" in cal:
         line += f", {cal['target_recall']:g} of same pairs within {cal['threshold_at_recall']:.4f}"
-    return line + f"); {cal['threshold_at_precision']:.4f} for precision {cal['target_precision']:g}"
+    line += f"); {cal['threshold_at_precision']:.4f} for precision {cal['target_precision']:g}"
+    if cal.get("tails"):
+        line += "; dedup's default margin for " + ", ".join(
+            f"{n:,} images {collection_margin(cal, n).margin:.4f}" for n in (1_000, 1_000_000))
+    return line
 
 
 class Skipped:
@@ -148,7 +154,21 @@ def print_neighbours(results: list[QueryResult]) -> None:
         console.print(table)
 
 
-def dedup_table(result: DedupResult | CrossResult) -> Table:
+def print_dedup(run: DedupRun) -> None:
+    """The groups, then the margins and how the margin was chosen."""
+    result, chosen = run.result, run.chosen
+    console.print(dedup_table(result, same_identity=run.purpose == "identities"))
+    how = "" if chosen is None else f" ({chosen.rule}" + (
+        f": {chosen.expected_false_pairs:.2g} false pair(s) expected" if chosen.expected_false_pairs is not None
+        else "") + (f", {chosen.expected_recall:.0%} of calibration copies within" if chosen.expected_recall
+                    is not None else "") + ")"
+    console.print(f"margin {result.margin:.4f}{how}, review margin {result.review_margin:.4f}"
+                  + ("; approximate index: a few duplicates may be missed" if result.approximate else "")
+                  + (f"; {result.capped} image(s) had over {MAX_NEIGHBOURS} others within the margin: their "
+                     "nearest were kept" if getattr(result, "capped", 0) else ""))
+
+
+def dedup_table(result: DedupResult | CrossResult, same_identity: bool = False) -> Table:
     """Groups (kept file first, with the group's largest inner distance) or cross pairs, one row per file."""
     if isinstance(result, CrossResult):
         table = Table("path", "duplicate in the other index", "distance", "status",
@@ -158,7 +178,8 @@ def dedup_table(result: DedupResult | CrossResult) -> Table:
         return table
     members = [m for g in result.groups for m in g.members]
     review = sum(m.status == "review" for m in members)
-    table = Table("group", "path", "distance", "status", title=f"{len(result.groups)} group(s): "
+    what = "group(s) of the same identity" if same_identity else "group(s)"
+    table = Table("group", "path", "distance", "status", title=f"{len(result.groups)} {what}: "
                   f"{len(members) - review} duplicate(s), {review} to review", title_justify="left")
     for n, g in enumerate(result.groups, start=1):
         table.add_row(str(n), shown(g.keep.path), "", f"keep (max distance {g.max_distance:.4f})")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .calibration import CALIBRATION_KEYS, distance_tails
 from .checkpoint import damaged, load_checkpoint, load_resume, save_model, save_resume, update_model_file
 from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
 from .device import autocast, resolve_device
@@ -80,7 +81,8 @@ def validate(model: Encoder, images: torch.Tensor, labels: np.ndarray, cfg: Trai
     out["p_at_1"] = metrics.precision_at_1(emb, labels)
     out["ways"] = ways
     out["one_shot"] = metrics.one_shot_accuracy(emb, labels, ways, cfg.episodes, cfg.seed)
-    return {k: float(v) for k, v in out.items()}  # plain floats: checkpoints load with weights_only
+    # plain floats: checkpoints load with weights_only; the tails go to the calibration, not the history
+    return {k: float(v) for k, v in out.items()} | {"tails": distance_tails(emb, labels, cfg.seed)}
 
 
 def _score(record: dict[str, Any]) -> float:
@@ -91,11 +93,12 @@ def _score(record: dict[str, Any]) -> float:
     return (0.0 if math.isnan(one_shot) else one_shot) + 1e-3 * record.get("p_at_1", 0.0)
 
 
-def _calibration(record: dict[str, Any]) -> dict[str, Any]:
-    """The distance thresholds dedup uses by default, from the best validation epoch."""
+def _calibration(record: dict[str, Any], tails: dict[str, Any] | None, purpose: str) -> dict[str, Any]:
+    """What dedup's default margin comes from, of the best validation epoch: thresholds, distance tails, purpose."""
     if "threshold_best_f1" not in record:
         return {}
-    return {k: record[k] for k in metrics.CALIBRATION_KEYS if k in record} | {"source": "validation", "epoch": record["epoch"]}
+    return ({k: record[k] for k in CALIBRATION_KEYS if k in record}
+            | {"tails": tails or {}, "purpose": purpose, "source": "validation", "epoch": record["epoch"]})
 
 
 def _lr_factor(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
@@ -288,22 +291,27 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
     data = _load(root, run, runtime, obs)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
-    best, stopped = _loop(run, data, out, device, amp, decode_workers(runtime), obs)
+    best, stopped, calibration = _loop(run, data, out, device, amp, decode_workers(runtime), obs)
     if best is not None:  # the best file gets the whole history, for training curves
         update_model_file(out, history=run.history)
-    return TrainResult(out, run.fingerprint, run.history, best, _calibration(best) if best else {}, data.failures,
-                       stopped, resume_path_for(out))
+    return TrainResult(out, run.fingerprint, run.history, best, calibration, data.failures, stopped,
+                       resume_path_for(out))
 
 
 def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool, workers: int,
-          obs: Observer) -> tuple[dict[str, Any] | None, str]:
-    """The epochs: P×K batches, validation, the best model to `out`, the state --resume needs; (best, why stopped)."""
+          obs: Observer) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
+    """The epochs: P×K batches, validation, the best model to `out`, the state --resume needs.
+
+    Returns:
+        (best epoch's record, why training stopped, the calibration saved with the best model).
+    """
     model, enc, cfg, clock = run.model, run.enc, run.cfg, _Clock(run.elapsed, run.cfg.max_minutes)
     sampler, val = sampler_for(data, cfg), val_views(data, enc, cfg)
     stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
     loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), torch.Generator().manual_seed(cfg.seed + run.start_epoch)
     pre, load = enc.preprocess(), train_load_size(enc.image_size)
     best, stopped, epoch = max(run.history, key=_score, default=None), "epochs", run.start_epoch
+    purpose, calibration = "near-duplicates" if data.self_supervised else "identities", {}
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             _unfreeze_due(run, epoch, obs)
@@ -329,9 +337,11 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
                       "images_per_s": seen / max(1e-9, time.perf_counter() - t0), "lr": run.optimizer.param_groups[0]["lr"]}
             record |= validate(model, *val, cfg, device, amp) if val else {}
             record["minutes"] = clock.elapsed() / 60
+            tails = record.pop("tails", None)
             run.history.append(record)
             if best is None or _score(record) > _score(best):
-                best, run.fingerprint = record, save_model(out, model, cfg, run.history, _calibration(record))
+                best, calibration = record, _calibration(record, tails, purpose)
+                run.fingerprint = save_model(out, model, cfg, run.history, calibration)
             obs.epoch_end(record)
             run.save_state(out, epoch + 1, clock.elapsed())
             if stopped != "epochs":
@@ -339,4 +349,4 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
     except KeyboardInterrupt:
         stopped = "interrupted"
         run.save_state(out, epoch, clock.elapsed())
-    return best, stopped
+    return best, stopped, calibration

@@ -8,7 +8,8 @@ from conftest import run_cli as run
 from PIL import Image
 
 from siamsearch.checkpoint import load_checkpoint
-from siamsearch.dedup import calibrated_margin
+from siamsearch.calibration import collection_margin
+from siamsearch.store import Store
 from siamsearch.indexing import index_folder
 
 
@@ -53,7 +54,8 @@ def test_calibrate_changes_dedups_default_margin_and_keeps_the_index_valid(ident
     assert after.calibration["target_recall"] == 0.8
     res = run("dedup", "--index", idx, "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["margin"] == pytest.approx(calibrated_margin(after.calibration), abs=1e-6)
+    expected = collection_margin(after.calibration, len(Store.open(idx))).margin
+    assert json.loads(res.stdout)["margin"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_query_html_and_sheet_show_each_query_with_its_neighbours(identity_dir, model_file, tmp_path):

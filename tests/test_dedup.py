@@ -16,7 +16,6 @@ from siamsearch.config import EncoderConfig
 from siamsearch.closepairs import find_pairs
 from siamsearch.dedup import (
     DedupError,
-    calibrated_margin,
     choose_keep,
     find_duplicates,
     find_duplicates_in,
@@ -300,7 +299,7 @@ def test_cli_json_follows_the_schema_and_csv_has_a_row_per_member(tmp_path):
               "--csv", tmp_path / "out.csv")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links", "capped"}
+    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links", "capped", "purpose"}
     assert data["links"] == [] and data["capped"] == 0
     assert (data["margin"], data["review_margin"], data["approximate"]) == (0.1, 0.3, False)
     assert len(data["groups"]) == 5
@@ -321,12 +320,6 @@ def test_cli_moves_only_with_yes_and_undo_puts_files_back(tmp_path):
     assert res.exit_code == 0 and "moved 4 duplicate(s)" in res.stdout and len(snapshot(store.root)) == 31
     res = run("undo", res.stdout.split("siamsearch undo ")[1].strip())
     assert res.exit_code == 0 and "restored 4 file(s), skipped 0" in res.stdout and snapshot(store.root) == before
-
-
-def test_calibrated_margin_is_best_f1_capped_at_the_recall_distance():
-    assert calibrated_margin({"threshold_best_f1": 0.7, "threshold_at_recall": 0.6}) == 0.6
-    assert calibrated_margin({"threshold_best_f1": 0.7, "threshold_at_recall": 0.9}) == 0.7
-    assert calibrated_margin({"threshold_best_f1": 0.7}) == 0.7  # calibrated before the recall distance was stored
 
 
 def test_cli_margin_comes_from_the_calibration_or_is_a_one_line_error(tmp_path):

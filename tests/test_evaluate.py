@@ -10,6 +10,7 @@ import torch
 
 from conftest import add_bad_files, make_identities
 from siamsearch import metrics
+from siamsearch.calibration import CALIBRATION_KEYS
 from siamsearch.checkpoint import load_checkpoint, save_model
 from siamsearch.config import EncoderConfig, TrainConfig
 from siamsearch.evaluate import calibrate, evaluate
@@ -71,7 +72,7 @@ def test_calibrate_writes_thresholds_and_keeps_the_fingerprint(identity_dir, mod
     assert after.fingerprint == before.fingerprint
     assert all(torch.equal(after.state_dict[k], before.state_dict[k]) for k in before.state_dict)
     assert after.calibration == cal
-    assert set(metrics.CALIBRATION_KEYS) <= set(cal) and cal["source"] == f"calibrate:{identity_dir.resolve()}"
+    assert set(CALIBRATION_KEYS) <= set(cal) and cal["source"] == f"calibrate:{identity_dir.resolve()}"
     assert cal["target_precision"] == 0.95
     m = evaluate(identity_dir, model_file, ways=4, episodes=20, target_precision=0.95, workers=0).metrics
     assert cal["threshold_best_f1"] == m["threshold_best_f1"]  # same seeded pairs, same answer

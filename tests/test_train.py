@@ -134,7 +134,7 @@ def test_resume_puts_the_optimizer_state_on_its_parameters_device(identity_dir, 
         seen["model"] = {id(p) for p in run.model.parameters() if p.requires_grad}
         seen["devices"] = [(p.device, v.device) for p, state in run.optimizer.state.items() for k, v in state.items()
                            if torch.is_tensor(v) and k != "step"]  # Adam keeps its step count on the CPU by design
-        return None, "epochs"
+        return None, "epochs", {}
 
     monkeypatch.setattr(tr, "resolve_device", lambda _: torch.device("meta"))  # a device other than the CPU
     monkeypatch.setattr(tr, "_loop", spy)
