@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[demo]"
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[demo,pretrained]"
 exec .venv/bin/siamsearch demo --out runs/demo "$@"

