@@ -152,7 +152,8 @@ def index(
     target = index_dir or Path("indexes") / image_dir.resolve().name
     with progress_bar("embedding") as progress:
         store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
-                                   progress=progress, runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
+                                   progress=progress,
+                                   runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
     report_failures(done.failures)
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
                   f"added {done.added}, updated {done.updated}, removed {done.removed}, "
