@@ -92,14 +92,18 @@ def scan_images(root: Path | str) -> Scan:
         return Scan([root] if is_image_path(root) else [])
     if not root.is_dir():
         raise NotFoundError(f"no such folder: {root}")
-    scan, folders, seen = Scan(), [root], {os.path.realpath(root)}
+    real = os.path.realpath(root)
+    scan, folders, seen = Scan(), [(root, (real,))], {real}
     while folders:
-        _scan_folder(folders.pop(), scan, folders, seen)
+        _scan_folder(*folders.pop(), scan, folders, seen)
     scan.images.sort()
     return scan
 
 
-def _scan_folder(folder: Path, scan: Scan, folders: list[Path], seen: set[str]) -> None:
+Walk = tuple[Path, tuple[str, ...]]  # a folder to list, and the real paths of the folders it was reached through
+
+
+def _scan_folder(folder: Path, chain: tuple[str, ...], scan: Scan, folders: list[Walk], seen: set[str]) -> None:
     """List one folder into scan and queue its subfolders, real ones first: a file reached twice keeps its real path."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
@@ -107,13 +111,13 @@ def _scan_folder(folder: Path, scan: Scan, folders: list[Path], seen: set[str]) 
         scan.failures.append(Failure(folder, f"folder cannot be read ({exc.strerror or exc})"))
         scan.unread.append(folder)
         return
-    subfolders = []
+    subfolders: list[Walk] = []
     for entry in entries:
         path = Path(entry.path)
         if entry.name.startswith("."):
             continue
         if _is_folder(entry):
-            subfolders += _new_folder(path, seen, scan)
+            subfolders += _new_folder(path, chain, seen, scan)
         elif entry.is_symlink() or is_image_path(path):
             _check_file(path, scan)
     folders.extend(reversed(subfolders))  # popped in name order
@@ -127,16 +131,15 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return False
 
 
-def _new_folder(path: Path, seen: set[str], scan: Scan) -> list[Path]:
-    """[path] unless its real path was reached before; a link to the folder it sits in or above is a loop."""
+def _new_folder(path: Path, chain: tuple[str, ...], seen: set[str], scan: Scan) -> list[Walk]:
+    """[path to walk] unless its real path was reached before; a link to a folder it was reached through is a loop."""
     real = os.path.realpath(path)
-    if real not in seen:
-        seen.add(real)
-        return [path]
-    parent = Path(os.path.realpath(path.parent))
-    if path.is_symlink() and (Path(real) == parent or Path(real) in parent.parents):
+    if real in chain:
         scan.failures.append(Failure(path, "symbolic link loop (it leads to a folder above it)"))
-    return []
+    if real in seen:
+        return []
+    seen.add(real)
+    return [(path, (*chain, real))]
 
 
 def _check_file(path: Path, scan: Scan) -> None:
