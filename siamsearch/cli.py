@@ -170,6 +170,10 @@ def index(
     index_dir: Annotated[Optional[Path], typer.Option("--index", help="Index folder (default indexes/NAME).")] = None,
     kind: Annotated[str, typer.Option(help="auto, flat, hnsw, ivf or ivfpq.")] = "auto",
     rebuild: Annotated[bool, typer.Option(help="Start over: embed every file again.")] = False,
+    prune: Annotated[bool, typer.Option(help="Drop the rows of missing files even if the folder is empty, "
+                                             "partly unreadable or lost most of its files.")] = False,
+    verify: Annotated[bool, typer.Option(help="Also hash files whose size and mtime are unchanged; "
+                                              "re-embed those whose content changed.")] = False,
     batch_size: Annotated[int, typer.Option()] = 64,
     workers: DecodeWorkers = None,
     device: Device = "auto",
@@ -178,7 +182,8 @@ def index(
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
     target = index_dir or Path("indexes") / image_dir.resolve().name
     with progress_bar("embedding") as progress:
-        store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, progress=progress,
+        store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
+                                   progress=progress,
                                    runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
     report_failures(done.failures)
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "

@@ -57,3 +57,7 @@ class ModelMismatchError(StoreError, RefusedError):
 
 class StoreLockedError(StoreError, RefusedError):
     """Another process holds the write lock."""
+
+
+class PruneRefusedError(StoreError):
+    """A run would drop the rows of files that may only be out of sight (an unmounted disk, an unreadable folder)."""

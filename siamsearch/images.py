@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,12 @@ from .errors import NotFoundError, SiamsearchError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
-# Decompression-bomb guard: refuse anything above this many pixels (about 16k x 16k).
+# Decompression-bomb guard: refuse anything above this many pixels (about 16k x 16k). Pillow's own guard
+# (Image.MAX_IMAGE_PIXELS, 89.5 MP) is raised to it while decoding.
 MAX_PIXELS = 250_000_000
+# Pillow's default guard: larger images that are not JPEGs (which draft mode decodes reduced) are reduced
+# right after decoding, so their copies (orientation, mode) stay small. Smaller ones decode as they always did.
+FULL_DECODE_PIXELS = 89_478_485
 # Shrinking is done in two steps: an integer box reduction down to at least this many times the target
 # side, then an antialiased resize. A JPEG's decoder does the first step itself (draft mode), so a JPEG
 # copy and a PNG original of one picture reach the network as the same pixels. Pillow's default gap, 2.0,
@@ -47,22 +55,110 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+@dataclass
+class Scan:
+    """What a walk found: image files, what it could not use, and what it could not look into.
+
+    unread holds folders that could not be listed and links and files that could not be followed (a
+    broken link may have led to a folder on a disk that is not mounted): files there are out of sight,
+    not necessarily gone.
+    """
+
+    images: list[Path] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    unread: list[Path] = field(default_factory=list)
+
+
 def find_images(root: Path | str) -> list[Path]:
-    """All image files under root, recursively, sorted; hidden files and folders are skipped.
+    """All image files under root, recursively, sorted; scan_images says which entries were skipped and why.
 
     Raises:
-        FileNotFoundError: root does not exist or is not a folder.
+        NotFoundError: root does not exist or is not a folder.
+    """
+    return scan_images(root).images
+
+
+def scan_images(root: Path | str) -> Scan:
+    """Regular image files under root, sorted; hidden entries are skipped, folder symlinks followed once.
+
+    A folder reached twice (two links to it) is read once; a link back to a folder above it, an unreadable
+    folder, a broken link and an image name that is not a regular file (a FIFO, a device) are failures.
+
+    Raises:
+        NotFoundError: root does not exist or is not a folder.
     """
     root = Path(root)
     if root.is_file():
-        return [root] if is_image_path(root) else []
+        return Scan([root] if is_image_path(root) else [])
     if not root.is_dir():
         raise NotFoundError(f"no such folder: {root}")
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / name for name in filenames if is_image_path(Path(name)))
-    return sorted(found)
+    real = os.path.realpath(root)
+    scan, folders, seen = Scan(), [(root, (real,))], {real}
+    while folders:
+        _scan_folder(*folders.pop(), scan, folders, seen)
+    scan.images.sort()
+    return scan
+
+
+Walk = tuple[Path, tuple[str, ...]]  # a folder to list, and the real paths of the folders it was reached through
+
+
+def _scan_folder(folder: Path, chain: tuple[str, ...], scan: Scan, folders: list[Walk], seen: set[str]) -> None:
+    """List one folder into scan and queue its subfolders, real ones first: a file reached twice keeps its real path."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
+    except OSError as exc:
+        scan.failures.append(Failure(folder, f"folder cannot be read ({exc.strerror or exc})"))
+        scan.unread.append(folder)
+        return
+    subfolders: list[Walk] = []
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        if _is_folder(entry):
+            subfolders += _new_folder(path, chain, seen, scan)
+        elif entry.is_symlink() or is_image_path(path):
+            _check_file(path, scan)
+    folders.extend(reversed(subfolders))  # popped in name order
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """True for a folder or a link to one; a link that cannot be followed is left to _check_file."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _new_folder(path: Path, chain: tuple[str, ...], seen: set[str], scan: Scan) -> list[Walk]:
+    """[path to walk] unless its real path was reached before; a link to a folder it was reached through is a loop."""
+    real = os.path.realpath(path)
+    if real in chain:
+        scan.failures.append(Failure(path, "symbolic link loop (it leads to a folder above it)"))
+    if real in seen:
+        return []
+    seen.add(real)
+    return [(path, (*chain, real))]
+
+
+def _check_file(path: Path, scan: Scan) -> None:
+    """Keep a regular image file; count a broken link, a link loop or a FIFO, device or socket as a failure."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        link = path.is_symlink()
+        reasons = {errno.ENOENT: "broken symbolic link", errno.ELOOP: "symbolic link loop"} if link else {}
+        scan.failures.append(Failure(path, reasons.get(exc.errno, f"cannot be read ({exc.strerror or exc})")))
+        if exc.errno != errno.ELOOP:  # a loop hides nothing; anything else may hide files
+            scan.unread.append(path)
+        return
+    if not is_image_path(path):
+        return
+    if stat.S_ISREG(mode):
+        scan.images.append(path)
+    else:
+        scan.failures.append(Failure(path, "not a regular file"))
 
 
 def identity_of(path: Path, root: Path) -> str | None:
@@ -84,6 +180,26 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
+@contextmanager
+def _pixel_limit(pixels: int) -> Iterator[None]:
+    """Let Pillow open images up to MAX_PIXELS (its own guard stops at 89.5 MP); its old limit comes back after."""
+    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _reduced(img: Image.Image, side: int) -> Image.Image:
+    """img shrunk by a whole factor to no less than side on its shorter edge, as JPEG draft mode decodes.
+
+    Pillow cannot reduce palette, bilevel and 16-bit images: those stay whole (memory permitting).
+    """
+    factor = min(img.size) // side if side else 1
+    reducible = img.mode not in ("1", "P") and not img.mode.startswith("I;")
+    return img.reduce(factor) if factor > 1 and reducible else img
+
+
 def load_image(path: Path | str, channels: int = 3, draft_size: int | None = None) -> Image.Image:
     """Decode one image: EXIF orientation applied, converted to L (channels=1) or RGB (channels=3).
 
@@ -97,15 +213,16 @@ def load_image(path: Path | str, channels: int = 3, draft_size: int | None = Non
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pixel_limit(MAX_PIXELS):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImageError(path, f"too large ({img.width}x{img.height} pixels)")
-                if draft_size and img.format == "JPEG":
-                    side = math.ceil(REDUCING_GAP * draft_size)
+                side = math.ceil(REDUCING_GAP * draft_size) if draft_size else 0
+                if side and img.format == "JPEG":
                     img.draft("RGB" if channels == 3 else "L", (side, side))
                 img.load()
+                img = _reduced(img, side) if img.width * img.height > FULL_DECODE_PIXELS else img
                 img = ImageOps.exif_transpose(img)
                 return _to_mode(img, channels)
     except BadImageError:

@@ -1,10 +1,14 @@
 """Folder → diff file stamps → embed new and changed files → store, incremental.
 
-Files are matched to rows by relative path, size and mtime_ns. Rows of vanished and changed files go
-first; then the new and changed files are embedded in one stream (one DataLoader, one worker pool) and
-committed to the store in chunks as the stream fills them, so an interrupted run keeps its work and
-the next run carries on. Unchanged files keep their ids; unreadable files are reported, and tried again
-next time.
+Files are matched to rows by relative path, size and mtime_ns; with verify, also by the SHA-256 of their
+content, which every row records. Rows of vanished and changed files go first; then the new and changed
+files are embedded in one stream (one DataLoader, one worker pool) and committed to the store in chunks
+as the stream fills them, so an interrupted run keeps its work and the next run carries on. Unchanged
+files keep their ids; unreadable files are reported, and tried again next time.
+
+Files that seem gone may only be out of sight (an unmounted disk leaves an empty folder): a run refuses
+to drop rows when the root holds no images, when a folder or link under it could not be read, or when
+more than MAX_PRUNE_SHARE of the rows would go, unless told prune=True.
 
 Commit cost: each commit rewrites the whole index.faiss, so a chunk is commit_every files or a tenth
 of the vectors already stored, whichever is more. A first load of N files then writes about 11·N
@@ -14,6 +18,7 @@ in flight: commit_every files or a tenth of what it had stored.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +31,14 @@ from .checkpoint import CheckpointError, load_encoder
 from .config import Runtime, to_dict
 from .device import resolve_device
 from .embed import EmbedResult, Progress, embed_batches
-from .errors import NotFoundError
-from .images import Failure, find_images, identity_of
-from .rows import NewRow
-from .errors import StoreError
-from .store import MANIFEST, Store
+from .errors import NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
+from .images import Failure, Scan, identity_of, scan_images
+from .rows import NewRow, Row
+from .store import INDEX, LOCK, MANIFEST, ROWS, Store
 
 COMMIT_GROWTH = 0.1  # a chunk is at least this fraction of the vectors stored: O(N) bytes written in all
+INDEX_FILES = frozenset({MANIFEST, INDEX, ROWS, f"{ROWS}-wal", f"{ROWS}-shm", f"{ROWS}-journal", LOCK})
+MAX_PRUNE_SHARE = 0.5  # a run that would drop more of the rows than this refuses, unless told prune=True
 EmbedStream = Callable[[Sequence[Path]], Iterable[EmbedResult]]  # files → their embedded batches, in order
 Stamp = tuple[Path, int, int]  # (absolute path, size, mtime_ns)
 Embedded = tuple[str, np.ndarray | None, tuple[int, int], Failure | None]  # (relative path, vector, (w, h), failure)
@@ -40,7 +46,7 @@ Embedded = tuple[str, np.ndarray | None, tuple[int, int], Failure | None]  # (re
 
 @dataclass
 class SyncReport:
-    """What a run did; updated files were re-embedded because their size or mtime changed."""
+    """What a run did; updated files were re-embedded because their size, mtime or (verified) content changed."""
 
     added: int = 0
     updated: int = 0
@@ -61,46 +67,83 @@ def model_of(store: Store, model_path: Path | str | None) -> Path:
 
 
 def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path | str | None = None, *,
-                 kind: str = "auto", rebuild: bool = False, runtime: Runtime = Runtime(),
-                 commit_every: int = 2048, progress: Progress | None = None) -> tuple[Store, SyncReport]:
+                 kind: str = "auto", rebuild: bool = False, prune: bool = False, verify: bool = False,
+                 runtime: Runtime = Runtime(), commit_every: int = 2048,
+                 progress: Progress | None = None) -> tuple[Store, SyncReport]:
     """Create or update the index of a folder, embedding only new and changed files.
+
+    rebuild starts over, even from a broken index; prune drops the rows of missing files however many;
+    verify re-embeds files whose content changed under an unchanged size and mtime.
 
     Raises:
         CheckpointError: no usable model. ModelMismatchError: the index was built by another model.
-        StoreError: the index directory is unusable or another process is writing to it.
+        StoreError: the index directory is unusable, another process is writing to it, or files seem gone
+        and prune is False (PruneRefusedError).
     """
     image_dir, index_dir = Path(image_dir).expanduser().resolve(), Path(index_dir).expanduser()
     if not image_dir.is_dir():
         raise NotFoundError(f"no such folder: {image_dir}")
-    exists = (index_dir / MANIFEST).exists()
-    store = Store.open(index_dir) if exists else None
+    store = _existing(index_dir, rebuild)
+    if store is None or rebuild:
+        _check_folder(index_dir)
     if store is not None and not rebuild and store.root != image_dir:
         raise StoreError(f"{index_dir} indexes {store.root}, not {image_dir}; pass another --index or --rebuild")
     model_file = model_of(store, model_path) if store is not None else model_path
     if model_file is None:
-        raise CheckpointError("a new index needs a model: pass --model MODEL.pt")
+        raise CheckpointError("a new or rebuilt broken index needs a model: pass --model MODEL.pt")
     model, ckpt = load_encoder(Path(model_file))
     if store is None or rebuild:
         if store is not None:
             store.close()
         store = Store.create(index_dir, dim=ckpt.encoder.dim, fingerprint=ckpt.fingerprint,
                              encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
-                             root=image_dir, index_kind=kind, overwrite=exists)
+                             root=image_dir, index_kind=kind, overwrite=rebuild)
     store.check_model(ckpt.fingerprint)
     embed = partial(embed_batches, model, ckpt.preprocess, batch_size=runtime.batch_size, workers=runtime.workers,
                     device=resolve_device(runtime.device), amp=runtime.amp)
-    return store, sync(store, embed, rebuild=rebuild, commit_every=commit_every, progress=progress)
+    return store, sync(store, embed, rebuild=rebuild, prune=prune, verify=verify, commit_every=commit_every,
+                       progress=progress)
 
 
-def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, commit_every: int = 2048,
-         progress: Progress | None = None) -> SyncReport:
+def _existing(index_dir: Path, rebuild: bool) -> Store | None:
+    """The index at index_dir, None for a new one; a broken one is None too when it is to be rebuilt."""
+    if not (index_dir / MANIFEST).exists():
+        return None
+    try:
+        return Store.open(index_dir)
+    except StoreError:
+        if rebuild:  # _check_folder then checks that the folder holds only an index's files
+            return None
+        raise
+
+
+def _check_folder(folder: Path) -> None:
+    """Refuse to make an index in a file, or in a folder holding anything but an index's own files."""
+    if folder.exists() and not folder.is_dir():
+        raise NotAnIndexError(f"{folder} is a file, not an index folder; pass another --index")
+    strangers = sorted(p.name for p in folder.iterdir() if not _index_file(p.name)) if folder.is_dir() else []
+    if strangers:
+        raise NotAnIndexError(f"{folder} is not a siamsearch index folder (it holds {strangers[0]!r}); "
+                              "pass an empty or new folder as --index")
+
+
+def _index_file(name: str) -> bool:
+    """True for a file an index folder holds: its own, or a temporary one a killed write left behind."""
+    temporary = name.startswith((f".{INDEX}.", f".{MANIFEST}.")) and name.endswith(".tmp")
+    return name in INDEX_FILES or temporary
+
+
+def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool = False, verify: bool = False,
+         commit_every: int = 2048, progress: Progress | None = None) -> SyncReport:
     """Make the index match the images under its root, embedding only new and changed files.
 
-    embed is called once, with every file to embed; rebuild=True embeds every file again.
+    embed is called once, with every file to embed; rebuild=True embeds every file again; prune=True drops
+    the rows of missing files even when they may only be out of sight; verify=True also compares contents.
 
     Raises:
         NotFoundError: the root folder is gone. StoreLockedError: another process is writing to this index.
         ModelMismatchError: embed gives vectors of another size than the index holds.
+        PruneRefusedError: rows would go while the root is empty or partly unreadable, or most rows would go.
     """
     start = time.perf_counter()
     if not store.root.is_dir():
@@ -108,21 +151,24 @@ def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, commit_ever
     if commit_every < 1:
         raise ValueError("commit_every must be >= 1")
     with store.writing():
-        report = _sync(store, embed, rebuild, commit_every, progress or (lambda done, total: None))
+        report = _sync(store, embed, rebuild, prune, verify, commit_every, progress or (lambda done, total: None))
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _sync(store: Store, embed: EmbedStream, rebuild: bool, commit_every: int, progress: Progress) -> SyncReport:
+def _sync(store: Store, embed: EmbedStream, rebuild: bool, prune: bool, verify: bool, commit_every: int,
+          progress: Progress) -> SyncReport:
     """The body of sync, run under the store's write lock."""
-    files = _scan(store.root)
-    known = {row.path: (row.id, (row.size, row.mtime_ns)) for row in store.iter_rows()}
-    keep = {path for path, (_, stamp) in known.items()
-            if not rebuild and path in files and files[path][1:] == stamp}
+    scan = scan_images(store.root)
+    files, failures = _stamps(scan, store.root)
+    known = {row.path: row for row in store.iter_rows()}
+    keep = set() if rebuild else _unchanged(files, known, verify)
     todo = sorted(path for path in files if path not in keep)
     changed = {path for path in todo if path in known}
-    report = SyncReport(removed=len(known) - len(keep) - len(changed), unchanged=len(keep))
-    store.remove([row_id for path, (row_id, _) in known.items() if path not in keep])
+    report = SyncReport(removed=len(known) - len(keep) - len(changed), unchanged=len(keep), failures=failures)
+    if report.removed and not prune:
+        _check_pruning(report.removed, len(known), scan, files, store.root)
+    store.remove([row.id for path, row in known.items() if path not in keep])
     progress(0, len(todo))
     relative, pending, done = {files[path][0]: path for path in todo}, [], 0
     for batch in embed([files[path][0] for path in todo]) if todo else ():
@@ -136,16 +182,68 @@ def _sync(store: Store, embed: EmbedStream, rebuild: bool, commit_every: int, pr
     return report
 
 
-def _scan(root: Path) -> dict[str, Stamp]:
-    """Images under root by relative posix path, with the file stamp that detects changes."""
-    found = {}
-    for file in find_images(root):
+def _stamps(scan: Scan, root: Path) -> tuple[dict[str, Stamp], list[Failure]]:
+    """Images by relative posix path with the stamp that detects changes, and the files that cannot be indexed.
+
+    SQLite holds names as UTF-8: a name that is not (a surrogate-escaped byte) is a failure, not the end of a run.
+    """
+    found, failures = {}, list(scan.failures)
+    for file in scan.images:
+        path = file.relative_to(root).as_posix()
+        if not _is_utf8(path):
+            failures.append(Failure(file, "file name is not valid UTF-8; rename it"))
+            continue
         try:
             st = file.stat()
         except OSError:  # vanished since it was listed
             continue
-        found[file.relative_to(root).as_posix()] = (file, st.st_size, st.st_mtime_ns)
-    return found
+        found[path] = (file, st.st_size, st.st_mtime_ns)
+    return found, failures
+
+
+def _is_utf8(name: str) -> bool:
+    """True when name can be stored as text: os gives undecodable bytes back as lone surrogates."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unchanged(files: dict[str, Stamp], known: dict[str, Row], verify: bool) -> set[str]:
+    """Paths whose row still describes the file: same size and mtime and, with verify, a known, equal hash."""
+    same = {path for path, row in known.items() if path in files and files[path][1:] == (row.size, row.mtime_ns)}
+    if not verify:
+        return same
+    return {path for path in same if _same_content(files[path][0], known[path])}
+
+
+def _same_content(file: Path, row: Row) -> bool:
+    """True when the row's hash is known (an older index's is not) and the file's content still has it."""
+    return row.sha256 is not None and row.sha256 == file_sha256(file)
+
+
+def file_sha256(path: Path) -> str | None:
+    """Hex SHA-256 of a file's content, or None when it cannot be read (an unknown hash verifies nothing)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _check_pruning(gone: int, known: int, scan: Scan, files: dict[str, Stamp], root: Path) -> None:
+    """Refuse to drop the rows of files that may only be out of sight (prune=True skips this)."""
+    if not files:
+        why = f"{root} holds no images (a disk that is not mounted?)"
+    elif scan.unread:
+        why = f"{scan.unread[0]} could not be read"
+    elif gone > MAX_PRUNE_SHARE * known:
+        why = f"more than {MAX_PRUNE_SHARE:.0%} of the indexed files are missing"
+    else:
+        return
+    raise PruneRefusedError(f"not removing {gone} of {known} indexed files: {why}; "
+                            "if they are really gone, run again with --prune")
 
 
 def _per_file(batch: EmbedResult, relative: dict[Path, str]) -> list[Embedded]:
@@ -157,10 +255,11 @@ def _per_file(batch: EmbedResult, relative: dict[Path, str]) -> list[Embedded]:
 
 def _commit(store: Store, chunk: list[Embedded], files: dict[str, Stamp], changed: set[str],
             report: SyncReport) -> None:
-    """Store one chunk: a row per readable file from its stamp; count it in the report."""
+    """Store one chunk: a row per readable file from its stamp and hash; count it in the report."""
     good = [(path, vector, wh) for path, vector, wh, failure in chunk if failure is None]
     report.failures.extend(failure for *_, failure in chunk if failure is not None)
-    rows = [NewRow(path, identity_of(files[path][0], store.root), *files[path][1:], *wh) for path, _, wh in good]
+    rows = [NewRow(path, identity_of(files[path][0], store.root), *files[path][1:], *wh, file_sha256(files[path][0]))
+            for path, _, wh in good]
     vectors = np.stack([vector for _, vector, _ in good]) if good else np.zeros((0, store.dim), np.float32)
     for row, row_id in zip(rows, store.add(rows, vectors)):
         if row_id < 0:

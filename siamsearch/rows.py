@@ -1,7 +1,11 @@
-"""The SQLite table of an index's rows: each image's stable id, path, identity, file stamp and size.
+"""The SQLite table of an index's rows: each image's stable id, path, identity, file stamp, size and hash.
 
 Only siamsearch.store writes it, and commits only when the vectors agree (see store.py): this module
-knows SQL, not FAISS.
+knows SQL, not FAISS. A table opens inside a read transaction, so a reader sees the rows of one commit
+however long it stays open, while a writer commits beside it (WAL mode).
+
+The sha256 column came after format 1's first tables: an older table opens without it (every hash
+unknown) and gets it when a writer opens it.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = "id, path, identity, size, mtime_ns, width, height"
+COLUMNS = "id, path, identity, size, mtime_ns, width, height, sha256"
+PLACEHOLDERS = ", ".join("?" * len(COLUMNS.split(", ")))
 SCHEMA = """
 CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, identity TEXT,
                      size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, width INTEGER NOT NULL,
-                     height INTEGER NOT NULL);
+                     height INTEGER NOT NULL, sha256 TEXT);
 PRAGMA journal_mode = WAL;
 """
 QUERY_CHUNK = 500  # ids per SELECT ... IN (...): under SQLite's variable limit
@@ -35,6 +40,7 @@ class Row:
     mtime_ns: int
     width: int
     height: int
+    sha256: str | None = None  # hex digest of the content it was embedded from; None = unknown (an older index)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class NewRow:
     mtime_ns: int
     width: int
     height: int
+    sha256: str | None = None
 
 
 class RowTable:
@@ -57,13 +64,27 @@ class RowTable:
     """
 
     def __init__(self, path: Path, root: Path) -> None:
+        """Open the table and hold one snapshot of it until the first commit or rollback."""
         self.root = root
         self._db = sqlite3.connect(path)
         try:
+            self._db.execute("BEGIN")
             self._ids = np.fromiter((r[0] for r in self._db.execute("SELECT id FROM images")), np.int64)
+            self._columns = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
         except sqlite3.DatabaseError:
             self._db.close()
             raise
+
+    def upgrade(self) -> None:
+        """Add the columns an older table lacks (unknown values), committed; only the writer calls this."""
+        if "sha256" not in self._columns:
+            self._db.execute("ALTER TABLE images ADD COLUMN sha256 TEXT")
+            self._db.commit()
+            self._columns.add("sha256")
+
+    def _select(self) -> str:
+        """COLUMNS as this table can give them: an older table's unknown hashes read as NULL."""
+        return COLUMNS if "sha256" in self._columns else COLUMNS.replace("sha256", "NULL")
 
     @staticmethod
     def create(path: Path) -> None:
@@ -84,7 +105,7 @@ class RowTable:
     def insert(self, ids: Sequence[int], rows: Sequence[NewRow]) -> None:
         """Add rows under those ids, uncommitted."""
         values = [(int(i), *astuple(row)) for i, row in zip(ids, rows, strict=True)]
-        self._db.executemany(f"INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+        self._db.executemany(f"INSERT INTO images ({COLUMNS}) VALUES ({PLACEHOLDERS})", values)
 
     def delete(self, ids: Sequence[int] | np.ndarray) -> None:
         """Drop the rows of those ids, uncommitted."""
@@ -112,7 +133,7 @@ class RowTable:
         found: dict[int, Row] = {}
         for i in range(0, len(wanted), QUERY_CHUNK):
             part = wanted[i:i + QUERY_CHUNK]
-            sql = f"SELECT {COLUMNS} FROM images WHERE id IN ({', '.join('?' * len(part))})"
+            sql = f"SELECT {self._select()} FROM images WHERE id IN ({', '.join('?' * len(part))})"
             found.update((r[0], self._row(r)) for r in self._db.execute(sql, part))
         missing = [i for i in wanted if i not in found]
         if missing:
@@ -121,7 +142,7 @@ class RowTable:
 
     def __iter__(self) -> Iterator[Row]:
         """Every row, by id."""
-        for r in self._db.execute(f"SELECT {COLUMNS} FROM images ORDER BY id"):
+        for r in self._db.execute(f"SELECT {self._select()} FROM images ORDER BY id"):
             yield self._row(r)
 
     def identities(self) -> int:

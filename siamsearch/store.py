@@ -2,7 +2,7 @@
 
 An index directory holds:
     index.faiss    every vector under the id of its row (IndexIDMap2 for flat/hnsw, IVF's own ids)
-    rows.sqlite    images(id, path relative to root, identity, size, mtime_ns, width, height)
+    rows.sqlite    images(id, path relative to root, identity, size, mtime_ns, width, height, sha256)
     manifest.json  format version, root, encoder fingerprint, index kind, count
     .lock          flock-ed by the one process writing
 
@@ -12,6 +12,9 @@ which loading drops. Rows without a vector (e.g. an older index.faiss put back) 
 so the next indexing run embeds those files again. Both files are replaced atomically (temp file, fsync,
 rename). Each add and remove is one such commit and rewrites the whole index.faiss, so callers add in
 growing chunks (siamsearch.indexing says how).
+
+Readers: loading reads index.faiss, then the rows inside one SQLite read transaction that stays open
+(siamsearch.rows), so every vector a reader holds keeps its row while a writer commits beside it.
 
 Writing happens inside Store.writing(), which holds the lock. Kinds (siamsearch.ann): every index starts
 flat; when a writing run ends, the kind the size calls for is built, and an approximate one is rebuilt
@@ -46,6 +49,7 @@ from .rows import NewRow, Row, RowTable
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
+MANIFEST_KEYS = {"root": str, "fingerprint": str, "dim": int, "requested_kind": str, "search": dict}
 
 
 # ---- files -----------------------------------------------------------------------------------
@@ -78,6 +82,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         version = int(manifest["format_version"])
+        if not all(isinstance(manifest[key], kind) for key, kind in MANIFEST_KEYS.items()):
+            raise TypeError("a field has the wrong type")
     except (ValueError, KeyError, TypeError, OSError):
         raise CorruptIndexError(f"{folder / MANIFEST} is unreadable; rebuild the index with --rebuild") from None
     if version > FORMAT_VERSION:
@@ -115,7 +121,7 @@ class Store:
     def create(cls, path: Path | str, *, dim: int, fingerprint: str, encoder: dict[str, Any],
                model_path: str | None, root: Path | str, index_kind: str = "auto",
                overwrite: bool = False) -> Store:
-        """Make an empty index for dim-d vectors of one encoder; overwrite replaces an existing one.
+        """Make an empty index for dim-d vectors of one encoder; overwrite replaces an existing one, even a broken one.
 
         Raises:
             IndexExistsError: path already holds an index and overwrite is False.
@@ -166,6 +172,8 @@ class Store:
             raise CorruptIndexError(f"{self.path / ROWS} is unreadable; rebuild the index with --rebuild") from None
         self.close()
         self._manifest, self._index, self._rows = manifest, index, rows
+        if self._writing:
+            rows.upgrade()
         self._repair(rows.ids_at_open())
 
     def _repair(self, row_ids: np.ndarray) -> None:

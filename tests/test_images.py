@@ -1,11 +1,14 @@
 """Finding images, identities, modes, and bad files reported rather than raised."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import add_bad_files, make_identities
 from PIL import Image
 
-from conftest import add_bad_files
-from siamsearch.images import BadImageError, find_images, identity_of, load_image
+from siamsearch.images import BadImageError, find_images, identity_of, load_image, scan_images
 
 
 def test_find_images_sorted_recursive_skips_hidden_and_other_files(tmp_path):
@@ -60,3 +63,59 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr("siamsearch.images.MAX_PIXELS", 50 * 50)
     with pytest.raises(BadImageError, match="too large"):
         load_image(tmp_path / "big.png")
+
+
+def test_a_fifo_named_like_an_image_is_a_failure_not_a_hang(tmp_path):
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    scan = scan_images(tmp_path)
+    assert scan.images == [tmp_path / "a.png"]
+    assert [(f.path.name, f.reason) for f in scan.failures] == [("pipe.jpg", "not a regular file")]
+
+
+def test_a_dangling_symlink_is_a_failure_and_leaves_the_scan_incomplete(tmp_path):
+    Image.new("L", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "usb").symlink_to(tmp_path / "unmounted")
+    scan = scan_images(tmp_path)
+    assert scan.images == [tmp_path / "a.png"]
+    assert sorted((f.path.name, f.reason) for f in scan.failures) == [("gone.jpg", "broken symbolic link"),
+                                                                      ("usb", "broken symbolic link")]
+    assert sorted(p.name for p in scan.unread) == ["gone.jpg", "usb"]
+
+
+def test_symlinked_folders_are_followed_once_and_a_loop_is_a_failure(tmp_path):
+    photos, root = make_identities(tmp_path / "real", n_ids=2, per_id=2, size=4), tmp_path / "root"
+    root.mkdir()
+    for name in ("id00", "id01"):
+        (root / name).symlink_to(photos / name, target_is_directory=True)
+    (root / "more").symlink_to(photos / "id00", target_is_directory=True)  # reached twice: read once, by name
+    (root / "id00" / "up").symlink_to(root, target_is_directory=True)  # back to the root: a loop
+    scan = scan_images(root)
+    assert [p.relative_to(root).as_posix() for p in scan.images] == ["id00/0.png", "id00/1.png",
+                                                                      "id01/0.png", "id01/1.png"]
+    assert [(f.path, f.reason) for f in scan.failures] == [
+        (root / "id00" / "up", "symbolic link loop (it leads to a folder above it)")]
+    assert not scan.unread
+
+
+def test_an_unreadable_folder_is_a_failure(tmp_path, monkeypatch):
+    make_identities(tmp_path, n_ids=2, per_id=1, size=4)
+    real_scandir = os.scandir
+
+    def refuse_id01(path):
+        if Path(path).name == "id01":
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_id01)  # root may read anything, so chmod cannot make this
+    scan = scan_images(tmp_path)
+    assert scan.images == [tmp_path / "id00" / "0.png"] and scan.unread == [tmp_path / "id01"]
+    assert scan.failures[0].reason == "folder cannot be read (Permission denied)"
+
+
+def test_images_up_to_the_documented_250_megapixels_decode(tmp_path):
+    Image.new("L", (10_000, 10_000), 128).save(tmp_path / "big.png")  # 100 MP: Pillow's own guard says 89.5
+    img = load_image(tmp_path / "big.png", 3, draft_size=32)
+    assert img.mode == "RGB" and min(img.size) >= 96 and max(img.size) < 10_000  # reduced right after decoding
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's guard is back for everyone else

@@ -2,21 +2,22 @@
 
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from conftest import DIM, add_bad_files, clustered, make_identities
+from PIL import Image
 
 import siamsearch.embed as embed_mod
 import siamsearch.indexing as indexing
 import siamsearch.store as store_mod
 from siamsearch.config import Runtime
 from siamsearch.embed import EmbedResult
+from siamsearch.errors import PruneRefusedError, StoreLockedError
 from siamsearch.images import BadImageError, Failure, find_images, load_image
 from siamsearch.indexing import index_folder, sync
-from siamsearch.errors import StoreLockedError
 from siamsearch.store import Store
 
 
@@ -223,3 +224,91 @@ def test_a_run_of_several_chunks_embeds_in_one_stream_with_one_worker_pool(ident
     assert report.added == 96 == len(store) and len(written) >= 5  # chunks of 10 or more: several commits
     assert streams == [96] and loaders == [1]  # one stream, one DataLoader (and worker pool) for the run
     assert progress[0] == (0, 96) and progress[-1] == (96, 96) and len(progress) == 1 + 14  # 14 batches of 7
+
+
+# ---- files that may only be out of sight, odd names, content changes ------------------------------
+
+
+def test_an_empty_or_partly_unreadable_root_does_not_wipe_the_index(tmp_path, photos, new_store, monkeypatch):
+    store = new_store(photos)
+    sync(store, FakeEmbed())
+    moved = tmp_path / "unmounted"
+    photos.rename(moved)
+    photos.mkdir()  # an empty mount point
+    with pytest.raises(PruneRefusedError, match="not removing 9 of 9 .*holds no images.*--prune"):
+        sync(store, FakeEmbed())
+    assert len(Store.open(store.path)) == 9
+    for p in moved.iterdir():
+        p.rename(photos / p.name)
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p: _refuse(p, "id01") or real_scandir(p))
+    with pytest.raises(PruneRefusedError, match="id01 could not be read"):
+        sync(store, FakeEmbed())
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    for p in photos.glob("id0[01]/*.png"):
+        p.unlink()
+    with pytest.raises(PruneRefusedError, match="more than 50% of the indexed files are missing"):
+        sync(store, FakeEmbed())
+    assert len(store) == 9
+    report = sync(store, FakeEmbed(), prune=True)
+    assert report.removed == 6 and len(store) == 3
+
+
+def _refuse(path, name):
+    """Raise PermissionError when listing a folder called name, as an unreadable folder would."""
+    if Path(path).name == name:
+        raise PermissionError(13, "Permission denied")
+
+
+def test_a_name_that_is_not_utf8_is_a_failure_and_the_run_goes_on(tmp_path, photos, new_store):
+    bad = Path(os.fsdecode(os.fsencode(photos / "id00") + b"/bad\xff.png"))
+    bad.write_bytes((photos / "id00" / "0.png").read_bytes())
+    store = new_store(photos)
+    for _ in range(2):  # and again: the next run is not stuck on it
+        report = sync(store, FakeEmbed(), commit_every=1)
+        assert [(f.path, f.reason) for f in report.failures] == [(bad, "file name is not valid UTF-8; rename it")]
+        assert len(store) == 9
+    assert report.unchanged == 9
+
+
+def test_unreadable_entries_under_the_root_are_counted_as_failures(tmp_path, photos, new_store):
+    os.mkfifo(photos / "pipe.jpg")
+    (photos / "gone.png").symlink_to(photos / "nowhere.png")
+    elsewhere = make_identities(tmp_path / "elsewhere", n_ids=1, per_id=2, size=8, seed=3)
+    (photos / "linked").symlink_to(elsewhere / "id00", target_is_directory=True)
+    report = sync(new_store(photos), FakeEmbed())
+    assert report.added == 11
+    assert sorted((f.path.name, f.reason) for f in report.failures) == [("gone.png", "broken symbolic link"),
+                                                                        ("pipe.jpg", "not a regular file")]
+
+
+def test_verify_re_embeds_content_changed_under_the_same_stamp(tmp_path, photos, new_store):
+    store = new_store(photos)
+    sync(store, FakeEmbed())
+    rows = {r.path: r for r in store.iter_rows()}
+    target, other = photos / "id00/0.png", photos / "id01/0.png"
+    assert rows["id00/0.png"].sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+    st = target.stat()
+    target.write_bytes(other.read_bytes()[:st.st_size].ljust(st.st_size, b"\0"))  # cp -p: same size and mtime
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sync(store, FakeEmbed()).unchanged == 9  # the stamp alone cannot tell
+    embed = FakeEmbed()
+    report = sync(store, embed, verify=True)
+    assert embed.seen == [target] and (report.updated, report.unchanged) == (1, 8)
+    assert {r.path: r for r in store.iter_rows()}["id00/0.png"].sha256 == hashlib.sha256(target.read_bytes()).hexdigest()
+
+
+def test_an_index_without_hashes_still_opens_and_verify_fills_them_in(tmp_path, photos, new_store):
+    store = new_store(photos)
+    sync(store, FakeEmbed())
+    store.close()
+    db = sqlite3.connect(store.path / "rows.sqlite")  # as an older siamsearch wrote it
+    db.execute("ALTER TABLE images DROP COLUMN sha256")
+    db.commit()
+    db.close()
+    old = Store.open(store.path)
+    assert len(old) == 9 and all(r.sha256 is None for r in old.iter_rows())
+    assert sync(old, FakeEmbed()).unchanged == 9  # a writer adds the column; unknown hashes stay unknown
+    embed = FakeEmbed()
+    assert sync(old, embed, verify=True).updated == 9 and len(embed.seen) == 9  # nothing to verify against
+    assert all(r.sha256 for r in Store.open(store.path).iter_rows())

@@ -95,3 +95,42 @@ def test_info_and_errors(identity_dir, model_file, tmp_path):
     assert res.exit_code == 2 and "error:" in res.output
     res = run("index", identity_dir, "--index", tmp_path / "new")
     assert res.exit_code == 2 and "--model" in res.output
+
+
+@pytest.mark.parametrize("damage", ["truncated index.faiss", "deleted rows.sqlite", "garbage manifest.json"])
+def test_rebuild_repairs_any_broken_index(identity_dir, model_file, tmp_path, damage):
+    idx = tmp_path / "idx"
+    index_folder(identity_dir, idx, model_file)
+    if damage.startswith("truncated"):
+        (idx / "index.faiss").write_bytes((idx / "index.faiss").read_bytes()[:100])
+    elif damage.startswith("deleted"):
+        (idx / "rows.sqlite").unlink()
+    else:
+        (idx / "manifest.json").write_text('{"format_version": 1}')
+    res = run("index", identity_dir, "--index", idx, "--model", model_file, "--workers", "0")
+    assert res.exit_code == 2 and "--rebuild" in res.output
+    res = run("index", identity_dir, "--index", idx, "--model", model_file, "--rebuild", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert len(Store.open(idx)) == 96
+
+
+def test_rebuild_refuses_what_is_not_an_index_folder(identity_dir, model_file, tmp_path):
+    photos = sorted(p.name for p in (identity_dir / "id00").iterdir())
+    res = run("index", identity_dir, "--index", identity_dir / "id00", "--model", model_file, "--rebuild")
+    assert res.exit_code == 2 and "is not a siamsearch index folder" in res.output
+    assert sorted(p.name for p in (identity_dir / "id00").iterdir()) == photos  # nothing written there
+    (tmp_path / "idx").write_text("a file")
+    res = run("index", identity_dir, "--index", tmp_path / "idx", "--model", model_file)
+    assert res.exit_code == 2 and "is a file, not an index folder" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_index_prune_and_verify_flags(identity_dir, model_file, tmp_path):
+    idx = tmp_path / "idx"
+    index_folder(identity_dir, idx, model_file)
+    for folder in sorted(identity_dir.iterdir())[:10]:
+        shutil.rmtree(folder)
+    res = run("index", identity_dir, "--index", idx, "--workers", "0")
+    assert res.exit_code == 2 and "--prune" in res.output and len(Store.open(idx)) == 96
+    res = run("index", identity_dir, "--index", idx, "--workers", "0", "--prune", "--verify")
+    assert res.exit_code == 0 and "removed 60, unchanged 36" in res.output, res.output

@@ -123,3 +123,17 @@ def test_clear_errors_for_what_is_not_a_usable_index(photos, new_store):
     fresh = Store.create(store.path, dim=4, fingerprint="b" * 16, encoder={}, model_path="m.pt", root=photos,
                          overwrite=True)
     assert len(fresh) == 0 and fresh.dim == 4 and fresh.info()["model"] == "m.pt"
+
+
+def test_a_reader_keeps_its_snapshot_while_a_writer_commits(tmp_path, new_store, vector_folder, sync_vectors):
+    root, x = vector_folder(tmp_path / "v", 20), clustered(20)
+    store = new_store(root)
+    sync_vectors(store, x)
+    reader = Store.open(store.path)  # e.g. query, between loading the index and reading its rows
+    with store.writing():  # a writer commits: rows go, then their vectors, then new rows come
+        store.remove([r.id for r in store.iter_rows()][:10])
+        store.add(rows_for(["new.png"]), x[:1])
+    _, found = reader.search(x, 5)
+    assert [r.id for r in reader.rows(found[0])] == list(found[0])  # every id the reader found has its row
+    assert len(reader) == 20 == len(list(reader.iter_rows()))
+    assert len(Store.open(store.path)) == 11  # and a new reader sees the writer's commit
