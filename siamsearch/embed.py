@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import Preprocess
 from .device import autocast, default_workers
-from .images import BadImageError, Failure, load_image
+from .images import ORIGINAL_SIZE, BadImageError, Failure, load_image
 from .transforms import normalize, square_view
 
 Progress = Callable[[int, int], None]  # (done, total): files finished so far, of all there are to do
@@ -35,7 +35,7 @@ class DecodedImages(Dataset):
             img = load_image(self.paths[i], self.channels, draft_size=max(self.sizes))
         except BadImageError as exc:
             return i, None, (0, 0), exc.reason
-        return i, tuple(square_view(img, s) for s in self.sizes), img.size, ""
+        return i, tuple(square_view(img, s) for s in self.sizes), img.info.get(ORIGINAL_SIZE, img.size), ""
 
 
 def keep_list(items: list) -> list:

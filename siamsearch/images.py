@@ -21,6 +21,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 
 # Decompression-bomb guard: refuse anything above this many pixels (about 16k x 16k). Pillow's own guard
 # (Image.MAX_IMAGE_PIXELS, 89.5 MP) is raised to it while decoding.
+ORIGINAL_SIZE = "siamsearch_original_size"  # (width, height) of the stored image, upright
+ORIENTATION = 0x0112  # the EXIF tag
 MAX_PIXELS = 250_000_000
 # Pillow's default guard: larger images that are not JPEGs (which draft mode decodes reduced) are reduced
 # right after decoding, so their copies (orientation, mode) stay small. Smaller ones decode as they always did.
@@ -203,6 +205,8 @@ def _reduced(img: Image.Image, side: int) -> Image.Image:
 def load_image(path: Path | str, channels: int = 3, draft_size: int | None = None) -> Image.Image:
     """Decode one image: EXIF orientation applied, converted to L (channels=1) or RGB (channels=3).
 
+    The upright size of the file itself, before any reduced decoding, is in `img.info[ORIGINAL_SIZE]`.
+
     draft_size is the side the image will be shrunk to: the JPEG decoder may return it reduced, to no
     less than REDUCING_GAP times that side, which is several times faster for photos far larger than the
     network input. Reducing further (to the side itself) would skip the antialiasing filter: textures
@@ -218,13 +222,16 @@ def load_image(path: Path | str, channels: int = 3, draft_size: int | None = Non
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImageError(path, f"too large ({img.width}x{img.height} pixels)")
+                stored = img.size  # before any reduced decoding: what "largest" and the rows compare
                 side = math.ceil(REDUCING_GAP * draft_size) if draft_size else 0
                 if side and img.format == "JPEG":
                     img.draft("RGB" if channels == 3 else "L", (side, side))
                 img.load()
                 img = _reduced(img, side) if img.width * img.height > FULL_DECODE_PIXELS else img
-                img = ImageOps.exif_transpose(img)
-                return _to_mode(img, channels)
+                turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+                img = _to_mode(ImageOps.exif_transpose(img), channels)
+                img.info[ORIGINAL_SIZE] = stored[::-1] if turned else stored
+                return img
     except BadImageError:
         raise
     except FileNotFoundError:

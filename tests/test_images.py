@@ -119,3 +119,16 @@ def test_images_up_to_the_documented_250_megapixels_decode(tmp_path):
     img = load_image(tmp_path / "big.png", 3, draft_size=32)
     assert img.mode == "RGB" and min(img.size) >= 96 and max(img.size) < 10_000  # reduced right after decoding
     assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's guard is back for everyone else
+
+
+def test_the_original_size_survives_reduced_decoding_and_exif_turns(tmp_path):
+    from siamsearch.images import ORIGINAL_SIZE
+
+    Image.new("RGB", (3000, 2000), "white").save(tmp_path / "big.jpg")
+    turned = Image.new("RGB", (300, 200), "white")
+    exif = turned.getexif()
+    exif[0x0112] = 6  # rotate 90
+    turned.save(tmp_path / "turned.jpg", exif=exif)
+    big = load_image(tmp_path / "big.jpg", draft_size=32)
+    assert big.width < 3000 and big.info[ORIGINAL_SIZE] == (3000, 2000)
+    assert load_image(tmp_path / "turned.jpg").info[ORIGINAL_SIZE] == (200, 300)
