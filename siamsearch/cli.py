@@ -143,6 +143,7 @@ def train(
     seed: Seed = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing --out (indexes built with it will refuse it).")] = False,
+    as_json: Json = False,
 ) -> None:
     """Train a Siamese encoder on an identity folder."""
     if augment not in AUGMENT_PRESETS:
@@ -151,8 +152,9 @@ def train(
                           "unfreeze": parse_unfreeze(unfreeze or [])}  # the configs pick their fields by name
     enc, cfg, runtime = (from_options(cls, options) for cls in (EncoderConfig, TrainConfig, Runtime))
     result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume,
-                         force=force, observer=TrainProgress())
-    print_training(result)
+                         force=force, observer=TrainProgress(err if as_json else None))
+    report_failures(result.failures)
+    print_json(result.to_dict()) if as_json else print_training(result)
     if result.best is None:
         fail("no epoch finished, so no model was written")
 
@@ -178,6 +180,7 @@ def index(
     workers: DecodeWorkers = None,
     device: Device = "auto",
     amp: Amp = None,
+    as_json: Json = False,
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
     target = index_dir or Path("indexes") / image_dir.resolve().name
@@ -186,6 +189,9 @@ def index(
                                    progress=progress,
                                    runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
     report_failures(done.failures)
+    if as_json:
+        facts = {"index": str(target), "count": len(store), "index_kind": store.kind, "approximate": store.approximate}
+        return print_json(facts | done.to_dict())
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
                   f"added {done.added}, updated {done.updated}, removed {done.removed}, "
                   f"unchanged {done.unchanged}, skipped {len(done.failures)} in {done.seconds:.1f}s")

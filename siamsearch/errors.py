@@ -59,5 +59,5 @@ class StoreLockedError(StoreError, RefusedError):
     """Another process holds the write lock."""
 
 
-class PruneRefusedError(StoreError):
+class PruneRefusedError(StoreError, RefusedError):
     """A run would drop the rows of files that may only be out of sight (an unmounted disk, an unreadable folder)."""

@@ -62,7 +62,7 @@ class EvalResult:
         """The JSON summary: metrics, counts, notes and skipped files (no arrays)."""
         return {"root": str(self.root), "fingerprint": self.fingerprint, "metrics": self.metrics,
                 "counts": self.counts, "notes": self.notes,
-                "failures": [{"path": str(f.path), "reason": f.reason} for f in self.failures]}
+                "failures": [f.to_dict() for f in self.failures]}
 
 
 def held_out_images(found: list[Path], root: Path, ckpt: Checkpoint) -> list[Path]:

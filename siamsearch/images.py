@@ -51,6 +51,10 @@ class Failure:
     path: Path
     reason: str
 
+    def to_dict(self) -> dict[str, str]:
+        """{path, reason} for JSON."""
+        return {"path": str(self.path), "reason": self.reason}
+
 
 def is_image_path(path: Path) -> bool:
     """True for a visible file with an image extension (content is checked only on decode)."""

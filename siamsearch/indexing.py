@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,11 @@ class SyncReport:
     unchanged: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary of a run: counts, seconds and the skipped files with their reasons."""
+        return {"added": self.added, "updated": self.updated, "removed": self.removed, "unchanged": self.unchanged,
+                "seconds": round(self.seconds, 3), "failures": [f.to_dict() for f in self.failures]}
 
 
 def model_of(store: Store, model_path: Path | str | None) -> Path:

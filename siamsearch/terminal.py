@@ -88,7 +88,8 @@ class TrainProgress:
 
     columns = ("epoch", "loss", "roc_auc", "p_at_1", "one_shot", "threshold_best_f1", "minutes")
 
-    def __init__(self) -> None:
+    def __init__(self, out: Console | None = None) -> None:
+        self.out = out or console  # epoch lines: stdout, or stderr when stdout carries --json
         self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
                             TimeRemainingColumn(), console=err, transient=True,
@@ -111,12 +112,11 @@ class TrainProgress:
     def epoch_end(self, record: dict[str, Any]) -> None:
         self.bar.remove_task(self.task)
         self.bar.stop()
-        console.print("  ".join(f"{k} {fmt(record[k])}" for k in self.columns if k in record), highlight=False)
+        self.out.print("  ".join(f"{k} {fmt(record[k])}" for k in self.columns if k in record))
 
 
 def print_training(result: TrainResult) -> None:
-    """Skipped files, how the run ended, the best epoch, its calibration and the file written."""
-    report_failures(result.failures)
+    """How the run ended, the best epoch, its calibration and the file written."""
     if result.stopped == "interrupted":
         err.print(f"interrupted: state saved to {shown(result.resume_path)}; continue with the same command and "
                   "--resume")

@@ -19,7 +19,7 @@ from .checkpoint import damaged, load_checkpoint, load_resume, save_model, save_
 from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
 from .device import autocast, resolve_device
 from .embed import embed_tensors
-from .errors import UsageError
+from .errors import RefusedError, UsageError
 from .images import Failure
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
@@ -59,6 +59,12 @@ class TrainResult:
     failures: list[Failure]
     stopped: str  # "epochs", "time budget" or "interrupted"
     resume_path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary: the model written, its best epoch and calibration thresholds, how it stopped."""
+        return {"out": str(self.out), "fingerprint": self.fingerprint, "best": self.best, "stopped": self.stopped,
+                "calibration": {k: v for k, v in self.calibration.items() if k != "tails"},
+                "resume_path": str(self.resume_path), "failures": [f.to_dict() for f in self.failures]}
 
 
 def resume_path_for(out: Path) -> Path:
@@ -210,7 +216,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
         raise UsageError(f"cannot write {out}: {folder} is not a writable folder; choose another --out")
     taken = [p for p in (out, resume_path_for(out)) if p.exists()]
     if taken and not (force or resume):
-        raise UsageError(f"{taken[0]} exists; pass --resume to continue its run, --force to start over "
+        raise RefusedError(f"{taken[0]} exists; pass --resume to continue its run, --force to start over "
                          "(indexes built with the old model will refuse the new one), or choose another --out")
 
 

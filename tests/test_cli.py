@@ -82,3 +82,15 @@ def test_undo_and_calibrate_summaries_in_json(identity_dir, model_file, tmp_path
     assert moves["done"] and not moves["dry_run"]
     res = run("undo", moves["manifest"], "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["done"] == moves["done"]
+
+
+def test_index_and_train_summaries_in_json(identity_dir, model_file, tmp_path):
+    res = run("index", identity_dir, "--model", model_file, "--index", tmp_path / "idx", "--workers", 0, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert (data["count"], data["added"], data["failures"]) == (96, 96, [])
+    res = run("train", identity_dir, "--out", tmp_path / "new.pt", "--epochs", 1, "--image-size", 32, "--dim", 16,
+              "-P", 4, "-K", 2, "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["out"] == str(tmp_path / "new.pt") and summary["best"]["epoch"] == 1 and summary["fingerprint"]

@@ -131,6 +131,6 @@ def test_index_prune_and_verify_flags(identity_dir, model_file, tmp_path):
     for folder in sorted(identity_dir.iterdir())[:10]:
         shutil.rmtree(folder)
     res = run("index", identity_dir, "--index", idx, "--workers", "0")
-    assert res.exit_code == 2 and "--prune" in res.output and len(Store.open(idx)) == 96
+    assert res.exit_code == 3 and "--prune" in res.output and len(Store.open(idx)) == 96
     res = run("index", identity_dir, "--index", idx, "--workers", "0", "--prune", "--verify")
     assert res.exit_code == 0 and "removed 60, unchanged 36" in res.output, res.output

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from siamsearch.checkpoint import load_checkpoint, load_encoder
 from siamsearch.cli import app
 from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
-from siamsearch.errors import UsageError
+from siamsearch.errors import RefusedError, UsageError
 from siamsearch.model import build_encoder
 from siamsearch.train import Quiet, resume_path_for, train, validate
 from siamsearch.trainset import load_data, val_views
@@ -155,7 +155,7 @@ def test_resume_on_cuda_takes_optimizer_steps(identity_dir, tmp_path):
 def test_an_existing_model_is_replaced_only_with_force(identity_dir, tmp_path):
     out, cfg = tmp_path / "m.pt", dataclasses.replace(CFG, epochs=1)
     out.write_bytes(b"a model indexes rely on")
-    with pytest.raises(UsageError, match="--force"):
+    with pytest.raises(RefusedError, match="--force"):
         train(identity_dir, out, ENC, cfg)
     assert out.read_bytes() == b"a model indexes rely on"
     train(identity_dir, out, ENC, cfg, force=True)
@@ -177,7 +177,7 @@ def test_cli_train_refuses_an_existing_out_without_force(identity_dir, tmp_path)
     args = ["train", str(identity_dir), "--out", str(out), "--image-size", "32", "--epochs", "1", "-P", "8", "-K", "3",
             "--dim", "8"]
     res = CliRunner().invoke(app, args)
-    assert res.exit_code == 2 and "--force" in res.output and len(res.output.strip().splitlines()) == 1
+    assert res.exit_code == 3 and "--force" in res.output and len(res.output.strip().splitlines()) == 1
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0 and load_checkpoint(out).history
 
 
