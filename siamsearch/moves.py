@@ -42,6 +42,7 @@ class Move:
     path: str
     size: int
     mtime_ns: int
+    sha256: str | None = None  # the content it was indexed with, when the index knows it
 
 
 @dataclass
@@ -79,6 +80,16 @@ def _changed(path: Path, size: int, mtime_ns: int) -> str | None:
     return None if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else "changed since it was indexed"
 
 
+def _content_changed(path: Path, indexed: str | None, digest: str | None = None) -> str | None:
+    """Why a file's bytes are not the ones indexed (a `cp -p` replacement keeps size and mtime), or None.
+
+    Indexes from before content hashes were stored know no digest: then only the stamp was checked.
+    """
+    if indexed is None:
+        return None
+    return None if (digest or sha256(path)) == indexed else "changed since it was indexed (same size and mtime)"
+
+
 def _within(path: Path, folder: Path) -> bool:
     """True when path, symlinks resolved, is folder or inside it."""
     resolved, folder = path.resolve(), folder.resolve()
@@ -104,7 +115,7 @@ def _group_moves(group: Group, dest: Path) -> tuple[list[Move], list[Skipped]]:
     """A group's duplicates to move, or none when its kept file is not there as indexed: then no copy would be left."""
     duplicates = [m.row for m in group.members if m.status == "duplicate"]
     keep = group.keep
-    kept_reason = _changed(keep.abspath, keep.size, keep.mtime_ns)
+    kept_reason = _changed(keep.abspath, keep.size, keep.mtime_ns) or _content_changed(keep.abspath, keep.sha256)
     if kept_reason:
         why = f"the kept file {keep.path} is {kept_reason}; group left alone"
         return [], [Skipped(row.path, why) for row in duplicates]
@@ -118,7 +129,7 @@ def _group_moves(group: Group, dest: Path) -> tuple[list[Move], list[Skipped]]:
         if reason:
             skipped.append(Skipped(row.path, reason))
         else:
-            moves.append(Move(row.path, row.size, row.mtime_ns))
+            moves.append(Move(row.path, row.size, row.mtime_ns, row.sha256))
     return moves, skipped
 
 
@@ -199,11 +210,12 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     entries = []
     for move in plan.moves:
         src = plan.root / move.path
-        reason = _changed(src, move.size, move.mtime_ns)
+        digest = None if _changed(src, move.size, move.mtime_ns) else sha256(src)
+        reason = _changed(src, move.size, move.mtime_ns) or _content_changed(src, move.sha256, digest)
         if reason:
             report.skipped.append(Skipped(move.path, reason))
             continue
-        entries.append({"from": move.path, "to": move.path, "size": move.size, "sha256": sha256(src)})
+        entries.append({"from": move.path, "to": move.path, "size": move.size, "sha256": digest})
     if not entries:
         return report
     plan.dest.mkdir(parents=True, exist_ok=True)

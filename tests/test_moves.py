@@ -114,3 +114,27 @@ def test_undo_puts_the_file_back(tmp_path):
     root, dest, manifest = moved(tmp_path)
     assert undo_moves(manifest).done == ["sub/a_copy.jpg"]
     assert (root / "sub/a_copy.jpg").read_bytes() == b"same" and not (dest / "sub/a_copy.jpg").exists()
+
+
+def test_content_replaced_under_the_same_stamp_is_caught_for_kept_files_and_duplicates(tmp_path):
+    import hashlib
+
+    root = tmp_path / "photos"
+
+    def indexed(rel: str, content: bytes) -> Row:
+        r = row(root, rel, content)
+        return Row(*[getattr(r, f) for f in ("id", "path", "abspath", "identity", "size", "mtime_ns", "width",
+                                              "height")], hashlib.sha256(content).hexdigest())
+
+    def replace_keeping_stamp(r: Row, content: bytes) -> None:
+        r.abspath.write_bytes(content)
+        os.utime(r.abspath, ns=(r.mtime_ns, r.mtime_ns))  # as `cp -p` or `rsync -a` would leave it
+
+    keep1, copy1 = indexed("a.jpg", b"aaaa"), indexed("a_copy.jpg", b"aaaa")
+    keep2, copy2 = indexed("b.jpg", b"bbbb"), indexed("b_copy.jpg", b"bbbb")
+    replace_keeping_stamp(keep1, b"AAAA")
+    plan = plan_moves(result(root, (keep1, [copy1]), (keep2, [copy2])), tmp_path / "dups")
+    assert [m.path for m in plan.moves] == ["b_copy.jpg"] and "same size and mtime" in plan.skipped[0].reason
+    replace_keeping_stamp(copy2, b"BBBB")
+    report = apply_moves(plan)
+    assert report.done == [] and (root / "b_copy.jpg").read_bytes() == b"BBBB"
