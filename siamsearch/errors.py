@@ -61,3 +61,7 @@ class StoreLockedError(StoreError, RefusedError):
 
 class PruneRefusedError(StoreError, RefusedError):
     """A run would drop the rows of files that may only be out of sight (an unmounted disk, an unreadable folder)."""
+
+
+class StoreWriteError(StoreError):
+    """Writing an index failed (a full disk); the commit order left what is on disk consistent."""

@@ -42,6 +42,7 @@ from .errors import (
     ModelMismatchError,
     NotAnIndexError,
     StoreLockedError,
+    StoreWriteError,
     UnsupportedFormatError,
     UsageError,
 )
@@ -58,6 +59,17 @@ MANIFEST_KEYS = {"root": str, "fingerprint": str, "dim": int, "requested_kind": 
 def _write_index(folder: Path, index: faiss.Index) -> None:
     """Replace index.faiss atomically."""
     write_atomic(folder / INDEX, lambda tmp: faiss.write_index(index, tmp))
+
+
+@contextmanager
+def _disk_writes(folder: Path) -> Iterator[None]:
+    """A full disk or a failed write ends in one line: the commit order leaves what is on disk consistent."""
+    try:
+        yield
+    except (sqlite3.OperationalError, RuntimeError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise StoreWriteError(f"cannot write the index {folder} ({reason}); what is on disk is consistent: "
+                              "free some space and run again") from None
 
 
 @contextmanager
@@ -251,16 +263,17 @@ class Store:
                                      f"this index holds {self.dim}-d vectors")
         finite = np.isfinite(vectors).all(axis=1)
         ids[finite] = np.arange(finite.sum(), dtype=np.int64) + self._rows.next_id()
-        try:
-            self._rows.insert(ids[finite], [row for row, ok in zip(rows, finite) if ok])
-            self._index.add_with_ids(np.ascontiguousarray(vectors[finite]), ids[finite])
-            _write_index(self.path, self._index)
-            self._rows.commit()
-        except BaseException:
-            self._rows.rollback()
-            self._load()  # back to what is on disk, minus the vectors of this chunk
-            raise
-        self._write_manifest()
+        with _disk_writes(self.path):
+            try:
+                self._rows.insert(ids[finite], [row for row, ok in zip(rows, finite) if ok])
+                self._index.add_with_ids(np.ascontiguousarray(vectors[finite]), ids[finite])
+                _write_index(self.path, self._index)
+                self._rows.commit()
+            except BaseException:
+                self._rows.rollback()
+                self._load()  # back to what is on disk, minus the vectors of this chunk
+                raise
+            self._write_manifest()
         return ids
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> None:
@@ -269,11 +282,12 @@ class Store:
         ids = np.asarray(ids, dtype=np.int64).ravel()
         if not ids.size:
             return
-        self._rows.delete(ids)
-        self._rows.commit()
-        self._drop_vectors(ids)
-        _write_index(self.path, self._index)
-        self._write_manifest()
+        with _disk_writes(self.path):
+            self._rows.delete(ids)
+            self._rows.commit()
+            self._drop_vectors(ids)
+            _write_index(self.path, self._index)
+            self._write_manifest()
 
     def _finish(self) -> None:
         """Lay out the kind the size calls for, rebuilt (new lists, fresh tuning) when n doubled or halved."""

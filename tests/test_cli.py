@@ -94,3 +94,42 @@ def test_index_and_train_summaries_in_json(identity_dir, model_file, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["out"] == str(tmp_path / "new.pt") and summary["best"]["epoch"] == 1 and summary["fingerprint"]
+
+
+def names_index(identity_dir, model_file, tmp_path) -> tuple:
+    """An index where three copies of one image carry hostile names: markup, a markup closer, a newline."""
+    original = identity_dir / "id00" / "0.png"
+    names = ["[red]x.png", "x[/]y.png", "new\nline.png", "=HYPERLINK(1).png"]  # x[/]y.png: folder "x[", file "]y.png"
+    for name in names:
+        (identity_dir / "id00" / name).parent.mkdir(exist_ok=True)
+        (identity_dir / "id00" / name).write_bytes(original.read_bytes())
+    index_folder(identity_dir, tmp_path / "idx", model_file)[0].close()
+    return tmp_path / "idx", names
+
+
+def test_file_names_print_as_they_are_never_as_markup_or_forged_lines(identity_dir, model_file, tmp_path):
+    idx, names = names_index(identity_dir, model_file, tmp_path)
+    res = run("dedup", "--index", idx, "--margin", 0.001, "--move-to", tmp_path / "dups")  # the dry-run list
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert "id00/[red]x.png" in res.stdout and "id00/x[/]y.png" in res.stdout and "id00/new\\nline.png" in res.stdout
+    assert not any(line.startswith("line.png") for line in res.stdout.splitlines())
+
+
+def test_csv_cells_cannot_become_formulas(identity_dir, model_file, tmp_path):
+    idx, _ = names_index(identity_dir, model_file, tmp_path)
+    res = run("dedup", "--index", idx, "--margin", 0.001, "--csv", tmp_path / "d.csv")
+    assert res.exit_code == 0, res.output
+    cells = [c for line in (tmp_path / "d.csv").read_text().splitlines() for c in line.split(",")]
+    assert "'id00/=HYPERLINK(1).png" not in cells and not any(c.startswith(("=", "+", "@")) for c in cells)
+    assert any("=HYPERLINK(1).png" in c for c in cells)
+
+
+def test_reports_come_before_moves_so_a_failing_one_moves_nothing(identity_dir, model_file, tmp_path):
+    idx, _ = names_index(identity_dir, model_file, tmp_path)
+    res = run("dedup", "--index", idx, "--margin", 0.001, "--move-to", tmp_path / "dups", "--yes",
+              "--csv", tmp_path / "missing" / "d.csv")
+    assert res.exit_code == 2 and not (tmp_path / "dups").exists()
+    res = run("dedup", "--index", idx, "--margin", 0.001, "--move-to", tmp_path / "dups", "--yes",
+              "--html", tmp_path / "d.html")
+    assert res.exit_code == 0 and "undo with: siamsearch undo" in res.stdout
+    assert "file not found" not in (tmp_path / "d.html").read_text()  # drawn while every file was in place

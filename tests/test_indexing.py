@@ -312,3 +312,29 @@ def test_an_index_without_hashes_still_opens_and_verify_fills_them_in(tmp_path, 
     embed = FakeEmbed()
     assert sync(old, embed, verify=True).updated == 9 and len(embed.seen) == 9  # nothing to verify against
     assert all(r.sha256 for r in Store.open(store.path).iter_rows())
+
+
+@pytest.mark.parametrize("failure", ["index.faiss", "rows.sqlite"])
+def test_a_full_disk_is_one_line_and_leaves_the_index_as_it_was(identity_dir, model_file, tmp_path, monkeypatch,
+                                                                 failure):
+    import sqlite3
+
+    from conftest import run_cli
+
+    from siamsearch import rows, store
+
+    idx = tmp_path / "idx"
+    index_folder(identity_dir, idx, model_file)[0].close()
+    (identity_dir / "id00" / "new.png").write_bytes((identity_dir / "id01" / "0.png").read_bytes() + b"\0")
+
+    def full(*args):
+        if failure == "index.faiss":
+            raise RuntimeError("Error in faiss::write_index: fwrite failed: No space left on device")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store.faiss if failure == "index.faiss" else rows.RowTable,
+                        "write_index" if failure == "index.faiss" else "commit", full)
+    res = run_cli("index", identity_dir, "--index", idx, "--workers", 0)
+    assert res.exit_code == 2 and "free some space" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    monkeypatch.undo()
+    assert len(Store.open(idx)) == 96 and "--rebuild" not in res.stderr
