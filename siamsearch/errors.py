@@ -63,5 +63,5 @@ class PruneRefusedError(StoreError, RefusedError):
     """A run would drop the rows of files that may only be out of sight (an unmounted disk, an unreadable folder)."""
 
 
-class StoreWriteError(StoreError):
+class StoreWriteError(StoreError, OSError):
     """Writing an index failed (a full disk); the commit order left what is on disk consistent."""

@@ -34,8 +34,9 @@ from .device import resolve_device
 from .embed import EmbedResult, Progress, embed_batches
 from .errors import NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
 from .images import Failure, Scan, identity_of, scan_images
+from .indexdir import INDEX, LOCK, MANIFEST, ROWS
 from .rows import NewRow, Row
-from .store import INDEX, LOCK, MANIFEST, ROWS, Store
+from .store import Store
 
 COMMIT_GROWTH = 0.1  # a chunk is at least this fraction of the vectors stored: O(N) bytes written in all
 INDEX_FILES = frozenset({MANIFEST, INDEX, ROWS, f"{ROWS}-wal", f"{ROWS}-shm", f"{ROWS}-journal", LOCK})

@@ -23,11 +23,9 @@ when the collection has doubled or halved since (HNSW also on any deletion: it c
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,74 +33,25 @@ import faiss
 import numpy as np
 
 from .ann import KINDS, build_index, index_ids, kind_of, new_index, plan_kind, reconstruct
-from .atomic import LockedError, exclusive_lock, write_atomic, write_json
+from .atomic import write_json
 from .errors import (
     CorruptIndexError,
     IndexExistsError,
     ModelMismatchError,
-    NotAnIndexError,
-    StoreLockedError,
-    StoreWriteError,
-    UnsupportedFormatError,
     UsageError,
 )
+from .indexdir import (
+    FORMAT_VERSION,
+    INDEX,
+    MANIFEST,
+    ROWS,
+    disk_writes,
+    locked,
+    now,
+    read_manifest,
+    write_index,
+)
 from .rows import NewRow, Row, RowTable
-
-FORMAT_VERSION = 1
-MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
-MANIFEST_KEYS = {"root": str, "fingerprint": str, "dim": int, "requested_kind": str, "search": dict}
-
-
-# ---- files -----------------------------------------------------------------------------------
-
-
-def _write_index(folder: Path, index: faiss.Index) -> None:
-    """Replace index.faiss atomically."""
-    write_atomic(folder / INDEX, lambda tmp: faiss.write_index(index, tmp))
-
-
-@contextmanager
-def _disk_writes(folder: Path) -> Iterator[None]:
-    """A full disk or a failed write ends in one line: the commit order leaves what is on disk consistent."""
-    try:
-        yield
-    except (sqlite3.OperationalError, RuntimeError, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise StoreWriteError(f"cannot write the index {folder} ({reason}); what is on disk is consistent: "
-                              "free some space and run again") from None
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Hold the index's exclusive write lock, or fail at once if another process has it."""
-    try:
-        with exclusive_lock(folder / LOCK):
-            yield
-    except LockedError:
-        raise StoreLockedError(f"{folder}: another siamsearch process is writing to this index") from None
-
-
-def _now() -> str:
-    """UTC timestamp for the manifest."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest, checked for presence and format version."""
-    if not (folder / MANIFEST).is_file():
-        raise NotAnIndexError(f"{folder} is not a siamsearch index (no {MANIFEST})")
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        version = int(manifest["format_version"])
-        if not all(isinstance(manifest[key], kind) for key, kind in MANIFEST_KEYS.items()):
-            raise TypeError("a field has the wrong type")
-    except (ValueError, KeyError, TypeError, OSError):
-        raise CorruptIndexError(f"{folder / MANIFEST} is unreadable; rebuild the index with --rebuild") from None
-    if version > FORMAT_VERSION:
-        raise UnsupportedFormatError(f"{folder} has index format {version}, this siamsearch reads up to "
-                                     f"{FORMAT_VERSION}; upgrade siamsearch or rebuild the index")
-    return manifest
-
 
 # ---- the store ---------------------------------------------------------------------------------
 
@@ -143,19 +92,19 @@ class Store:
             raise UsageError(f"unknown index kind {index_kind!r}; choose one of auto, {', '.join(KINDS)}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with _locked(path):
+        with locked(path):
             if (path / MANIFEST).exists() and not overwrite:
                 raise IndexExistsError(f"{path} already holds an index; open it, or rebuild it with --rebuild")
             for name in (MANIFEST, INDEX, ROWS, f"{ROWS}-wal", f"{ROWS}-shm"):  # manifest first: then no index
                 (path / name).unlink(missing_ok=True)
             RowTable.create(path / ROWS)
             index = new_index("flat", dim)  # every index starts flat; a writing run lays out the kind at its end
-            _write_index(path, index)
-            now = _now()
+            write_index(path, index)
+            stamp = now()
             manifest = {"format_version": FORMAT_VERSION, "root": str(Path(root).resolve()), "model": model_path,
                         "fingerprint": fingerprint, "encoder": encoder, "metric": "l2", "dim": dim,
                         "index_kind": kind_of(index), "requested_kind": index_kind, "search": {},
-                        "count": 0, "created": now, "updated": now}
+                        "count": 0, "created": stamp, "updated": stamp}
             write_json(path / MANIFEST, manifest)
         return cls(path)
 
@@ -163,7 +112,7 @@ class Store:
 
     def _load(self) -> None:
         """Read the three files, then drop vectors without rows and rows without vectors."""
-        manifest = _read_manifest(self.path)
+        manifest = read_manifest(self.path)
         try:
             index = faiss.read_index(str(self.path / INDEX))
         except RuntimeError:
@@ -201,7 +150,7 @@ class Store:
             self._rows.delete(unembedded)
             self._rows.commit()
         if orphans.size:
-            _write_index(self.path, self._index)
+            write_index(self.path, self._index)
 
     # -- writing
 
@@ -226,7 +175,7 @@ class Store:
         Raises:
             StoreLockedError: another process is writing to this index.
         """
-        with _locked(self.path):
+        with locked(self.path):
             self._writing = True
             try:
                 self._load()  # another process may have written since this one opened the index
@@ -263,11 +212,11 @@ class Store:
                                      f"this index holds {self.dim}-d vectors")
         finite = np.isfinite(vectors).all(axis=1)
         ids[finite] = np.arange(finite.sum(), dtype=np.int64) + self._rows.next_id()
-        with _disk_writes(self.path):
+        with disk_writes(self.path):
             try:
                 self._rows.insert(ids[finite], [row for row, ok in zip(rows, finite) if ok])
                 self._index.add_with_ids(np.ascontiguousarray(vectors[finite]), ids[finite])
-                _write_index(self.path, self._index)
+                write_index(self.path, self._index)
                 self._rows.commit()
             except BaseException:
                 self._rows.rollback()
@@ -282,11 +231,11 @@ class Store:
         ids = np.asarray(ids, dtype=np.int64).ravel()
         if not ids.size:
             return
-        with _disk_writes(self.path):
+        with disk_writes(self.path):
             self._rows.delete(ids)
             self._rows.commit()
             self._drop_vectors(ids)
-            _write_index(self.path, self._index)
+            write_index(self.path, self._index)
             self._write_manifest()
 
     def _finish(self) -> None:
@@ -295,7 +244,7 @@ class Store:
         want = plan_kind(self._manifest["requested_kind"], n)
         if want != kind or (want != "flat" and not built / 2 < n < 2 * built):
             self._rebuild(want)
-            _write_index(self.path, self._index)
+            write_index(self.path, self._index)
         self._write_manifest()
 
     def _rebuild(self, kind: str, ids: np.ndarray | None = None) -> None:
@@ -312,7 +261,7 @@ class Store:
 
     def _write_manifest(self) -> None:
         """Replace manifest.json atomically with the current kind and count."""
-        self._manifest.update(index_kind=self.kind, count=len(self), updated=_now())
+        self._manifest.update(index_kind=self.kind, count=len(self), updated=now())
         write_json(self.path / MANIFEST, self._manifest)
 
     # -- reading

@@ -63,13 +63,13 @@ class FakeEmbed:
 
 def count_index_writes(monkeypatch) -> list[int]:
     """Record the vector count of every index.faiss the store writes, in order."""
-    real, written = store_mod._write_index, []
+    real, written = store_mod.write_index, []
 
     def counting(folder, index):
         real(folder, index)
         written.append(index.ntotal)
 
-    monkeypatch.setattr(store_mod, "_write_index", counting)
+    monkeypatch.setattr(store_mod, "write_index", counting)
     return written
 
 
@@ -139,7 +139,7 @@ def test_chunks_grow_with_the_index_so_a_first_load_writes_linear_bytes(tmp_path
 
 
 def test_error_after_index_write_rolls_back_to_the_committed_rows(tmp_path, photos, monkeypatch, new_store):
-    real, calls = store_mod._write_index, []
+    real, calls = store_mod.write_index, []
 
     def crash_on_second_chunk(folder, index):
         real(folder, index)
@@ -148,11 +148,11 @@ def test_error_after_index_write_rolls_back_to_the_committed_rows(tmp_path, phot
             raise OSError("disk on fire")
 
     store = new_store(photos)
-    monkeypatch.setattr(store_mod, "_write_index", crash_on_second_chunk)
+    monkeypatch.setattr(store_mod, "write_index", crash_on_second_chunk)
     with pytest.raises(OSError):
         sync(store, FakeEmbed(), commit_every=4)
     assert calls[:2] == [4, 8] and len(store) == 4 and len(list(store.iter_rows())) == 4
-    monkeypatch.setattr(store_mod, "_write_index", real)
+    monkeypatch.setattr(store_mod, "write_index", real)
     embed = FakeEmbed()
     assert sync(store, embed, commit_every=4).added == 5 and len(embed.seen) == 5
 

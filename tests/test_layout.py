@@ -7,7 +7,7 @@ import siamsearch
 
 # The README's order: foundations, then folder → images → tensors → encoder → vectors → store → groups → report.
 ORDER = ("errors", "atomic", "config", "device", "images", "samples", "transforms", "pairs", "embed", "trainset",
-         "model", "losses", "metrics", "calibration", "checkpoint", "train", "evaluate", "ann", "rows", "store", "indexing",
+         "model", "losses", "metrics", "calibration", "checkpoint", "train", "evaluate", "ann", "rows", "indexdir", "store", "indexing",
          "search", "closepairs", "dedup", "moves", "report", "commands", "demo", "terminal", "cli")
 
 
