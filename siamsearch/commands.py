@@ -17,8 +17,6 @@ from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .checkpoint import CheckpointError, read_calibration
 from .config import Runtime
 from .dedup import (
-    KEEP_ORDER,
-    LINKAGES,
     CrossResult,
     DedupError,
     DedupResult,
@@ -82,13 +80,8 @@ class DedupRun:
         return out
 
 
-def _check_dedup_args(linkage: str, keep: str, against: Path | None, move_to: Path | None,
-                      html_file: Path | None) -> None:
-    """Every refusal before any search: a bad combination costs nothing."""
-    if linkage not in LINKAGES:
-        raise UsageError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
-    if keep not in KEEP_ORDER:
-        raise UsageError(f"unknown keep policy {keep!r}; choose one of {', '.join(KEEP_ORDER)}")
+def _check_dedup_args(against: Path | str | None, move_to: Path | str | None, html_file: Path | None) -> None:
+    """Refuse a bad combination before opening anything (find_duplicates checks linkage and keep itself)."""
     if against is not None and move_to is not None:
         raise UsageError("--move-to works within one index; it does not combine with --against")
     if against is not None and html_file is not None:
@@ -109,8 +102,7 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
     Raises:
         RefusedError: --move-to with an identity model and no --margin.
     """
-    _check_dedup_args(linkage, keep, None if against is None else Path(against), None if move_to is None
-                      else Path(move_to), html_file)
+    _check_dedup_args(against, move_to, html_file)
     with Store.open(index_dir) as store:
         calibration = model_calibration(store) if margin is None else {}
         chosen = collection_margin(calibration, len(store), false_pairs_per_1000) if calibration else None
