@@ -57,6 +57,8 @@ def test_out_of_range_numbers_are_usage_errors_not_tracebacks(identity_dir, mode
                  ["query", query, "--index", idx, "--margin", 5],
                  ["dedup", "--index", idx, "--margin", 5], ["dedup", "--index", idx, "--margin", "inf"],
                  ["dedup", "--index", idx, "--margin", 0.5, "--review-margin", 0.2],
+                 ["dedup", "--index", idx, "--margin", 0.5, "--linkage", "chain"],
+                 ["dedup", "--index", idx, "--margin", 0.5, "--keep", "biggest"],
                  ["eval", identity_dir, "--model", model_file, "--episodes", 0],
                  ["eval", identity_dir, "--model", model_file, "--ways", 1],
                  ["calibrate", identity_dir, "--model", model_file, "--target-precision", 2]):
