@@ -283,7 +283,8 @@ def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedu
         return print_json(done.to_dict())
     for skip in done.skipped:
         err.print(f"  skipped {shown(skip.path)}: {skip.reason}")
-    console.print(f"restored {len(done.done)} file(s), skipped {len(done.skipped)}")
+    back = f", {len(done.already)} already back" if done.already else ""
+    console.print(f"restored {len(done.done)} file(s){back}, skipped {len(done.skipped)}")
 
 
 @app.command("eval")

@@ -7,6 +7,7 @@ undo_moves) are called directly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from .dedup import (
     find_duplicates,
     find_duplicates_in,
 )
-from .errors import RefusedError, UsageError
+from .errors import NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, evaluate
 from .images import Failure
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
@@ -149,7 +150,14 @@ class QueryRun:
 def query_index(index_dir: Path | str, images: Sequence[Path | str], *, k: int = 10, margin: float | None = None,
                 exclude_self: bool = False, model: Path | str | None = None, runtime: Runtime = Runtime(workers=0),
                 html_file: Path | None = None, sheet: Path | None = None) -> QueryRun:
-    """Embed the query images (folders expand), search the index, and draw the HTML page or contact sheet."""
+    """Embed the query images (folders expand), search the index, and draw the HTML page or contact sheet.
+
+    Raises:
+        NotFoundError: a named image or folder does not exist (a broken link is a skipped file, not this).
+    """
+    missing = [str(p) for p in images if not os.path.lexists(p)]
+    if missing:
+        raise NotFoundError(f"no such file or folder: {missing[0]}")
     searcher = Searcher.open(index_dir, model, runtime)
     with searcher.store:
         k = max(1, min(k, len(searcher.store)))  # more neighbours than rows would only allocate padding

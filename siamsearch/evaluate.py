@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint, load_encoder, update_model_file
 from .device import resolve_device
 from .embed import Progress, embed_paths
 from .errors import NotFoundError, UsageError
-from .images import Failure, find_images, identity_of
+from .images import Failure, identity_of, scan_images
 from .pairs import split_folder
 
 
@@ -96,8 +96,8 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bo
         raise NotFoundError(f"no such folder: {root}")
     dev = resolve_device(device)
     model, ckpt = load_encoder(Path(model_path), dev)
-    found = find_images(root)
-    found = held_out_images(found, root, ckpt) if held_out else found
+    scan = scan_images(root)
+    found = held_out_images(scan.images, root, ckpt) if held_out else scan.images
     labelled = [p for p in found if identity_of(p, root) is not None]
     emb = embed_paths(model, ckpt.preprocess, labelled, batch_size=batch_size, workers=workers, device=dev,
                       progress=progress)
@@ -106,7 +106,8 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bo
     if len(counts) < 2 or counts.max(initial=0) < 2:
         raise UsageError(f"{root} needs at least 2 identity sub-folders and one with 2+ readable images; "
                          f"found {len(counts)} identities in {len(labels)} labelled images")
-    return Labelled(root, emb.paths, labels, emb.vectors, emb.failures, len(found) - len(labelled), ckpt)
+    failures = scan.failures + emb.failures  # broken links, loops and FIFOs are skipped files too
+    return Labelled(root, emb.paths, labels, emb.vectors, failures, len(found) - len(labelled), ckpt)
 
 
 def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False, ways: int = 20,

@@ -19,10 +19,11 @@ from .errors import NotFoundError, SiamsearchError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
-# Decompression-bomb guard: refuse anything above this many pixels (about 16k x 16k). Pillow's own guard
-# (Image.MAX_IMAGE_PIXELS, 89.5 MP) is raised to it while decoding.
 ORIGINAL_SIZE = "siamsearch_original_size"  # (width, height) of the stored image, upright
 ORIENTATION = 0x0112  # the EXIF tag
+# Decompression-bomb guard: refuse anything above this many pixels (about 16k x 16k), checked as soon as the
+# header is read, before any pixel is decoded. Pillow's own guard (89.5 MP) is off while decoding: this one
+# names the size.
 MAX_PIXELS = 250_000_000
 # Pillow's default guard: larger images that are not JPEGs (which draft mode decodes reduced) are reduced
 # right after decoding, so their copies (orientation, mode) stay small. Smaller ones decode as they always did.
@@ -153,9 +154,7 @@ def _check_file(path: Path, scan: Scan) -> None:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        link = path.is_symlink()
-        reasons = {errno.ENOENT: "broken symbolic link", errno.ELOOP: "symbolic link loop"} if link else {}
-        scan.failures.append(Failure(path, reasons.get(exc.errno, f"cannot be read ({exc.strerror or exc})")))
+        scan.failures.append(Failure(path, _stat_reason(path, exc)))
         if exc.errno != errno.ELOOP:  # a loop hides nothing; anything else may hide files
             scan.unread.append(path)
         return
@@ -165,6 +164,26 @@ def _check_file(path: Path, scan: Scan) -> None:
         scan.images.append(path)
     else:
         scan.failures.append(Failure(path, "not a regular file"))
+
+
+def _stat_reason(path: Path, exc: OSError) -> str:
+    """Why a file cannot be looked at, in the words a scan and a decode both use."""
+    if path.is_symlink() and exc.errno in (errno.ENOENT, errno.ELOOP):
+        return "broken symbolic link" if exc.errno == errno.ENOENT else "symbolic link loop"
+    known = {errno.ENOENT: "file not found", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+    return known.get(exc.errno, f"cannot be read ({exc.strerror or exc})")
+
+
+def _check_regular(path: Path) -> None:
+    """Raise BadImageError unless path is a regular file: opening a FIFO would wait for a writer forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise BadImageError(path, _stat_reason(path, exc)) from None
+    if stat.S_ISDIR(mode):
+        raise BadImageError(path, "is a directory")
+    if not stat.S_ISREG(mode):
+        raise BadImageError(path, "not a regular file")
 
 
 def identity_of(path: Path, root: Path) -> str | None:
@@ -187,8 +206,8 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 
 @contextmanager
-def _pixel_limit(pixels: int) -> Iterator[None]:
-    """Let Pillow open images up to MAX_PIXELS (its own guard stops at 89.5 MP); its old limit comes back after."""
+def _pixel_limit(pixels: int | None) -> Iterator[None]:
+    """Set Pillow's own guard (89.5 MP by default; None: off) while decoding; its old limit comes back after."""
     old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, pixels
     try:
         yield
@@ -220,12 +239,14 @@ def load_image(path: Path | str, channels: int = 3, draft_size: int | None = Non
         BadImageError: the file is missing, empty, truncated, not an image, unreadable or too large.
     """
     path = Path(path)
+    _check_regular(path)
     try:
-        with warnings.catch_warnings(), _pixel_limit(MAX_PIXELS):
+        with warnings.catch_warnings(), _pixel_limit(None):  # MAX_PIXELS is checked here, with the size
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise BadImageError(path, f"too large ({img.width}x{img.height} pixels)")
+                    raise BadImageError(path, f"too large ({img.width}x{img.height} pixels; the limit is "
+                                              f"{MAX_PIXELS / 1e6:g} MP)")
                 stored = img.size  # before any reduced decoding: what "largest" and the rows compare
                 side = math.ceil(REDUCING_GAP * draft_size) if draft_size else 0
                 if side and img.format == "JPEG":
@@ -250,4 +271,5 @@ def load_image(path: Path | str, channels: int = 3, draft_size: int | None = Non
         reason = "empty file" if path.stat().st_size == 0 else "not an image"
         raise BadImageError(path, reason) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(path, f"cannot decode ({exc})") from None
+        truncated = "truncated" in str(exc).lower()  # Pillow words it several ways, by format
+        raise BadImageError(path, "truncated file" if truncated else f"cannot decode ({exc})") from None

@@ -20,7 +20,7 @@ from typing import Any
 
 from .atomic import write_json
 from .dedup import DedupResult, Group
-from .errors import RefusedError
+from .errors import NotFoundError, RefusedError
 
 
 class MoveError(RefusedError):
@@ -62,11 +62,12 @@ class MoveReport:
     manifest: Path | None
     done: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)  # undo: files an earlier undo already brought back
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON summary: manifest, files done, files skipped with the reason."""
+        """The JSON summary: manifest, files done, files skipped with the reason, files already back (undo)."""
         return {"manifest": None if self.manifest is None else str(self.manifest), "done": self.done,
-                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped]}
+                "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped], "already": self.already}
 
 
 def _changed(path: Path, size: int, mtime_ns: int) -> str | None:
@@ -226,7 +227,9 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     moved = []
     for entry in entries:
         reason = _try_move(plan.root / entry["from"], plan.dest / entry["to"])
-        if reason:
+        if reason == ALREADY_BACK:
+            report.already.append(entry["from"])
+        elif reason:
             report.skipped.append(Skipped(entry["from"], reason))
         else:
             moved.append(entry)
@@ -247,13 +250,13 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     """A move manifest, checked field by field: a hostile or edited file is refused before anything moves.
 
     Raises:
-        MoveError: missing, not JSON, wrong shape, a path that is absolute or climbs out with '..', or
+        NotFoundError: no such manifest. MoveError: not JSON, wrong shape, a path that is absolute or climbs out with '..', or
         a manifest that does not sit in the folder it says the files were moved to.
     """
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise MoveError(f"no such manifest: {path}") from None
+        raise NotFoundError(f"no such manifest: {path}") from None
     except (ValueError, OSError):
         raise MoveError(f"{path} is not a siamsearch move manifest") from None
     usable = (isinstance(data, dict) and isinstance(data.get("root"), str) and isinstance(data.get("dest"), str)
@@ -270,11 +273,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
+ALREADY_BACK = "already back"  # _restore's answer for a file an earlier undo restored
+
+
 def _restore(src: Path, back: Path, dest: Path, root: Path, digest: str) -> str | None:
     """Move a file back when nothing is in its old place and its bytes are the ones moved; else the reason."""
     if not _within(src.parent, dest) or not _within(back.parent, root):
         return "its path leads outside the folders of the manifest (a symlinked folder); refused"
     if os.path.lexists(back):
+        if not os.path.lexists(src) and not back.is_symlink() and back.is_file() and sha256(back) == digest:
+            return ALREADY_BACK  # an earlier undo brought it back: nothing to do, nothing skipped
         return f"{back} already exists; not overwritten"
     if src.is_symlink() or not src.is_file():
         return f"{src} is gone" if not os.path.lexists(src) else f"{src} is not a regular file"
@@ -286,7 +294,9 @@ def _restore(src: Path, back: Path, dest: Path, root: Path, digest: str) -> str 
 def undo_moves(manifest: Path | str) -> MoveReport:
     """Move the files a manifest lists back where they were, when their hash still matches.
 
-    A file already back at its old place is never overwritten; each file not restored is skipped with a reason.
+    A file already back at its old place is never overwritten; one that an earlier undo brought back (gone from
+    the destination, its old place holding the bytes moved) is listed as already back; each other file not
+    restored is skipped with a reason.
     Every path must stay inside the manifest's root (going back) and its destination folder (coming from).
 
     Raises:
@@ -298,7 +308,9 @@ def undo_moves(manifest: Path | str) -> MoveReport:
     report = MoveReport(manifest)
     for entry in data["moves"]:
         reason = _restore(dest / entry["to"], root / entry["from"], dest, root, entry["sha256"])
-        if reason:
+        if reason == ALREADY_BACK:
+            report.already.append(entry["from"])
+        elif reason:
             report.skipped.append(Skipped(entry["from"], reason))
         else:
             report.done.append(entry["from"])

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, load_encoder
 from .config import Runtime
 from .device import resolve_device
 from .embed import embed_paths
-from .images import Failure, find_images
+from .images import Failure, Scan, scan_images
 from .indexing import model_of
 from .model import Encoder
 from .store import Store
@@ -86,9 +86,11 @@ class Searcher:
     def query_images(self, paths: Sequence[Path | str], k: int = 10, margin: float | None = None,
                      exclude_self: bool = False) -> tuple[list[QueryResult], list[Failure]]:
         """Embed query images (folders expand to their images) and find their neighbours."""
-        files = [f for p in paths for f in (find_images(p) if Path(p).is_dir() else [Path(p)])]
+        scans = [scan_images(p) if Path(p).is_dir() else Scan([Path(p)]) for p in paths]
+        files = [f for scan in scans for f in scan.images]
         result = embed_paths(self.model, self.ckpt.preprocess, files, batch_size=self.runtime.batch_size,
                              workers=self.runtime.workers, device=self.device, amp=self.runtime.amp)
         queries = [p.resolve() for p in result.paths]
         hits = self.query_vectors(result.vectors, k, margin, queries if exclude_self else None)
-        return [QueryResult(p, h) for p, h in zip(result.paths, hits)], result.failures
+        failures = [f for scan in scans for f in scan.failures] + result.failures  # a folder's links and FIFOs too
+        return [QueryResult(p, h) for p, h in zip(result.paths, hits)], failures
