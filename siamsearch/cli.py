@@ -57,8 +57,12 @@ class Commands(TyperGroup):
         Skipped.count = 0
         try:
             result = super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):  # Typer reports its own
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except typer.TyperException as exc:  # a bad option value: Typer's message, in one line
+            if not hasattr(exc, "format_message"):
+                raise
+            fail(exc.format_message(), getattr(exc, "exit_code", 2))
         except SiamsearchError as exc:
             fail(str(exc), exc.exit_code)
         except OSError as exc:  # disk full, permission denied: the machine's answer, in its words
