@@ -24,6 +24,8 @@ from .config import (
     from_options,
     parse_unfreeze,
 )
+from .device import resolve_device
+from .distributed import is_main, launched
 from .errors import SiamsearchError
 from .evaluate import calibrate as calibrate_model
 from .indexing import index_folder
@@ -103,8 +105,8 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
                                                                     "exit code still says what happened.")] = False,
          ) -> None:
     """Train a Siamese image encoder, index image folders, find neighbours and duplicates."""
-    console.quiet = quiet
-    err.quiet = quiet
+    console.quiet = quiet or not is_main(os.environ)  # under torchrun, rank 0 alone speaks
+    err.quiet = console.quiet
 
 
 
@@ -155,8 +157,9 @@ def train(
     options = locals() | {"hinge": margin if hinge is None else hinge, "augment": AUGMENT_PRESETS[augment],
                           "unfreeze": parse_unfreeze(unfreeze or [])}  # the configs pick their fields by name
     enc, cfg, runtime = (from_options(cls, options) for cls in (EncoderConfig, TrainConfig, Runtime))
-    result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume,
-                         force=force, observer=TrainProgress(err if as_json else None))
+    with launched(os.environ, resolve_device(runtime.device)) as world:  # torchrun's processes train as one
+        result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume,
+                             force=force, observer=TrainProgress(err if as_json else None), world=world)
     report_failures(result.failures)
     print_json(result.to_dict()) if as_json else print_training(result)
     if result.best is None:

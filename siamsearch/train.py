@@ -18,6 +18,7 @@ from .calibration import CALIBRATION_KEYS, distance_tails
 from .checkpoint import damaged, load_checkpoint, load_resume, save_model, save_resume, update_model_file
 from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
 from .device import autocast, resolve_device
+from .distributed import World
 from .embed import embed_tensors
 from .errors import RefusedError, UsageError
 from .images import Failure
@@ -281,15 +282,16 @@ def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer) -> TrainData:
 
 def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(), *,
           weights_file: Path | None = None, resume: bool = False, force: bool = False,
-          observer: Observer | None = None) -> TrainResult:
+          observer: Observer | None = None, world: World = World()) -> TrainResult:
     """Train an encoder on an identity folder and write the best checkpoint to `out`.
 
     `enc` and `cfg` are the recipe, kept in the model file and the resume state; `runtime` is this
     machine's (device, decode workers, mixed precision, cache), so a resumed run uses the one given now.
+    `world`: this process's place under torchrun (distributed.launched); only its rank 0 writes files.
     An existing `out` is replaced only with `force` (or continued with `resume`).
     """
     _check_out(out, force, resume)
-    obs, device = observer or Quiet(), resolve_device(runtime.device)
+    obs, device = observer or Quiet(), world.place(resolve_device(runtime.device))
     torch.manual_seed(cfg.seed)
     run = _setup(enc, cfg, weights_file, out, resume, device)
     if resume:
@@ -297,30 +299,31 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
     data = _load(root, run, runtime, obs)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
-    best, stopped, calibration = _loop(run, data, out, device, amp, decode_workers(runtime), obs)
-    if best is not None:  # the best file gets the whole history, for training curves
+    best, stopped, calibration = _loop(run, data, out, device, amp, decode_workers(runtime), obs, world)
+    if best is not None and world.main:  # the best file gets the whole history, for training curves
         update_model_file(out, history=run.history)
     return TrainResult(out, run.fingerprint, run.history, best, calibration, data.failures, stopped,
                        resume_path_for(out))
 
 
 def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool, workers: int,
-          obs: Observer) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
+          obs: Observer, world: World) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
     """The epochs: P×K batches, validation, the best model to `out`, the state --resume needs.
 
     Returns:
         (best epoch's record, why training stopped, the calibration saved with the best model).
     """
-    model, enc, cfg, clock = run.model, run.enc, run.cfg, _Clock(run.elapsed, run.cfg.max_minutes)
-    sampler, val = sampler_for(data, cfg), val_views(data, enc, cfg)
+    model, enc, cfg, clock = run.model, run.enc, run.cfg, world.clock(_Clock(run.elapsed, run.cfg.max_minutes))
+    sampler, val = world.shard(sampler_for(data, cfg)), val_views(data, enc, cfg) if world.main else None
     stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
-    loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), torch.Generator().manual_seed(cfg.seed + run.start_epoch)
+    loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), torch.Generator().manual_seed(world.seed(cfg.seed + run.start_epoch))
     pre, load = enc.preprocess(), train_load_size(enc.image_size)
     best, stopped, epoch = max(run.history, key=_score, default=None), "epochs", run.start_epoch
     purpose, calibration = "near-duplicates" if data.self_supervised else "identities", {}
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             _unfreeze_due(run, epoch, obs)
+            net = world.wrap(model)
             sampler.set_epoch(epoch)
             model.train()
             obs.epoch_start(epoch, len(sampler))
@@ -329,8 +332,8 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
                                                                      data.failures), 1):
                 x = augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen)
                 with autocast(device, amp):
-                    emb = model(normalize(x, pre).contiguous(memory_format=torch.channels_last))
-                loss = loss_fn(emb.float(), labels.to(device))
+                    emb = net(normalize(x, pre).contiguous(memory_format=torch.channels_last))
+                loss = loss_fn(*world.gather(emb.float(), labels.to(device)))
                 stepper.backward(loss, batches - 1)
                 loss_sum += loss.detach()  # on the device: reading it waits for the GPU, so only now and then
                 seen += len(labels)
@@ -347,12 +350,15 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             run.history.append(record)
             if best is None or _score(record) > _score(best):
                 best, calibration = record, _calibration(record, tails, purpose)
-                run.fingerprint = save_model(out, model, cfg, run.history, calibration)
+                run.fingerprint = save_model(out, model, cfg, run.history, calibration) if world.main else None
             obs.epoch_end(record)
-            run.save_state(out, epoch + 1, clock.elapsed())
+            if world.main:
+                run.save_state(out, epoch + 1, clock.elapsed())
+            world.barrier()
             if stopped != "epochs":
                 break
     except KeyboardInterrupt:
         stopped = "interrupted"
-        run.save_state(out, epoch, clock.elapsed())
+        if world.main:
+            run.save_state(out, epoch, clock.elapsed())
     return best, stopped, calibration
