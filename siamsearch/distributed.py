@@ -78,7 +78,7 @@ class World:
         if next(model.parameters()).is_cuda:
             sync_batchnorm(model)
         ids = [self.local_rank] if next(model.parameters()).is_cuda else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+        return DistributedDataParallel(model, device_ids=ids)  # buffers (BatchNorm statistics) follow rank 0
 
     def gather(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every rank's (n_r, D) embeddings, with their gradient, and (n_r,) labels: the global batch in rank order.
