@@ -17,6 +17,7 @@ from conftest import make_identities
 from conftest import run_cli as run
 from ddp_worker import EPOCHS, LOSSES, problem, step, tiny_model
 
+from siamsearch.checkpoint import load_checkpoint
 from siamsearch.distributed import World, shard
 from siamsearch.errors import UsageError
 from siamsearch.pairs import PKSampler
@@ -123,7 +124,7 @@ def test_identities_per_batch_must_split_over_the_processes():
 
 
 @pytest.mark.slow
-def test_torchrun_trains_through_the_cli_and_writes_one_model(tmp_path):
+def test_torchrun_trains_through_the_cli_writes_one_model_and_resumes(tmp_path):
     folder = make_identities(tmp_path / "data", n_ids=8, per_id=4, size=16)
     out = tmp_path / "model.pt"
     done = torchrun("-m", "siamsearch", "train", folder, "--out", out, "--epochs", 2, "-P", 4, "-K", 2,
@@ -133,3 +134,8 @@ def test_torchrun_trains_through_the_cli_and_writes_one_model(tmp_path):
     assert (done.stdout + done.stderr).count("wrote ") == 1
     res = run("index", folder, "--model", out, "--index", tmp_path / "index", "--workers", 0)
     assert res.exit_code == 0, res.output
+    again = torchrun("-m", "siamsearch", "train", folder, "--out", out, "--epochs", 3, "--device", "cpu", "--resume",
+                     cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (again.stdout + again.stderr).count("resuming at epoch 3") == 1
+    assert [r["epoch"] for r in load_checkpoint(out).history] == [1, 2, 3]
