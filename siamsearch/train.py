@@ -191,7 +191,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0  # seconds trained before this call
     fingerprint: str | None = None  # of the best model written so far
-    unfrozen: int = 0  # --unfreeze steps applied: the optimizer's groups after the first
+    unfrozen: int = 0  # --unfreeze steps applied: the optimizer's groups after the starting ones
 
     def save_state(self, out: Path, epoch: int, elapsed: float) -> None:
         """Everything --resume needs to carry on from the start of `epoch`; the recipe, never the runtime."""
@@ -226,9 +226,10 @@ def _recipe(enc: EncoderConfig, cfg: TrainConfig, state: dict[str, Any] | None) 
 
 def _restore(run: _Run, state: dict[str, Any], path: Path) -> None:
     """Load a resume state: first the optimizer groups it has (unfrozen blocks, even mid-epoch), then weights."""
-    run.unfrozen = len(state["optimizer"].get("param_groups", [])) - 1
+    run.unfrozen = len(state["optimizer"].get("param_groups", [])) - len(run.optimizer.param_groups)
     if not 0 <= run.unfrozen <= len(run.cfg.unfreeze):
-        raise damaged(path, f"{run.unfrozen + 1} optimizer groups for a plan of {len(run.cfg.unfreeze)} --unfreeze")
+        raise damaged(path, f"{len(state['optimizer'].get('param_groups', []))} optimizer groups for a plan of "
+                      f"{len(run.cfg.unfreeze)} --unfreeze")
     for _, names in run.cfg.unfreeze[:run.unfrozen]:
         unfreeze_blocks(run.model, run.optimizer, names, run.cfg.finetune_lr)
     try:
@@ -236,6 +237,14 @@ def _restore(run: _Run, state: dict[str, Any], path: Path) -> None:
         run.optimizer.load_state_dict(state["optimizer"])  # its tensors go to their parameters' device
     except (RuntimeError, ValueError, KeyError) as exc:
         raise damaged(path, f"it does not fit its recipe: {str(exc).splitlines()[0]}") from None
+
+
+def _param_groups(model: Encoder, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups at the start: everything trainable at --lr, or the trunk apart at --backbone-lr."""
+    trunk = {id(p) for p in model.backbone.parameters()} if cfg.backbone_lr is not None else set()
+    groups = [([p for p in model.parameters() if p.requires_grad and id(p) not in trunk], cfg.lr),
+              ([p for p in model.backbone.parameters() if p.requires_grad and id(p) in trunk], cfg.backbone_lr)]
+    return [{"params": params, "lr": lr, "base_lr": lr} for params, lr in groups if params]
 
 
 def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out: Path, resume: bool,
@@ -249,8 +258,7 @@ def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out:
     if cfg.freeze_backbone:
         set_trainable(model.backbone, False)
     model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad],
-                                    "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     run = _Run(model, optimizer, enc, cfg)
     if state:
         _restore(run, state, path)
@@ -288,6 +296,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     run = _setup(enc, cfg, weights_file, out, resume, device)
     if resume:
         obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
+    obs.message(f"encoder: {run.enc}\ntraining: {run.cfg}")
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
     data = _load(root, run, runtime, obs)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
@@ -308,7 +317,7 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
     model, enc, cfg, clock = run.model, run.enc, run.cfg, _Clock(run.elapsed, run.cfg.max_minutes)
     sampler, val = sampler_for(data, cfg), val_views(data, enc, cfg)
     stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
-    loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), torch.Generator().manual_seed(cfg.seed + run.start_epoch)
+    loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature, cfg.koleo), torch.Generator().manual_seed(cfg.seed + run.start_epoch)
     pre, load = enc.preprocess(), train_load_size(enc.image_size)
     best, stopped, epoch = max(run.history, key=_score, default=None), "epochs", run.start_epoch
     purpose, calibration = "near-duplicates" if data.self_supervised else "identities", {}
