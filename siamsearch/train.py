@@ -7,6 +7,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,9 +86,13 @@ def validate(model: Encoder, images: torch.Tensor, labels: np.ndarray, cfg: Trai
     return {k: float(v) for k, v in out.items()} | {"tails": distance_tails(emb, labels, cfg.seed)}
 
 
-def _score(record: dict[str, Any]) -> float:
-    """Which epoch is best: one-shot accuracy, then P@1 to break ties; without validation, the last."""
-    if "p_at_1" not in record:
+def _score(record: dict[str, Any], self_supervised: bool = False) -> float:
+    """Which epoch is best: one-shot accuracy, then P@1 to break ties; without validation, the last.
+
+    Self-supervised runs keep the last epoch too: their validation copies come from the random training
+    augmentation, and a few hundred of them judge epochs more by luck than the loss does.
+    """
+    if "p_at_1" not in record or self_supervised:
         return float(record["epoch"])
     one_shot = record.get("one_shot", float("nan"))
     return (0.0 if math.isnan(one_shot) else one_shot) + 1e-3 * record.get("p_at_1", 0.0)
@@ -319,7 +324,8 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
     stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
     loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature, cfg.koleo), torch.Generator().manual_seed(cfg.seed + run.start_epoch)
     pre, load = enc.preprocess(), train_load_size(enc.image_size)
-    best, stopped, epoch = max(run.history, key=_score, default=None), "epochs", run.start_epoch
+    score = partial(_score, self_supervised=data.self_supervised)
+    best, stopped, epoch = max(run.history, key=score, default=None), "epochs", run.start_epoch
     purpose, calibration = "near-duplicates" if data.self_supervised else "identities", {}
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
@@ -348,7 +354,7 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             record["minutes"] = clock.elapsed() / 60
             tails = record.pop("tails", None)
             run.history.append(record)
-            if best is None or _score(record) > _score(best):
+            if best is None or score(record) > score(best):
                 best, calibration = record, _calibration(record, tails, purpose)
                 run.fingerprint = save_model(out, model, cfg, run.history, calibration)
             obs.epoch_end(record)
