@@ -33,7 +33,7 @@ TAIL = 2000  # smallest different-pair distances kept exactly
 MAX_ITEMS = 20_000  # images whose every pair is measured; a larger calibration set is subsampled
 BLOCK = 512  # rows of the pairwise distance matrix computed at a time
 FALSE_PAIRS_PER_1000 = 1.0  # dedup's default budget: expected false pairs per 1,000 indexed images
-FIT_POINTS = 200  # smallest measured distinct-pair distances the tail's fit uses, below the first of them
+MIN_COUNT = 10  # measured pairs below which a rate comes from the tail's fit rather than from counting
 MIN_MARGIN = 1e-6  # a margin must be positive: a model that puts distinct images at 0 gets this
 
 
@@ -100,10 +100,11 @@ class MarginChoice:
 
 
 def false_pair_rate(tails: Mapping[str, Any], margin: float) -> float:
-    """Share of distinct-image pairs within margin: counted where any was measured, else from the tail's fit."""
+    """Share of distinct-image pairs within margin: counted where MIN_COUNT or more were measured, else from the
+    tail's Gaussian fit (_tail_fit)."""
     low = np.asarray(tails["different_low"], np.float64)
     count = int(np.searchsorted(low, margin, side="right"))
-    if count or len(low) < 2:
+    if count >= MIN_COUNT or len(low) < MIN_COUNT:
         return count / max(1, tails["different_pairs"])
     a, b = _tail_fit(low, tails["different_pairs"])
     return NormalDist().cdf(a + b * margin)
@@ -115,7 +116,6 @@ def _tail_fit(low: np.ndarray, measured: int) -> tuple[float, float]:
     An exponential fit (log rank against distance) is far too heavy for the tails of embedding
     distances and collapses the margin; the Gaussian one follows them (tests/test_calibration.py).
     """
-    low = low[:FIT_POINTS]  # the local slope of the tail: a fit over the whole tail flattens it
     ranks = (np.arange(1, len(low) + 1) - 0.5) / measured  # mid-rank: every rate strictly inside (0, 1)
     z = np.array([NormalDist().inv_cdf(r) for r in ranks])
     b, a = np.polyfit(low, z, 1)
@@ -133,12 +133,11 @@ def collection_margin(calibration: Mapping[str, Any], n: int,
     rate = false_pairs_per_1000 * n / 1000 / pairs  # the share of distinct pairs the budget allows within the margin
     low = np.asarray(tails["different_low"], np.float64)
     allowed = rate * tails["different_pairs"]  # measured pairs that share allows
-    if allowed >= 1 or len(low) < 2:
+    if allowed >= MIN_COUNT or len(low) < MIN_COUNT:
         margin, rule = (float(low[min(int(allowed), len(low)) - 1]) if allowed >= 1 else 0.0), "collection"
     else:
         a, b = _tail_fit(low, tails["different_pairs"])
         margin, rule = (NormalDist().inv_cdf(rate) - a) / b, "collection, extrapolated"
-        margin = min(margin, float(np.nextafter(low[0], 0)))  # below the first measured pair, where the fit applies
     if cap < margin:
         margin, rule = cap, "best F1"
     margin = max(margin, MIN_MARGIN)
