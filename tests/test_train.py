@@ -303,3 +303,14 @@ def test_a_model_file_from_before_pooling_and_heads_loads(tmp_path):
     x = torch.randn(2, 3, 24, 24)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x)) and ckpt.encoder.pooling == "avg" and ckpt.encoder.head == "mlp"
+
+
+def test_backbone_lr_puts_the_trunk_in_its_own_group():
+    import siamsearch.train as tr
+
+    model = build_encoder(ENC)
+    groups = tr._param_groups(model, dataclasses.replace(CFG, lr=1e-3, backbone_lr=1e-4))
+    trunk = {id(p) for p in model.backbone.parameters()}
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    assert {id(p) for p in groups[1]["params"]} == trunk and not trunk & {id(p) for p in groups[0]["params"]}
+    assert len(tr._param_groups(model, CFG)) == 1
