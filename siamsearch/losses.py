@@ -1,4 +1,4 @@
-"""Contrastive, triplet and NT-Xent losses: embeddings and labels in, a scalar out (never the model)."""
+"""Contrastive, triplet and NT-Xent losses and the KoLeo regulariser: embeddings and labels in, a scalar out."""
 
 from __future__ import annotations
 
@@ -98,15 +98,39 @@ def batch_ntxent_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: floa
     return -(log_prob.sum(1)[anchors] / counts[anchors]).mean()
 
 
+def koleo_loss(emb: torch.Tensor, labels: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo entropy regulariser (Sablayrolles et al. 2019; SSCD): −mean log(distance to the nearest other identity).
+
+    Its gradient pushes each embedding away from its nearest neighbour, so embeddings spread evenly over the sphere
+    and the distance that separates copies from distinct images is about the same everywhere: one global threshold
+    fits. Neighbours of the same identity (an image's own augmented view) do not count.
+
+    Args:
+        emb: (N, D) unit embeddings; labels: (N,) identity ids.
+    """
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    nearest = _pair_distances(emb).masked_fill(same, float("inf")).min(dim=1).values
+    return -torch.log(nearest[torch.isfinite(nearest)] + eps).mean()
+
+
+def _with_koleo(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weight: float,
+                emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A batch loss plus `weight` × KoLeo."""
+    return loss(emb, labels) + weight * koleo_loss(emb, labels)
+
+
 BATCH_LOSSES = {"contrastive": batch_contrastive_loss, "triplet": batch_triplet_loss, "ntxent": batch_ntxent_loss}
 
 
-def batch_loss(name: str, hinge: float | None,
-               temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The batch loss `name` with its one setting bound: ntxent's temperature, or the others' hinge.
+def batch_loss(name: str, hinge: float | None, temperature: float,
+               koleo: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The batch loss `name` with its one setting bound: ntxent's temperature, or the others' hinge; plus KoLeo.
 
     hinge=None takes the loss's own default (DEFAULT_HINGES): contrastive's hinge is a distance, triplet's a gap.
+    koleo > 0 adds that weight times koleo_loss.
     """
     if name == "ntxent":
-        return partial(BATCH_LOSSES[name], temperature=temperature)
-    return partial(BATCH_LOSSES[name], hinge=DEFAULT_HINGES[name] if hinge is None else hinge)
+        loss = partial(BATCH_LOSSES[name], temperature=temperature)
+    else:
+        loss = partial(BATCH_LOSSES[name], hinge=DEFAULT_HINGES[name] if hinge is None else hinge)
+    return partial(_with_koleo, loss, koleo) if koleo else loss

@@ -1,4 +1,4 @@
-"""The encoder: backbone → projection head → L2 norm; freezing and unfreezing blocks by name.
+"""The encoder: backbone → pooling (average or GeM) → projection head → L2 norm; freezing and unfreezing blocks by name.
 
 One network with shared weights embeds both images of a pair: a Siamese "pair" is simply two rows
 of the same batch, so the gradients of both branches add up on the one set of parameters.
@@ -53,9 +53,8 @@ class SmallNet(nn.Module):
         self.out_features = w[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) → (B, out_features) pooled features."""
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        """(B, C, H, W) → (B, out_features, h, w) feature map."""
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 class ResNetTrunk(nn.Module):
@@ -70,9 +69,8 @@ class ResNetTrunk(nn.Module):
         self.out_features = net.fc.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → (B, out_features) pooled features."""
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        """(B, 3, H, W) → (B, out_features, h, w) feature map."""
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
     def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a plain torchvision ResNet state dict (its `fc` is ignored)."""
@@ -144,9 +142,44 @@ class EfficientNetTrunk(nn.Module):
         self.out_features = net.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) → (B, out_features) pooled features."""
-        x = self.head(self.blocks(self.stem(x)))
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        """(B, 3, H, W) → (B, out_features, h, w) feature map."""
+        return self.head(self.blocks(self.stem(x)))
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling, (mean of x^p)^(1/p) with p learned: p = 1 is average pooling, large p nears max.
+
+    Copy detection (SSCD) pools with it: a strong local response survives a crop or an overlay better than in a mean.
+    """
+
+    def __init__(self, p: float, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p, self.eps = nn.Parameter(torch.tensor(float(p))), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) non-negative features → (B, C)."""
+        p = self.p.clamp(min=1.0)
+        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(p), 1).flatten(1).pow(1.0 / p)
+
+
+class AvgPool(nn.Module):
+    """Global average pooling, the trunks' own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) → (B, C)."""
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def _pool(cfg: EncoderConfig) -> nn.Module:
+    """The pooling the config names."""
+    return GeM(cfg.gem_p) if cfg.pooling == "gem" else AvgPool()
+
+
+def _head(cfg: EncoderConfig, f: int) -> nn.Module:
+    """Pooled features → `dim`: one linear projection, or the MLP older models were trained with."""
+    if cfg.head == "linear":
+        return nn.Linear(f, cfg.dim)
+    return nn.Sequential(nn.Linear(f, f), nn.BatchNorm1d(f), nn.ReLU(inplace=True), nn.Linear(f, cfg.dim))
 
 
 def _trunk(cfg: EncoderConfig, pretrained: bool) -> nn.Module:
@@ -166,8 +199,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = _trunk(cfg, cfg.pretrained and download)
-        f = self.backbone.out_features
-        self.head = nn.Sequential(nn.Linear(f, f), nn.BatchNorm1d(f), nn.ReLU(inplace=True), nn.Linear(f, cfg.dim))
+        self.pool = _pool(cfg)
+        self.head = _head(cfg, self.backbone.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised images → (B, dim) float32 unit vectors."""
@@ -175,7 +208,7 @@ class Encoder(nn.Module):
             x = F.instance_norm(x, eps=1e-4)
         if self.cfg.backbone != "small" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale into an RGB backbone
-        z = self.head(self.backbone(x))
+        z = self.head(self.pool(self.backbone(x)))
         return F.normalize(z.float(), dim=1)
 
     def train(self, mode: bool = True) -> "Encoder":

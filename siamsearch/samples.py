@@ -3,7 +3,7 @@
 What the demo, the benchmarks and the tests build their folders from:
   * photos: scikit-image's bundled sample photos, tiles of them, and copies of them made the way a
     collection gets near-duplicates (COPIES: resized, cropped, JPEG-recompressed, brighter, grayscale,
-    rotated); calibration folders of labelled copies (build_copies).
+    rotated, a heavy crop with a caption); calibration folders of labelled copies (build_copies).
   * digits: scikit-learn's handwritten digits as an identity folder (build_digits).
   * dead leaves: procedural images, unlimited unlabelled training pictures. A dead-leaves image is a
     stack of occluding shapes whose sizes follow a power law (r^-3), the scale statistics of natural
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 DIGIT_SIZE = 32
 # Photos bundled inside scikit-image (no download); `cat` is left out: it is chelsea again.
@@ -48,6 +48,17 @@ def _jpeg(img: Image.Image) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
+def _crop_with_text(img: Image.Image) -> Image.Image:
+    """Half the area (71% of each side, from the top left quarter inwards) with a caption over its lower part."""
+    w, h = round(img.width * 0.71), round(img.height * 0.71)
+    x0, y0 = (img.width - w) // 3, (img.height - h) // 3
+    out = img.crop((x0, y0, x0 + w, y0 + h)).convert("RGB")
+    font = ImageFont.load_default(size=max(8, h // 8))
+    ImageDraw.Draw(out).text((w // 10, h * 7 // 10), "siamsearch 2024", fill=(255, 255, 0), font=font,
+                             stroke_width=1, stroke_fill=(0, 0, 0))
+    return out
+
+
 # How planted copies are made: each is applied to two different photos.
 COPIES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "resized": lambda im: im.resize((im.width * 2 // 5, im.height * 2 // 5), Image.Resampling.BILINEAR),
@@ -56,6 +67,7 @@ COPIES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "brighter": lambda im: ImageEnhance.Brightness(im).enhance(1.4),
     "grayscale": lambda im: ImageOps.grayscale(im).convert("RGB"),
     "rotated": _rotate,
+    "cropped_text": _crop_with_text,
 }
 
 def build_digits(folder: Path, test_fraction: float = 1 / 3, seed: int = 0) -> tuple[Path, Path]:

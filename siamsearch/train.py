@@ -7,6 +7,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,9 +93,13 @@ def validate(model: Encoder, images: torch.Tensor, labels: np.ndarray, cfg: Trai
     return {k: float(v) for k, v in out.items()} | {"tails": distance_tails(emb, labels, cfg.seed)}
 
 
-def _score(record: dict[str, Any]) -> float:
-    """Which epoch is best: one-shot accuracy, then P@1 to break ties; without validation, the last."""
-    if "p_at_1" not in record:
+def _score(record: dict[str, Any], self_supervised: bool = False) -> float:
+    """Which epoch is best: one-shot accuracy, then P@1 to break ties; without validation, the last.
+
+    Self-supervised runs keep the last epoch too: their validation copies come from the random training
+    augmentation, and a few hundred of them judge epochs more by luck than the loss does.
+    """
+    if "p_at_1" not in record or self_supervised:
         return float(record["epoch"])
     one_shot = record.get("one_shot", float("nan"))
     return (0.0 if math.isnan(one_shot) else one_shot) + 1e-3 * record.get("p_at_1", 0.0)
@@ -198,7 +203,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0  # seconds trained before this call
     fingerprint: str | None = None  # of the best model written so far
-    unfrozen: int = 0  # --unfreeze steps applied: the optimizer's groups after the first
+    unfrozen: int = 0  # --unfreeze steps applied: the optimizer's groups after the starting ones
 
     def save_state(self, out: Path, epoch: int, elapsed: float) -> None:
         """Everything --resume needs to carry on from the start of `epoch`; the recipe, never the runtime."""
@@ -233,9 +238,10 @@ def _recipe(enc: EncoderConfig, cfg: TrainConfig, state: dict[str, Any] | None) 
 
 def _restore(run: _Run, state: dict[str, Any], path: Path) -> None:
     """Load a resume state: first the optimizer groups it has (unfrozen blocks, even mid-epoch), then weights."""
-    run.unfrozen = len(state["optimizer"].get("param_groups", [])) - 1
+    run.unfrozen = len(state["optimizer"].get("param_groups", [])) - len(run.optimizer.param_groups)
     if not 0 <= run.unfrozen <= len(run.cfg.unfreeze):
-        raise damaged(path, f"{run.unfrozen + 1} optimizer groups for a plan of {len(run.cfg.unfreeze)} --unfreeze")
+        raise damaged(path, f"{len(state['optimizer'].get('param_groups', []))} optimizer groups for a plan of "
+                      f"{len(run.cfg.unfreeze)} --unfreeze")
     for _, names in run.cfg.unfreeze[:run.unfrozen]:
         unfreeze_blocks(run.model, run.optimizer, names, run.cfg.finetune_lr)
     try:
@@ -243,6 +249,14 @@ def _restore(run: _Run, state: dict[str, Any], path: Path) -> None:
         run.optimizer.load_state_dict(state["optimizer"])  # its tensors go to their parameters' device
     except (RuntimeError, ValueError, KeyError) as exc:
         raise damaged(path, f"it does not fit its recipe: {str(exc).splitlines()[0]}") from None
+
+
+def _param_groups(model: Encoder, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups at the start: everything trainable at --lr, or the trunk apart at --backbone-lr."""
+    trunk = {id(p) for p in model.backbone.parameters()} if cfg.backbone_lr is not None else set()
+    groups = [([p for p in model.parameters() if p.requires_grad and id(p) not in trunk], cfg.lr),
+              ([p for p in model.backbone.parameters() if p.requires_grad and id(p) in trunk], cfg.backbone_lr)]
+    return [{"params": params, "lr": lr, "base_lr": lr} for params, lr in groups if params]
 
 
 def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out: Path, resume: bool,
@@ -256,8 +270,7 @@ def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out:
     if cfg.freeze_backbone:
         set_trainable(model.backbone, False)
     model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad],
-                                    "lr": cfg.lr, "base_lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     run = _Run(model, optimizer, enc, cfg)
     if state:
         _restore(run, state, path)
@@ -296,6 +309,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     run = _setup(enc, cfg, weights_file, out, resume, device)
     if resume:
         obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
+    obs.message(f"encoder: {run.enc}\ntraining: {run.cfg}")
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
     data = _load(root, run, runtime, obs)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
@@ -316,9 +330,11 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
     model, enc, cfg, clock = run.model, run.enc, run.cfg, world.clock(_Clock(run.elapsed, run.cfg.max_minutes))
     sampler, val = world.shard(sampler_for(data, cfg)), val_views(data, enc, cfg) if world.main else None
     stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
-    loss_fn, gen = batch_loss(cfg.loss, cfg.hinge, cfg.temperature), torch.Generator().manual_seed(world.seed(cfg.seed + run.start_epoch))
+    loss_fn = batch_loss(cfg.loss, cfg.hinge, cfg.temperature, cfg.koleo)
+    gen = torch.Generator().manual_seed(world.seed(cfg.seed + run.start_epoch))
     pre, load = enc.preprocess(), train_load_size(enc.image_size)
-    best, stopped, epoch = max(run.history, key=_score, default=None), "epochs", run.start_epoch
+    score = partial(_score, self_supervised=data.self_supervised)
+    best, stopped, epoch = max(run.history, key=score, default=None), "epochs", run.start_epoch
     purpose, calibration = "near-duplicates" if data.self_supervised else "identities", {}
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
@@ -348,7 +364,7 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             record["minutes"] = clock.elapsed() / 60
             tails = record.pop("tails", None)
             run.history.append(record)
-            if best is None or _score(record) > _score(best):
+            if best is None or score(record) > score(best):
                 best, calibration = record, _calibration(record, tails, purpose)
                 run.fingerprint = save_model(out, model, cfg, run.history, calibration) if world.main else None
             obs.epoch_end(record)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
+import string
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .config import AugmentConfig, Preprocess
 from .images import REDUCING_GAP
@@ -108,19 +111,99 @@ def _blur(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
+def _pad(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One image shrunk to 50-90% of its side and pasted at a random place on a plain colour: (C, S, S) in [0, 1]."""
+    side = x.shape[-1]
+    inner = max(1, int(side * float(0.5 + 0.4 * torch.rand(1, generator=gen))))
+    top, left = (int(v) for v in torch.randint(0, side - inner + 1, (2,), generator=gen))
+    out = torch.rand(x.shape[0], 1, 1, generator=gen).to(x).expand_as(x).clone()
+    out[:, top:top + inner, left:left + inner] = F.interpolate(x[None], size=(inner, inner), mode="bilinear",
+                                                               antialias=True, align_corners=False)[0]
+    return out
+
+
+def _to_pil(x: torch.Tensor) -> Image.Image:
+    """(C, S, S) float [0, 1] → PIL image (L or RGB)."""
+    arr = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, "L" if arr.shape[2] == 1 else "RGB")
+
+
+def _from_pil(img: Image.Image, like: torch.Tensor) -> torch.Tensor:
+    """PIL image → (C, S, S) float [0, 1] on `like`'s device."""
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(like.device, like.dtype).div_(255.0)
+
+
+def _ink(rng: np.random.Generator, mode: str) -> int | tuple[int, ...]:
+    """A random colour for PIL in this image mode."""
+    return int(rng.integers(256)) if mode == "L" else tuple(int(v) for v in rng.integers(0, 256, 3))
+
+
+def draw_text(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A random caption (3-12 letters, 8-25% of the side high) in PIL's default font, somewhere over the image."""
+    side = min(img.size)
+    text = "".join(rng.choice(list(string.ascii_letters + string.digits + " "), int(rng.integers(3, 13))))
+    font = ImageFont.load_default(size=max(6, int(side * rng.uniform(0.08, 0.25))))
+    out = img.copy()
+    ImageDraw.Draw(out).text((int(rng.uniform(-0.1, 0.7) * img.width), int(rng.uniform(0, 0.85) * img.height)),
+                             text, fill=_ink(rng, img.mode), font=font)
+    return out
+
+
+def draw_shapes(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One to three filled ellipses or rectangles, 10-35% of the side across, over the image."""
+    side, out = min(img.size), img.copy()
+    draw = ImageDraw.Draw(out)
+    for _ in range(int(rng.integers(1, 4))):
+        w, h = (side * rng.uniform(0.1, 0.35, 2)).astype(int)
+        x0, y0 = int(rng.uniform(0, img.width - w)), int(rng.uniform(0, img.height - h))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((x0, y0, x0 + w, y0 + h), fill=_ink(rng, img.mode))
+    return out
+
+
+def jpeg(img: Image.Image, quality: int) -> Image.Image:
+    """img recompressed as a JPEG of this quality."""
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert(img.mode)
+
+
+def _pil_edits(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Text, shapes and JPEG on a random subset of the batch, each image drawn with its own seed from `gen`."""
+    n = x.shape[0]
+    picks = torch.rand(3, n, generator=gen) < torch.tensor([cfg.text_p, cfg.shapes_p, cfg.jpeg_p]).view(3, 1)
+    seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen)
+    lo, hi = cfg.jpeg_quality
+    edits: list[Callable[[Image.Image, np.random.Generator], Image.Image]] = [
+        draw_text, draw_shapes, lambda im, rng: jpeg(im, int(rng.integers(lo, hi + 1)))]
+    out = x.clone()
+    for i in torch.nonzero(picks.any(0)).flatten().tolist():
+        rng, img = np.random.default_rng(int(seeds[i])), _to_pil(x[i])
+        for edit, picked in zip(edits, picks[:, i].tolist()):
+            img = edit(img, rng) if picked else img
+        out[i] = _from_pil(img, x)
+    return out
+
+
 def augment_batch(batch: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Random views of a uint8 (B, C, L, L) batch → float (B, C, size, size) in [0, 1].
 
     One grid_sample does crop, resize, rotation, shear, shift and flip for the whole batch, so
-    augmentation costs little next to the forward pass, on CPU and GPU alike. Randomness comes
-    from `gen` (a CPU generator) so runs are reproducible.
+    augmentation costs little next to the forward pass, on CPU and GPU alike; padding, then the copy
+    edits (text, shapes, JPEG) go image by image through PIL, on the few images drawn for them.
+    Randomness comes from `gen` (a CPU generator) so runs are reproducible.
     """
     x = batch.float().div_(255.0)
     theta = _affine_thetas(x.shape[0], cfg, gen).to(x.device, x.dtype)
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    for i in torch.nonzero(torch.rand(x.shape[0], generator=gen) < cfg.pad_p).flatten().tolist():
+        x[i] = _pad(x[i], gen)
     x = _colour(x, cfg, gen)
-    return _blur(x, cfg.blur_p, gen) if cfg.blur_p else x
+    x = _blur(x, cfg.blur_p, gen) if cfg.blur_p else x
+    return _pil_edits(x, cfg, gen) if cfg.text_p or cfg.shapes_p or cfg.jpeg_p else x
 
 
 def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:

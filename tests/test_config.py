@@ -1,8 +1,19 @@
 """Configs rebuild from what older files stored, and from a command's options by field name."""
 
+import dataclasses
+
 import pytest
 
-from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig, from_dict, from_options, to_dict
+from siamsearch.config import (
+    AUGMENT_PRESETS,
+    RECIPES,
+    EncoderConfig,
+    Runtime,
+    TrainConfig,
+    from_dict,
+    to_dict,
+    with_overrides,
+)
 
 
 def test_legacy_keys_map_onto_todays_fields():
@@ -21,14 +32,20 @@ def test_todays_files_round_trip():
     assert from_dict(TrainConfig, to_dict(cfg)) == cfg
 
 
-def test_from_options_picks_each_config_its_fields_by_name():
-    options = {"backbone": "small", "dim": 16, "epochs": 3, "hinge": 0.5, "workers": 2, "device": "cpu",
+def test_with_overrides_replaces_the_fields_given_and_keeps_the_rest():
+    options = {"backbone": "small", "dim": 16, "epochs": 3, "hinge": None, "workers": 2, "device": "cpu",
                "out": "ignored.pt", "resume": True}
-    assert from_options(EncoderConfig, options) == EncoderConfig(backbone="small", dim=16)
-    assert from_options(TrainConfig, options) == TrainConfig(epochs=3, hinge=0.5)
-    assert from_options(Runtime, options) == Runtime(workers=2, device="cpu")
+    assert with_overrides(EncoderConfig(), options) == EncoderConfig(backbone="small", dim=16)
+    enc, cfg = RECIPES["copies"]
+    assert with_overrides(cfg, options) == dataclasses.replace(cfg, epochs=3)
+    assert with_overrides(Runtime(), options) == Runtime(workers=2, device="cpu")
 
 
-def test_from_options_still_validates():
+def test_with_overrides_still_validates():
     with pytest.raises(ValueError, match="unknown loss"):
-        from_options(TrainConfig, {"loss": "hinge"})
+        with_overrides(TrainConfig(), {"loss": "hinge"})
+
+
+def test_old_encoder_configs_keep_average_pooling_and_the_mlp_head():
+    old = {"backbone": "resnet18", "dim": 64, "image_size": 112, "channels": 3, "pretrained": True}
+    assert from_dict(EncoderConfig, old).pooling == "avg" and from_dict(EncoderConfig, old).head == "mlp"

@@ -15,6 +15,7 @@ from siamsearch.losses import (
     batch_ntxent_loss,
     batch_triplet_loss,
     contrastive_loss,
+    koleo_loss,
     triplet_margin_loss,
 )
 
@@ -121,3 +122,30 @@ def test_batch_loss_binds_the_right_setting():
 def test_a_temperature_must_be_positive():
     with pytest.raises(ValueError, match="temperature"):
         TrainConfig(loss="ntxent", temperature=0.0)
+
+
+def test_koleo_by_hand_on_three_points():
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # nearest other point: 0 → 1 at √2, 1 → 0 or 2 at √2, 2 → 1 at √2
+    assert koleo_loss(emb, torch.tensor([0, 1, 2])).item() == pytest.approx(-math.log(math.sqrt(2)), abs=1e-6)
+    # an image's own view is no neighbour: 0 and 1 share a label, so 0 → 2 at 2, 1 → 2 at √2, 2 → 1 at √2
+    expected = -(math.log(2) + 2 * math.log(math.sqrt(2))) / 3
+    assert koleo_loss(emb, torch.tensor([0, 0, 2])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_koleo_decreases_as_points_spread():
+    def on_circle(angles):
+        a = torch.tensor(angles)
+        return torch.stack([a.cos(), a.sin()], dim=1)
+
+    labels = torch.arange(3)
+    crowded, spread = on_circle([0.0, 0.2, 0.4]), on_circle([0.0, 2.1, 4.2])
+    assert koleo_loss(spread, labels) < koleo_loss(crowded, labels)
+
+
+def test_batch_loss_adds_koleo_at_its_weight():
+    emb = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    plain = batch_loss("ntxent", None, 0.1)(emb, labels)
+    assert batch_loss("ntxent", None, 0.1, koleo=0.5)(emb, labels).item() == pytest.approx(
+        plain.item() + 0.5 * koleo_loss(emb, labels).item(), rel=1e-6)

@@ -5,7 +5,7 @@ import torch
 
 from siamsearch.config import EncoderConfig
 from siamsearch.losses import contrastive_loss
-from siamsearch.model import build_encoder, set_trainable
+from siamsearch.model import GeM, build_encoder, set_trainable
 from siamsearch.train import unfreeze_blocks
 
 
@@ -102,3 +102,18 @@ def test_local_torchvision_weights_load(tmp_path):
     model = build_encoder(EncoderConfig(backbone="resnet18", dim=8, image_size=32), tmp_path / "r18.pth")
     assert torch.equal(model.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
     assert torch.equal(model.backbone.stem[0].weight, ref.conv1.weight)
+
+
+def test_gem_with_p_1_is_average_pooling_and_p_learns():
+    x = torch.rand(2, 5, 4, 4)
+    assert torch.allclose(GeM(1.0)(x), x.mean(dim=(2, 3)), atol=1e-6)
+    gem = GeM(3.0)
+    gem(x).sum().backward()
+    assert gem.p.grad is not None and gem.p.grad.abs() > 0
+
+
+def test_gem_and_linear_head_train_end_to_end():
+    torch.manual_seed(0)
+    model = build_encoder(EncoderConfig(backbone="small", dim=8, image_size=32, pooling="gem", head="linear"))
+    grads = grads_of(model, model(torch.randn(4, 3, 32, 32)).sum())
+    assert "pool.p" in grads and isinstance(model.head, torch.nn.Linear)

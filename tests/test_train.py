@@ -8,9 +8,10 @@ import torch
 from conftest import make_identities
 from typer.testing import CliRunner
 
-from siamsearch.checkpoint import load_checkpoint, load_encoder
+from siamsearch import cli
+from siamsearch.checkpoint import load_checkpoint, load_encoder, save_model
 from siamsearch.cli import app
-from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
+from siamsearch.config import AUGMENT_PRESETS, RECIPES, EncoderConfig, Runtime, TrainConfig
 from siamsearch.errors import RefusedError, UsageError
 from siamsearch.model import build_encoder
 from siamsearch.train import Quiet, resume_path_for, train, validate
@@ -267,3 +268,49 @@ def test_two_identities_train_on_everything_with_a_warning(tmp_path):
     result = train(two, tmp_path / "m.pt", ENC, dataclasses.replace(CFG, epochs=2), observer=obs)
     assert any("nothing held out" in line and "last epoch" in line for line in obs.lines)
     assert result.best["epoch"] == 2 and (tmp_path / "m.pt").exists()
+
+
+def _recipe_of(monkeypatch, args):
+    """The (encoder, training) configs `siamsearch train ARGS` hands the library, without training."""
+    seen = {}
+
+    def spy(root, out, enc, cfg, runtime, **kwargs):
+        seen.update(enc=enc, cfg=cfg, runtime=runtime)
+        raise UsageError("stop")
+
+    monkeypatch.setattr(cli, "train_model", spy)
+    CliRunner().invoke(app, ["train", "folder", *args])
+    return seen["enc"], seen["cfg"], seen["runtime"]
+
+
+def test_self_supervised_takes_the_copies_recipe_and_a_flag_overrides_one_field(monkeypatch):
+    assert _recipe_of(monkeypatch, ["--self-supervised"])[:2] == RECIPES["copies"]
+    enc, cfg, runtime = _recipe_of(monkeypatch, ["--self-supervised", "--koleo", "0", "--image-size", "128"])
+    assert enc == dataclasses.replace(RECIPES["copies"][0], image_size=128)
+    assert cfg == dataclasses.replace(RECIPES["copies"][1], koleo=0.0)
+    assert runtime.amp is None  # mixed precision: the device decides (off on a CPU)
+    assert _recipe_of(monkeypatch, [])[:2] == RECIPES["identities"]
+
+
+def test_a_model_file_from_before_pooling_and_heads_loads(tmp_path):
+    model = build_encoder(EncoderConfig(backbone="small", dim=8, image_size=24)).eval()
+    save_model(tmp_path / "old.pt", model)
+    data = torch.load(tmp_path / "old.pt", weights_only=True)
+    for key in ("pooling", "gem_p", "head"):
+        del data["encoder"][key]
+    torch.save(data, tmp_path / "old.pt")
+    loaded, ckpt = load_encoder(tmp_path / "old.pt")
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x)) and ckpt.encoder.pooling == "avg" and ckpt.encoder.head == "mlp"
+
+
+def test_backbone_lr_puts_the_trunk_in_its_own_group():
+    import siamsearch.train as tr
+
+    model = build_encoder(ENC)
+    groups = tr._param_groups(model, dataclasses.replace(CFG, lr=1e-3, backbone_lr=1e-4))
+    trunk = {id(p) for p in model.backbone.parameters()}
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    assert {id(p) for p in groups[1]["params"]} == trunk and not trunk & {id(p) for p in groups[0]["params"]}
+    assert len(tr._param_groups(model, CFG)) == 1

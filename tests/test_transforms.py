@@ -1,0 +1,43 @@
+"""The copy edits of training augmentation: shapes kept, pixels changed, the same batch for the same seed."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from siamsearch.config import AUGMENT_PRESETS, AugmentConfig
+from siamsearch.transforms import augment_batch, draw_shapes, draw_text, jpeg
+
+BATCH = (torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+
+
+def run(cfg: AugmentConfig, seed: int = 0, batch: torch.Tensor = BATCH) -> torch.Tensor:
+    return augment_batch(batch, 32, cfg, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_copies_preset_keeps_shape_range_and_is_deterministic_per_seed(channels):
+    batch = BATCH[:, :channels]
+    a, b = run(AUGMENT_PRESETS["copies"], 0, batch), run(AUGMENT_PRESETS["copies"], 0, batch)
+    assert a.shape == (6, channels, 32, 32) and a.dtype == torch.float32
+    assert 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, run(AUGMENT_PRESETS["copies"], 1, batch))
+
+
+@pytest.mark.parametrize("edit", ["text_p", "shapes_p", "jpeg_p", "pad_p"])
+def test_each_copy_edit_changes_pixels(edit):
+    plain = AUGMENT_PRESETS["none"]
+    edited = run(dataclasses.replace(plain, **{edit: 1.0}))
+    assert edited.shape == (6, 3, 32, 32)
+    assert not torch.allclose(edited, run(plain), atol=1 / 255)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_pil_edits_keep_size_and_mode(mode):
+    img = Image.new(mode, (50, 40), 128)
+    rng = np.random.default_rng(0)
+    for out in (draw_text(img, rng), draw_shapes(img, rng), jpeg(img, 30)):
+        assert out.size == img.size and out.mode == mode
+    assert np.asarray(draw_text(img, np.random.default_rng(1))).std() > 0  # the caption left ink
