@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from .config import EncoderConfig, Runtime, TrainConfig
 from .embed import DecodedImages, decode_images, keep_list
 from .errors import UsageError
-from .images import Failure, find_images
+from .images import Failure, scan_images
 from .pairs import PKSampler, encode_labels, split_folder
 from .transforms import augment_batch, resize_batch, train_load_size
 
@@ -56,13 +56,14 @@ def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime
     Sub-folders are identities. With no sub-folders (or --self-supervised) every image is its own
     identity and its positive is an augmented view of itself.
     """
-    paths = find_images(root)
+    scan = scan_images(root)  # its failures (FIFOs, broken links, loops) are reported with the decode failures
+    paths = scan.images
     if not paths:
         raise UsageError(f"no images found under {root}")
     names, tr, va, self_sup = split_folder(paths, root, cfg)
     labels, _ = encode_labels(names)
     size, load, workers = enc.image_size, train_load_size(enc.image_size), decode_workers(runtime)
-    failures: list[Failure] = []
+    failures: list[Failure] = list(scan.failures)
     train_paths = [paths[i] for i in tr]
     fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
     train = (_decode(train_paths, labels[tr], [load], enc.channels, workers, failures) if fits
