@@ -30,6 +30,7 @@ from .device import resolve_device
 from .distributed import is_main, launched
 from .errors import SiamsearchError
 from .evaluate import calibrate as calibrate_model
+from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
@@ -197,6 +198,10 @@ def index(
                                              "partly unreadable or lost most of its files.")] = False,
     verify: Annotated[bool, typer.Option(help="Also hash files whose size and mtime are unchanged; "
                                               "re-embed those whose content changed.")] = False,
+    include: Annotated[Optional[list[str]], typer.Option(help="Index only files matching this glob (relative "
+                                                              "path, gitignore style; repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Skip files and folders matching this glob "
+                                                              "(repeatable). The index remembers both.")] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
     workers: DecodeWorkers = None,
     device: Device = "auto",
@@ -207,7 +212,8 @@ def index(
     target = index_dir or Path("indexes") / image_dir.resolve().name
     with progress_bar("embedding") as progress:
         store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
-                                   progress=progress,
+                                   selection=Selection(tuple(include or ()), tuple(exclude or ()))
+                                   if include or exclude else None, progress=progress,
                                    runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
     report_failures(done.failures)
     if as_json:

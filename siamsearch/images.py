@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import stat
@@ -13,11 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pathspec
 from PIL import Image, ImageOps
 
-from .errors import NotFoundError, SiamsearchError
+from .errors import NotFoundError, SiamsearchError, UsageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                              ".pgm", ".ppm"})
+# Scanned only when this Pillow decodes them: AVIF is built into Pillow 11.3+ wheels, HEIC needs the `formats` extra.
+PLUGIN_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
+IGNORE_FILE = ".siamsearchignore"  # gitignore syntax, in the root of a scanned folder
 
 ORIGINAL_SIZE = "siamsearch_original_size"  # (width, height) of the stored image, upright
 ORIENTATION = 0x0112  # the EXIF tag
@@ -57,9 +63,66 @@ class Failure:
         return {"path": str(self.path), "reason": self.reason}
 
 
+@functools.cache
+def _register_plugins() -> None:
+    """Let Pillow open HEIC files when pillow-heif (the `formats` extra) is installed; once per process."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """The extensions a scan keeps: the common ones, plus HEIC and AVIF when a decoder for them is installed."""
+    _register_plugins()
+    Image.init()
+    return IMAGE_EXTENSIONS | (PLUGIN_EXTENSIONS & Image.registered_extensions().keys())
+
+
 def is_image_path(path: Path) -> bool:
     """True for a visible file with an image extension (content is checked only on decode)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return path.suffix.lower() in image_extensions() and not path.name.startswith(".")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which files under a root a scan keeps: glob patterns (gitignore style) on the relative posix path.
+
+    An empty include keeps every image; exclude and the root's .siamsearchignore drop files and whole folders.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+class _Rules:
+    """A Selection compiled for one root, with its ignore file read."""
+
+    def __init__(self, root: Path, selection: Selection) -> None:
+        self.root = root
+        self.include = _spec(selection.include, "--include") if selection.include else None
+        ignore = root / IGNORE_FILE
+        lines = ignore.read_text(errors="replace").splitlines() if ignore.is_file() else []
+        self.exclude = _spec([*selection.exclude, *lines], "--exclude or " + IGNORE_FILE)
+
+    def keeps_folder(self, path: Path) -> bool:
+        """False for a folder that is excluded as a whole: it is not listed at all."""
+        return not self.exclude.match_file(path.relative_to(self.root).as_posix() + "/")
+
+    def keeps_file(self, path: Path) -> bool:
+        """True for a file that is included (or no include was given) and not excluded."""
+        rel = path.relative_to(self.root).as_posix()
+        return (self.include is None or self.include.match_file(rel)) and not self.exclude.match_file(rel)
+
+
+def _spec(patterns: list[str] | tuple[str, ...], where: str) -> pathspec.PathSpec:
+    """Compile gitignore-style patterns; a malformed one is the user's error, in one line."""
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(patterns)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"bad pattern in {where}: {exc}") from None
 
 
 @dataclass
@@ -76,33 +139,34 @@ class Scan:
     unread: list[Path] = field(default_factory=list)
 
 
-def find_images(root: Path | str) -> list[Path]:
+def find_images(root: Path | str, selection: Selection = Selection()) -> list[Path]:
     """All image files under root, recursively, sorted; scan_images says which entries were skipped and why.
 
     Raises:
         NotFoundError: root does not exist or is not a folder.
     """
-    return scan_images(root).images
+    return scan_images(root, selection).images
 
 
-def scan_images(root: Path | str) -> Scan:
+def scan_images(root: Path | str, selection: Selection = Selection()) -> Scan:
     """Regular image files under root, sorted; hidden entries are skipped, folder symlinks followed once.
 
     A folder reached twice (two links to it) is read once; a link back to a folder above it, an unreadable
     folder, a broken link and an image name that is not a regular file (a FIFO, a device) are failures.
+    Files and folders the selection or root/.siamsearchignore leave out are not looked at: never failures.
 
     Raises:
-        NotFoundError: root does not exist or is not a folder.
+        NotFoundError: root does not exist or is not a folder. UsageError: a malformed pattern.
     """
     root = Path(root)
     if root.is_file():
         return Scan([root] if is_image_path(root) else [])
     if not root.is_dir():
         raise NotFoundError(f"no such folder: {root}")
-    real = os.path.realpath(root)
+    real, rules = os.path.realpath(root), _Rules(root, selection)
     scan, folders, seen = Scan(), [(root, (real,))], {real}
     while folders:
-        _scan_folder(*folders.pop(), scan, folders, seen)
+        _scan_folder(*folders.pop(), scan, folders, seen, rules)
     scan.images.sort()
     return scan
 
@@ -110,7 +174,8 @@ def scan_images(root: Path | str) -> Scan:
 Walk = tuple[Path, tuple[str, ...]]  # a folder to list, and the real paths of the folders it was reached through
 
 
-def _scan_folder(folder: Path, chain: tuple[str, ...], scan: Scan, folders: list[Walk], seen: set[str]) -> None:
+def _scan_folder(folder: Path, chain: tuple[str, ...], scan: Scan, folders: list[Walk], seen: set[str],
+                 rules: _Rules) -> None:
     """List one folder into scan and queue its subfolders, real ones first: a file reached twice keeps its real path."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
@@ -124,8 +189,8 @@ def _scan_folder(folder: Path, chain: tuple[str, ...], scan: Scan, folders: list
         if entry.name.startswith("."):
             continue
         if _is_folder(entry):
-            subfolders += _new_folder(path, chain, seen, scan)
-        elif entry.is_symlink() or is_image_path(path):
+            subfolders += _new_folder(path, chain, seen, scan) if rules.keeps_folder(path) else []
+        elif (entry.is_symlink() or is_image_path(path)) and rules.keeps_file(path):
             _check_file(path, scan)
     folders.extend(reversed(subfolders))  # popped in name order
 
@@ -240,6 +305,7 @@ def load_image(path: Path | str, channels: int = 3, draft_size: int | None = Non
     """
     path = Path(path)
     _check_regular(path)
+    _register_plugins()  # a spawned decode worker has not scanned
     try:
         with warnings.catch_warnings(), _pixel_limit(None):  # MAX_PIXELS is checked here, with the size
             warnings.simplefilter("error", Image.DecompressionBombWarning)

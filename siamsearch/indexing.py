@@ -33,7 +33,7 @@ from .config import Runtime, to_dict
 from .device import resolve_device
 from .embed import EmbedResult, Progress, embed_batches
 from .errors import NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
-from .images import Failure, Scan, identity_of, scan_images
+from .images import Failure, Scan, Selection, identity_of, scan_images
 from .indexdir import INDEX, LOCK, MANIFEST, ROWS
 from .rows import NewRow, Row
 from .store import Store
@@ -75,12 +75,13 @@ def model_of(store: Store, model_path: Path | str | None) -> Path:
 
 def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path | str | None = None, *,
                  kind: str = "auto", rebuild: bool = False, prune: bool = False, verify: bool = False,
-                 runtime: Runtime = Runtime(), commit_every: int = 2048,
+                 selection: Selection | None = None, runtime: Runtime = Runtime(), commit_every: int = 2048,
                  progress: Progress | None = None) -> tuple[Store, SyncReport]:
     """Create or update the index of a folder, embedding only new and changed files.
 
     rebuild starts over, even from a broken index; prune drops the rows of missing files however many;
-    verify re-embeds files whose content changed under an unchanged size and mtime.
+    verify re-embeds files whose content changed under an unchanged size and mtime. selection replaces
+    the patterns the index records; None keeps them (a rebuilt readable index keeps them too).
 
     Raises:
         CheckpointError: no usable model. ModelMismatchError: the index was built by another model.
@@ -99,6 +100,8 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     if model_file is None:
         raise CheckpointError("a new or rebuilt broken index needs a model: pass --model MODEL.pt")
     model, ckpt = load_encoder(Path(model_file))
+    if selection is None:
+        selection = store.selection if store is not None else Selection()
     if store is None or rebuild:
         if store is not None:
             store.close()
@@ -108,8 +111,8 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     store.check_model(ckpt.fingerprint)
     embed = partial(embed_batches, model, ckpt.preprocess, batch_size=runtime.batch_size, workers=runtime.workers,
                     device=resolve_device(runtime.device), amp=runtime.amp)
-    return store, sync(store, embed, rebuild=rebuild, prune=prune, verify=verify, commit_every=commit_every,
-                       progress=progress)
+    return store, sync(store, embed, rebuild=rebuild, prune=prune, verify=verify, selection=selection,
+                       commit_every=commit_every, progress=progress)
 
 
 def _existing(index_dir: Path, rebuild: bool) -> Store | None:
@@ -141,11 +144,12 @@ def _index_file(name: str) -> bool:
 
 
 def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool = False, verify: bool = False,
-         commit_every: int = 2048, progress: Progress | None = None) -> SyncReport:
-    """Make the index match the images under its root, embedding only new and changed files.
+         selection: Selection | None = None, commit_every: int = 2048, progress: Progress | None = None) -> SyncReport:
+    """Make the index match the images under its root its selection keeps, embedding only new and changed files.
 
     embed is called once, with every file to embed; rebuild=True embeds every file again; prune=True drops
-    the rows of missing files even when they may only be out of sight; verify=True also compares contents.
+    the rows of missing files even when they may only be out of sight; verify=True also compares contents;
+    selection, when given, is recorded in the manifest first (files it leaves out lose their rows).
 
     Raises:
         NotFoundError: the root folder is gone. StoreLockedError: another process is writing to this index.
@@ -158,6 +162,8 @@ def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool
     if commit_every < 1:
         raise ValueError("commit_every must be >= 1")
     with store.writing():
+        if selection is not None:
+            store.select(selection)
         report = _sync(store, embed, rebuild, prune, verify, commit_every, progress or (lambda done, total: None))
     report.seconds = time.perf_counter() - start
     return report
@@ -166,7 +172,7 @@ def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool
 def _sync(store: Store, embed: EmbedStream, rebuild: bool, prune: bool, verify: bool, commit_every: int,
           progress: Progress) -> SyncReport:
     """The body of sync, run under the store's write lock."""
-    scan = scan_images(store.root)
+    scan = scan_images(store.root, store.selection)
     files, failures = _stamps(scan, store.root)
     known = {row.path: row for row in store.iter_rows()}
     keep = set() if rebuild else _unchanged(files, known, verify)

@@ -40,6 +40,7 @@ from .errors import (
     ModelMismatchError,
     UsageError,
 )
+from .images import Selection
 from .indexdir import (
     FORMAT_VERSION,
     INDEX,
@@ -238,6 +239,13 @@ class Store:
             write_index(self.path, self._index)
             self._write_manifest()
 
+    def select(self, selection: Selection) -> None:
+        """Record the patterns that choose the root's files, so later runs without them keep the same files."""
+        self._check_writing()
+        self._manifest.update(include=list(selection.include), exclude=list(selection.exclude))
+        with disk_writes(self.path):
+            self._write_manifest()
+
     def _finish(self) -> None:
         """Lay out the kind the size calls for, rebuilt (new lists, fresh tuning) when n doubled or halved."""
         n, kind, built = len(self), self.kind, self._manifest["search"].get("n", 0)
@@ -290,6 +298,11 @@ class Store:
     def fingerprint(self) -> str:
         """Fingerprint of the encoder that made the vectors."""
         return self._manifest["fingerprint"]
+
+    @property
+    def selection(self) -> Selection:
+        """The include and exclude patterns recorded for the root (an index made before them has none)."""
+        return Selection(tuple(self._manifest.get("include", ())), tuple(self._manifest.get("exclude", ())))
 
     def __len__(self) -> int:
         return self._index.ntotal

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from .config import EncoderConfig, Runtime, TrainConfig
 from .embed import DecodedImages, decode_images, keep_list
 from .errors import UsageError
-from .images import Failure, scan_images
+from .images import Failure, Selection, scan_images
 from .pairs import PKSampler, encode_labels, split_folder
 from .transforms import augment_batch, resize_batch, train_load_size
 
@@ -50,13 +50,14 @@ def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: i
     return Split([paths[i] for i in kept], labels[kept], views)
 
 
-def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime()) -> TrainData:
-    """Scan an identity folder, hold out validation identities and decode what fits in memory.
+def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(),
+              selection: Selection = Selection()) -> TrainData:
+    """Scan an identity folder (the files selection keeps), hold out validation identities, decode what fits.
 
     Sub-folders are identities. With no sub-folders (or --self-supervised) every image is its own
     identity and its positive is an augmented view of itself.
     """
-    scan = scan_images(root)  # its failures (FIFOs, broken links, loops) are reported with the decode failures
+    scan = scan_images(root, selection)  # its failures (FIFOs, broken links, loops) are reported with the decode failures
     paths = scan.images
     if not paths:
         raise UsageError(f"no images found under {root}")
