@@ -92,6 +92,10 @@ IndexDir = Annotated[Path, typer.Option("--index", help="Index folder.")]
 TargetPrecision = Annotated[float, typer.Option(min=0.0, max=1.0, help="Precision the second threshold is set for.")]
 Seed = Annotated[int, typer.Option()]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Include = Annotated[Optional[list[str]], typer.Option(help="Only files matching this glob (relative path, gitignore "
+                                                           "style; repeatable). An index remembers it.")]
+Exclude = Annotated[Optional[list[str]], typer.Option(help="Skip files and folders matching this glob (repeatable). "
+                                                           "An index remembers it.")]
 Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
                                                                     "--amp also on CPUs with native bf16).")]
 
@@ -160,6 +164,8 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing --out (indexes built with it will refuse it).")] = False,
+    include: Include = None,
+    exclude: Exclude = None,
     as_json: Json = False,
 ) -> None:
     """Train a Siamese encoder on an identity folder; a recipe gives every option left unset."""
@@ -173,7 +179,8 @@ def train(
     runtime = with_overrides(Runtime(), options)
     with launched(os.environ, resolve_device(runtime.device)) as world:  # torchrun's processes train as one
         result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume, force=force,
-                             observer=TrainProgress(err if as_json else None), world=world)
+                             observer=TrainProgress(err if as_json else None), world=world,
+                             selection=Selection.of(include, exclude))
     err.print(f"recipe: {name}, with the options given in place of its fields")
     report_failures(result.failures)
     print_json(result.to_dict()) if as_json else print_training(result)
@@ -198,10 +205,8 @@ def index(
                                              "partly unreadable or lost most of its files.")] = False,
     verify: Annotated[bool, typer.Option(help="Also hash files whose size and mtime are unchanged; "
                                               "re-embed those whose content changed.")] = False,
-    include: Annotated[Optional[list[str]], typer.Option(help="Index only files matching this glob (relative "
-                                                              "path, gitignore style; repeatable).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Skip files and folders matching this glob "
-                                                              "(repeatable). The index remembers both.")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     batch_size: Annotated[int, typer.Option()] = 64,
     workers: DecodeWorkers = None,
     device: Device = "auto",
@@ -212,8 +217,7 @@ def index(
     target = index_dir or Path("indexes") / image_dir.resolve().name
     with progress_bar("embedding") as progress:
         store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
-                                   selection=Selection(tuple(include or ()), tuple(exclude or ()))
-                                   if include or exclude else None, progress=progress,
+                                   selection=Selection.of(include, exclude), progress=progress,
                                    runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
     report_failures(done.failures)
     if as_json:

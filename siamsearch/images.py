@@ -96,6 +96,11 @@ class Selection:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
+    @classmethod
+    def of(cls, include: list[str] | None, exclude: list[str] | None) -> Selection | None:
+        """The selection repeatable --include/--exclude flags ask for; None when neither is given."""
+        return cls(tuple(include or ()), tuple(exclude or ())) if include or exclude else None
+
 
 class _Rules:
     """A Selection compiled for one root, with its ignore file read."""

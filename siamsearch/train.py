@@ -22,7 +22,7 @@ from .device import autocast, resolve_device
 from .distributed import World
 from .embed import embed_tensors
 from .errors import RefusedError, UsageError
-from .images import Failure
+from .images import Failure, Selection
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
 from .trainset import TrainData, decode_workers, load_data, sampler_for, train_batches, val_views
@@ -279,10 +279,10 @@ def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out:
     return run
 
 
-def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer) -> TrainData:
-    """The training folder, decoded, with a line saying how much and how long."""
+def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer, selection: Selection | None) -> TrainData:
+    """The training folder (the files selection keeps), decoded, with a line saying how much and how long."""
     t0 = time.perf_counter()
-    data = load_data(root, run.enc, run.cfg, runtime)
+    data = load_data(root, run.enc, run.cfg, runtime, selection or Selection())
     bad = f"; skipped {len(data.failures)} unreadable" if data.failures else ""
     obs.message(f"{len(data.train.labels):,} training images, {len(data.val.labels):,} validation images "
                 f"({'self-supervised' if data.self_supervised else 'held-out identities'}), decoded in "
@@ -295,7 +295,8 @@ def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer) -> TrainData:
 
 def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(), *,
           weights_file: Path | None = None, resume: bool = False, force: bool = False,
-          observer: Observer | None = None, world: World = World()) -> TrainResult:
+          observer: Observer | None = None, world: World = World(),
+          selection: Selection | None = None) -> TrainResult:
     """Train an encoder on an identity folder and write the best checkpoint to `out`.
 
     `enc` and `cfg` are the recipe, kept in the model file and the resume state; `runtime` is this
@@ -311,7 +312,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
         obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
     obs.message(f"encoder: {run.enc}\ntraining: {run.cfg}")
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
-    data = _load(root, run, runtime, obs)
+    data = _load(root, run, runtime, obs, selection)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
     best, stopped, calibration = _loop(run, data, out, device, amp, decode_workers(runtime), obs, world)
     if best is not None and world.main:  # the best file gets the whole history, for training curves

@@ -97,3 +97,15 @@ def test_heic_and_avif_index_when_a_plugin_decodes_them(tmp_path, model_file, ex
     assert report.added == 1 and not report.failures
     assert [row.path for row in store.iter_rows()] == [f"a{ext}"]
     store.close()
+
+
+def test_train_uses_only_the_files_the_patterns_keep(identity_dir, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    res = run_cli("train", identity_dir, "--out", tmp_path / "m.pt", "--epochs", 1, "--image-size", 32, "--dim", 8,
+                  "-P", 4, "-K", 2, "--val-fraction", 0, "--exclude", "id1*", "--json")
+    assert res.exit_code == 0, res.output
+    assert "60 training images" in res.output  # id00-id09, 6 each: id10-id15 left out
+    assert json.loads(res.stdout)["best"]["epoch"] == 1
