@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import report
 from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
@@ -184,6 +184,37 @@ class QueryRun:
     def to_dict(self) -> list[dict[str, Any]]:
         """One object per query: {query, neighbors: [{rank, path, distance, identity}]}."""
         return [r.to_dict() for r in self.results]
+
+
+def listed_paths(data: bytes, nul: bool = False) -> list[Path]:
+    """Paths one per line (CRLF too) or NUL-separated (find -print0), empty entries skipped; names are bytes, as on disk."""
+    entries = data.split(b"\0") if nul else [line.removesuffix(b"\r") for line in data.split(b"\n")]
+    return [Path(os.fsdecode(entry)) for entry in entries if entry]
+
+
+def query_paths(images: Sequence[Path | str], *, from_file: Path | str | None = None, stdin: BinaryIO | None = None,
+                nul: bool = False) -> list[Path]:
+    """The query paths: those named, "-" replaced by the list on stdin, then those listed in from_file.
+
+    Raises:
+        NotFoundError: from_file does not exist. UsageError: no paths at all, or "-" with no stdin.
+    """
+    paths: list[Path] = []
+    for image in images:
+        if str(image) != "-":
+            paths.append(Path(image))
+        elif stdin is None:
+            raise UsageError("- reads query paths from stdin, but there is none")
+        else:
+            paths.extend(listed_paths(stdin.read(), nul))
+    if from_file is not None:
+        try:
+            paths.extend(listed_paths(Path(from_file).read_bytes(), nul))
+        except FileNotFoundError:
+            raise NotFoundError(f"no such list file: {from_file}") from None
+    if not paths:
+        raise UsageError("no query images: name some, pass - to read their paths from stdin, or --from-file LIST")
+    return paths
 
 
 def query_index(index_dir: Path | str, images: Sequence[Path | str], *, k: int = 10, margin: float | None = None,
