@@ -284,14 +284,17 @@ def dedup(
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page of "
                                                                       "the groups.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="--html shows only the N biggest groups.")] = None,
     identical_only: Annotated[bool, typer.Option(help="Only byte-identical files, by the content hashes the index "
                                                       "stores: no model, no vectors.")] = False,
     as_json: Json = False,
 ) -> None:
     """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
-    run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
-                      against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
-                      false_pairs_per_1000=false_pairs, identical_only=identical_only)
+    with progress_bar("searching") as progress:
+        run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
+                          against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
+                          false_pairs_per_1000=false_pairs, identical_only=identical_only, html_limit=limit,
+                          progress=progress)
     print_json(run.to_dict()) if as_json else print_dedup(run)
     for written in run.written:
         err.print(f"wrote {shown(written)}")

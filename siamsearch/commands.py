@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from . import report
 from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .checkpoint import CheckpointError, read_calibration
+from .closepairs import Progress
 from .config import Runtime
 from .dedup import (
     CrossResult,
@@ -102,25 +103,29 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
                 linkage: str = "complete", keep: str = "largest", against: Path | str | None = None,
                 move_to: Path | str | None = None, yes: bool = False, csv_file: Path | None = None,
                 html_file: Path | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000,
-                identical_only: bool = False) -> DedupRun:
+                identical_only: bool = False, html_limit: int | None = None,
+                progress: Progress | None = None) -> DedupRun:
     """Group an index's duplicates at the margin (when None, the one its model gives this many images), report,
     then move.
 
     Reports are written before any file moves, so the HTML shows every file in place and a failing
     report cannot hide what moved. Without yes, move_to is a dry run: the plan only. A model trained on
     identities groups photos of one person or product, not copies: moving them needs an explicit margin.
-    identical_only groups byte-identical files by their stored hashes: no model, no vectors.
+    identical_only groups byte-identical files by their stored hashes: no model, no vectors. The HTML page
+    shows the html_limit biggest groups first; progress(done, total) follows the search.
 
     Raises:
         RefusedError: --move-to with an identity model and no --margin.
     """
     _check_dedup_args(against, move_to, html_file, identical_only, margin, review_margin)
     run = (DedupRun(identical_files(index_dir, keep)) if identical_only else
-           _search_duplicates(index_dir, margin, review_margin, linkage, keep, against, move_to, false_pairs_per_1000))
+           _search_duplicates(index_dir, margin, review_margin, linkage, keep, against, move_to, false_pairs_per_1000,
+                              progress))
     if csv_file is not None:
         run.written.append(report.write_csv(csv_file, run.result.FIELDS, run.result.records()))
     if html_file is not None:
-        run.written.append(report.dedup_page(run.result.to_dict()["groups"], html_file, root=run.result.root))
+        groups = sorted(run.result.to_dict()["groups"], key=lambda g: -len(g["members"]))  # stable: ties keep order
+        run.written.append(report.dedup_page(groups, html_file, root=run.result.root, limit=html_limit))
     if move_to is not None:
         run.plan = plan_moves(run.result, move_to)
         run.moved = apply_moves(run.plan) if yes else None
@@ -149,7 +154,7 @@ def identical_files(index_dir: Path | str, keep: str = "largest") -> DedupResult
 
 def _search_duplicates(index_dir: Path | str, margin: float | None, review_margin: float | None, linkage: str,
                        keep: str, against: Path | str | None, move_to: Path | str | None,
-                       false_pairs_per_1000: float) -> DedupRun:
+                       false_pairs_per_1000: float, progress: Progress | None) -> DedupRun:
     """dedup_index's margin search: the groups (or cross pairs) and how the margin was chosen, nothing written."""
     with Store.open(index_dir) as store:
         calibration = model_calibration(store) if margin is None else {}
@@ -160,7 +165,8 @@ def _search_duplicates(index_dir: Path | str, margin: float | None, review_margi
                                "or product, not copies; moving them needs an explicit --margin")
         margin = chosen.margin if chosen else margin
         if against is None:
-            result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep)
+            result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep,
+                                                                progress=progress)
         else:
             with Store.open(against) as other:
                 result = find_duplicates_in(store, other, margin, review_margin)

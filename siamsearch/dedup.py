@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from .closepairs import BLOCK, ClosePairs, Pairs, close_pairs, find_cross_pairs
+from .closepairs import BLOCK, ClosePairs, Pairs, Progress, close_pairs, find_cross_pairs
 from .errors import UsageError
 from .rows import Row
 from .store import Store
@@ -261,11 +261,12 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "complete",
-                    keep: str = "largest", *, block: int = BLOCK) -> DedupResult:
+                    keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; groups ordered by that file.
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
-    when its distance to the kept file is within margin, else it is for review.
+    when its distance to the kept file is within margin, else it is for review. progress(done, total)
+    follows the search (siamsearch.closepairs.close_pairs).
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
@@ -273,7 +274,7 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     review = _margins(margin, review_margin)
     _check_choice(linkage, LINKAGES, "linkage")
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
-    found = close_pairs(store, review, block=block)
+    found = close_pairs(store, review, block=block, progress=progress)
     rows = _rows_with_copies(store, found)
     groups = [_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
               for ids, vectors in _expanded_groups(found, review, linkage)]
