@@ -6,7 +6,6 @@ full disk never leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
@@ -14,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 
 def write_atomic(path: Path | str, write: Callable[[str], None]) -> None:
@@ -49,15 +50,16 @@ class LockedError(OSError):
 
 @contextmanager
 def exclusive_lock(path: Path | str) -> Iterator[None]:
-    """Hold an exclusive flock on path (created if missing), or raise LockedError at once."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive OS lock on path (created if missing, kept), or raise LockedError at once; on Windows too.
+
+    The lock is the kernel's (flock, LockFileEx), so a crashed holder releases it; no stale marker file.
+    """
+    lock = FileLock(path, timeout=0, preserve_lock_file=True)  # preserved: no soft fallback, no unlink race
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        lock.acquire()
+    except Timeout:
         raise LockedError(f"{path} is locked by another process") from None
     try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        lock.release()

@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .calibration import FALSE_PAIRS_PER_1000
-from .commands import dedup_index, evaluate_model, index_info, query_index
+from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths
 from .config import (
     AUGMENT_PRESETS,
     BACKBONES,
@@ -230,8 +230,12 @@ def index(
 
 @app.command()
 def query(
-    images: Annotated[list[Path], typer.Argument(help="Query images or folders.")],
     index_dir: IndexDir,
+    images: Annotated[Optional[list[Path]], typer.Argument(help="Query images or folders; - reads their paths "
+                                                                "from stdin, one per line.")] = None,
+    from_file: Annotated[Optional[Path], typer.Option("--from-file", help="Also query the paths listed in this "
+                                                                          "file, one per line.")] = None,
+    nul: Annotated[bool, typer.Option("-0", "--null", help="Listed paths are NUL-separated (find -print0).")] = False,
     k: Annotated[int, typer.Option("-k", min=1, help="Neighbours per query.")] = 10,
     margin: Annotated[Optional[float], typer.Option("--margin", "--max-distance", min=0.0, max=2.0,
                                                     help="Drop neighbours farther than this distance.")] = None,
@@ -244,7 +248,8 @@ def query(
     device: Device = "auto",
 ) -> None:
     """Nearest neighbours of images in an index."""
-    run = query_index(index_dir, images, k=k, margin=margin, exclude_self=exclude_self, model=model,
+    paths = query_paths(images or [], from_file=from_file, stdin=typer.get_binary_stream("stdin"), nul=nul)
+    run = query_index(index_dir, paths, k=k, margin=margin, exclude_self=exclude_self, model=model,
                       runtime=Runtime(device=device, workers=0), html_file=html_file, sheet=sheet)
     print_json(run.to_dict()) if as_json else print_neighbours(run.results)
     for written in run.written:
@@ -289,12 +294,17 @@ def dedup(
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
     html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page of "
                                                                       "the groups.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="--html shows only the N biggest groups.")] = None,
+    identical_only: Annotated[bool, typer.Option(help="Only byte-identical files, by the content hashes the index "
+                                                      "stores: no model, no vectors.")] = False,
     as_json: Json = False,
 ) -> None:
     """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
-    run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
-                      against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
-                      false_pairs_per_1000=false_pairs)
+    with progress_bar("searching") as progress:
+        run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
+                          against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
+                          false_pairs_per_1000=false_pairs, identical_only=identical_only, html_limit=limit,
+                          progress=progress)
     print_json(run.to_dict()) if as_json else print_dedup(run)
     for written in run.written:
         err.print(f"wrote {shown(written)}")

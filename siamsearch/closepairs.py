@@ -12,7 +12,7 @@ queries at a time. Two things keep memory bounded when a collection holds many c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ BLOCK = 4096  # query vectors per range search, at most
 MIN_BLOCK = 16  # ... and at least
 HITS_PER_BLOCK = 4_000_000  # range-search hits one block may return, about (12 bytes each)
 MAX_NEIGHBOURS = 1000  # hits a query keeps; more than that within a margin is a crowd, not duplicates
+Progress = Callable[[int, int], None]  # progress(done, total): query vectors searched so far, of all to search
 
 
 @dataclass
@@ -111,13 +112,15 @@ def _unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
     return i[first], j[first], d[first]
 
 
-def close_pairs(store: Store, margin: float, *, block: int = BLOCK) -> ClosePairs:
+def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Progress | None = None) -> ClosePairs:
     """The pairs of distinct stored vectors within margin, exact copies collapsed, vectors read once.
 
     On approximate kinds a pair counts when either image finds the other, which recovers some misses.
+    progress(done, total) is called after each block with the representatives searched so far.
     """
     ids, reps = _representatives(store, block)
     is_rep = ids == reps
+    done, total = 0, int(is_rep.sum())
     rep_of = dict(zip(ids[~is_rep].tolist(), reps[~is_rep].tolist()))
     parts, kept_ids, kept_vectors, capped = [], [], [], 0
     rep_queries = ((part[mask], vectors[mask]) for part, vectors in _blocks(store, block)
@@ -131,6 +134,9 @@ def close_pairs(store: Store, margin: float, *, block: int = BLOCK) -> ClosePair
         paired = np.isin(part, nearest[0])
         kept_ids.append(part[paired])
         kept_vectors.append(vectors[paired])
+        done += len(part)
+        if progress:
+            progress(done, total)
     pairs = _unique_pairs(*(np.concatenate(c) for c in zip(*parts))) if parts else _unique_pairs(*_empty())
     copies = _copies(ids, reps)
     return _with_vectors(store, pairs, copies, kept_ids, kept_vectors, capped)

@@ -8,14 +8,16 @@ undo_moves) are called directly.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import report
 from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .checkpoint import CheckpointError, read_calibration
+from .closepairs import Progress
 from .config import Runtime
 from .dedup import (
     CrossResult,
@@ -23,11 +25,14 @@ from .dedup import (
     DedupResult,
     find_duplicates,
     find_duplicates_in,
+    find_identical,
 )
-from .errors import NotFoundError, RefusedError, UsageError
+from .errors import CorruptIndexError, NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, evaluate
 from .images import Failure
+from .indexdir import ROWS, read_manifest
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
+from .rows import RowTable
 from .search import QueryResult, Searcher
 from .store import Store
 
@@ -81,8 +86,13 @@ class DedupRun:
         return out
 
 
-def _check_dedup_args(against: Path | str | None, move_to: Path | str | None, html_file: Path | None) -> None:
+def _check_dedup_args(against: Path | str | None, move_to: Path | str | None, html_file: Path | None,
+                      identical_only: bool = False, margin: float | None = None,
+                      review_margin: float | None = None) -> None:
     """Refuse a bad combination before opening anything (find_duplicates checks linkage and keep itself)."""
+    if identical_only and (against is not None or margin is not None or review_margin is not None):
+        raise UsageError("--identical-only compares content hashes within one index: no --margin, --review-margin "
+                         "or --against")
     if against is not None and move_to is not None:
         raise UsageError("--move-to works within one index; it does not combine with --against")
     if against is not None and html_file is not None:
@@ -92,18 +102,60 @@ def _check_dedup_args(against: Path | str | None, move_to: Path | str | None, ht
 def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_margin: float | None = None,
                 linkage: str = "complete", keep: str = "largest", against: Path | str | None = None,
                 move_to: Path | str | None = None, yes: bool = False, csv_file: Path | None = None,
-                html_file: Path | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000) -> DedupRun:
+                html_file: Path | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000,
+                identical_only: bool = False, html_limit: int | None = None,
+                progress: Progress | None = None) -> DedupRun:
     """Group an index's duplicates at the margin (when None, the one its model gives this many images), report,
     then move.
 
     Reports are written before any file moves, so the HTML shows every file in place and a failing
     report cannot hide what moved. Without yes, move_to is a dry run: the plan only. A model trained on
     identities groups photos of one person or product, not copies: moving them needs an explicit margin.
+    identical_only groups byte-identical files by their stored hashes: no model, no vectors. The HTML page
+    shows the html_limit biggest groups first; progress(done, total) follows the search.
 
     Raises:
         RefusedError: --move-to with an identity model and no --margin.
     """
-    _check_dedup_args(against, move_to, html_file)
+    _check_dedup_args(against, move_to, html_file, identical_only, margin, review_margin)
+    run = (DedupRun(identical_files(index_dir, keep)) if identical_only else
+           _search_duplicates(index_dir, margin, review_margin, linkage, keep, against, move_to, false_pairs_per_1000,
+                              progress))
+    if csv_file is not None:
+        run.written.append(report.write_csv(csv_file, run.result.FIELDS, run.result.records()))
+    if html_file is not None:
+        groups = sorted(run.result.to_dict()["groups"], key=lambda g: -len(g["members"]))  # stable: ties keep order
+        run.written.append(report.dedup_page(groups, html_file, root=run.result.root, limit=html_limit))
+    if move_to is not None:
+        run.plan = plan_moves(run.result, move_to)
+        run.moved = apply_moves(run.plan) if yes else None
+    return run
+
+
+def identical_files(index_dir: Path | str, keep: str = "largest") -> DedupResult:
+    """find_identical over an index's rows, read from its manifest and SQLite alone: FAISS and the model stay shut.
+
+    Raises:
+        NotAnIndexError, UnsupportedFormatError, CorruptIndexError: not a readable index.
+    """
+    folder = Path(index_dir)
+    manifest = read_manifest(folder)
+    if not (folder / ROWS).is_file():
+        raise CorruptIndexError(f"{folder / ROWS} is missing; rebuild the index with --rebuild")
+    try:
+        table = RowTable(folder / ROWS, Path(manifest["root"]))
+    except sqlite3.DatabaseError:
+        raise CorruptIndexError(f"{folder / ROWS} is unreadable; rebuild the index with --rebuild") from None
+    try:
+        return find_identical(table, table.root, keep)
+    finally:
+        table.close()
+
+
+def _search_duplicates(index_dir: Path | str, margin: float | None, review_margin: float | None, linkage: str,
+                       keep: str, against: Path | str | None, move_to: Path | str | None,
+                       false_pairs_per_1000: float, progress: Progress | None) -> DedupRun:
+    """dedup_index's margin search: the groups (or cross pairs) and how the margin was chosen, nothing written."""
     with Store.open(index_dir) as store:
         calibration = model_calibration(store) if margin is None else {}
         chosen = collection_margin(calibration, len(store), false_pairs_per_1000) if calibration else None
@@ -113,19 +165,12 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
                                "or product, not copies; moving them needs an explicit --margin")
         margin = chosen.margin if chosen else margin
         if against is None:
-            result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep)
+            result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep,
+                                                                progress=progress)
         else:
             with Store.open(against) as other:
                 result = find_duplicates_in(store, other, margin, review_margin)
-    run = DedupRun(result, chosen, purpose)
-    if csv_file is not None:
-        run.written.append(report.write_csv(csv_file, result.FIELDS, result.records()))
-    if html_file is not None:
-        run.written.append(report.dedup_page(result.to_dict()["groups"], html_file, root=result.root))
-    if move_to is not None:
-        run.plan = plan_moves(result, move_to)
-        run.moved = apply_moves(run.plan) if yes else None
-    return run
+    return DedupRun(result, chosen, purpose)
 
 
 def index_info(index_dir: Path | str) -> dict[str, Any]:
@@ -145,6 +190,37 @@ class QueryRun:
     def to_dict(self) -> list[dict[str, Any]]:
         """One object per query: {query, neighbors: [{rank, path, distance, identity}]}."""
         return [r.to_dict() for r in self.results]
+
+
+def listed_paths(data: bytes, nul: bool = False) -> list[Path]:
+    """Paths one per line (CRLF too) or NUL-separated (find -print0), empty entries skipped; names are bytes, as on disk."""
+    entries = data.split(b"\0") if nul else [line.removesuffix(b"\r") for line in data.split(b"\n")]
+    return [Path(os.fsdecode(entry)) for entry in entries if entry]
+
+
+def query_paths(images: Sequence[Path | str], *, from_file: Path | str | None = None, stdin: BinaryIO | None = None,
+                nul: bool = False) -> list[Path]:
+    """The query paths: those named, "-" replaced by the list on stdin, then those listed in from_file.
+
+    Raises:
+        NotFoundError: from_file does not exist. UsageError: no paths at all, or "-" with no stdin.
+    """
+    paths: list[Path] = []
+    for image in images:
+        if str(image) != "-":
+            paths.append(Path(image))
+        elif stdin is None:
+            raise UsageError("- reads query paths from stdin, but there is none")
+        else:
+            paths.extend(listed_paths(stdin.read(), nul))
+    if from_file is not None:
+        try:
+            paths.extend(listed_paths(Path(from_file).read_bytes(), nul))
+        except FileNotFoundError:
+            raise NotFoundError(f"no such list file: {from_file}") from None
+    if not paths:
+        raise UsageError("no query images: name some, pass - to read their paths from stdin, or --from-file LIST")
+    return paths
 
 
 def query_index(index_dir: Path | str, images: Sequence[Path | str], *, k: int = 10, margin: float | None = None,

@@ -14,19 +14,20 @@ the others with their distance to it. siamsearch.moves moves the duplicates out 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from .closepairs import BLOCK, ClosePairs, Pairs, close_pairs, find_cross_pairs
+from .closepairs import BLOCK, ClosePairs, Pairs, Progress, close_pairs, find_cross_pairs
 from .errors import UsageError
 from .rows import Row
 from .store import Store
 
-Status = Literal["duplicate", "review"]
+Status = Literal["duplicate", "review", "identical"]  # identical: same bytes (content hash), no model
 MAX_DISTANCE = 2.0  # Euclidean distance of opposite unit vectors
 LINKAGES = ("single", "complete")
 KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
@@ -91,15 +92,17 @@ class DedupResult:
     # beside a third file. Listed so that no duplicate is ever hidden.
     links: list[CrossPair] = field(default_factory=list)
     capped: int = 0  # images with more than MAX_NEIGHBOURS others within the review margin: nearest kept
+    unchecked: int | None = None  # identical-only: rows of an older index with no content hash; None otherwise
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: margins, approximate, groups of {keep, max_distance, members}, links."""
-        return {"margin": self.margin, "review_margin": self.review_margin, "approximate": self.approximate,
+        return ({"margin": self.margin, "review_margin": self.review_margin, "approximate": self.approximate,
                 "groups": [{"keep": g.keep.path, "max_distance": round(g.max_distance, 6),
                             "members": [{"path": m.path, "distance": round(m.distance, 6), "status": m.status}
                                         for m in g.members]} for g in self.groups],
                 "links": [{"path": p.path, "other_path": p.other_path, "distance": round(p.distance, 6)}
                           for p in self.links], "capped": self.capped}
+                | ({} if self.unchecked is None else {"unchecked": self.unchecked}))
 
     def records(self) -> list[dict[str, Any]]:
         """One flat record per member, then one per link (no group; its other file under keep), for CSV."""
@@ -258,11 +261,12 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "complete",
-                    keep: str = "largest", *, block: int = BLOCK) -> DedupResult:
+                    keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; groups ordered by that file.
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
-    when its distance to the kept file is within margin, else it is for review.
+    when its distance to the kept file is within margin, else it is for review. progress(done, total)
+    follows the search (siamsearch.closepairs.close_pairs).
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
@@ -270,7 +274,7 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     review = _margins(margin, review_margin)
     _check_choice(linkage, LINKAGES, "linkage")
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
-    found = close_pairs(store, review, block=block)
+    found = close_pairs(store, review, block=block, progress=progress)
     rows = _rows_with_copies(store, found)
     groups = [_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
               for ids, vectors in _expanded_groups(found, review, linkage)]
@@ -294,6 +298,32 @@ def _expanded_groups(found: ClosePairs, margin: float, linkage: str) -> Iterator
         members = [found.copies.get(int(r), np.array([r])) for r in reps]
         vectors = found.vectors[np.searchsorted(found.ids, reps)]
         yield np.concatenate(members), np.repeat(vectors, [len(m) for m in members], axis=0)
+
+
+def find_identical(rows: Iterable[Row], root: Path, keep: str = "largest") -> DedupResult:
+    """Groups of byte-identical files by the content hash and size each row stores: no model, no vectors.
+
+    Rows of an older index have no hash: they are counted as unchecked, never grouped.
+    """
+    _check_choice(keep, list(KEEP_ORDER), "keep policy")
+    same: dict[tuple[str, int], list[Row]] = defaultdict(list)
+    unchecked = 0
+    for row in rows:
+        if row.sha256 is None:
+            unchecked += 1
+        else:
+            same[(row.sha256, row.size)].append(row)
+    groups = [_identical_group(copies, keep) for copies in same.values() if len(copies) > 1]
+    groups.sort(key=lambda g: g.keep.path)
+    pairs = sum(len(g.members) * (len(g.members) + 1) // 2 for g in groups)
+    return DedupResult(root, 0.0, 0.0, False, groups, pairs, unchecked=unchecked)
+
+
+def _identical_group(copies: list[Row], keep: str) -> Group:
+    """One group of files with the same bytes: the kept one by policy, the others at distance 0 by path."""
+    kept = min(copies, key=KEEP_ORDER[keep])
+    members = sorted((Member(r, 0.0, "identical") for r in copies if r is not kept), key=lambda m: m.path)
+    return Group(kept, 0.0, members)
 
 
 def find_duplicates_in(store: Store, other: Store, margin: float, review_margin: float | None = None, *,

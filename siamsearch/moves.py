@@ -114,7 +114,7 @@ def _check_dest(dest: Path, root: Path) -> None:
 
 def _group_moves(group: Group, dest: Path) -> tuple[list[Move], list[Skipped]]:
     """A group's duplicates to move, or none when its kept file is not there as indexed: then no copy would be left."""
-    duplicates = [m.row for m in group.members if m.status == "duplicate"]
+    duplicates = [m.row for m in group.members if m.status in ("duplicate", "identical")]
     keep = group.keep
     kept_reason = _changed(keep.abspath, keep.size, keep.mtime_ns) or _content_changed(keep.abspath, keep.sha256)
     if kept_reason:

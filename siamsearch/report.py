@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from . import metrics
 from .calibration import calibrated_margin
@@ -210,7 +210,7 @@ class DupMember(TypedDict):
 
     path: str  # absolute, or relative to the page's root
     distance: float  # to the kept file
-    status: Literal["duplicate", "review"]  # "review": beyond the duplicate margin, within the review margin
+    status: Literal["duplicate", "identical", "review"]  # "review": beyond the duplicate margin, within the review margin
 
 
 class DupGroup(TypedDict):

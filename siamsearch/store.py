@@ -4,7 +4,7 @@ An index directory holds:
     index.faiss    every vector under the id of its row (IndexIDMap2 for flat/hnsw, IVF's own ids)
     rows.sqlite    images(id, path relative to root, identity, size, mtime_ns, width, height, sha256)
     manifest.json  format version, root, encoder fingerprint, index kind, count
-    .lock          flock-ed by the one process writing
+    .lock          held (filelock) by the one process writing
 
 Crash safety: SQLite is the commit record. Additions write index.faiss before committing their rows;
 deletions commit first and write index.faiss after. So a crash can only leave vectors without rows,

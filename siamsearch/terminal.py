@@ -158,6 +158,10 @@ def print_dedup(run: DedupRun) -> None:
     """The groups, then the margins and how the margin was chosen."""
     result, chosen = run.result, run.chosen
     console.print(dedup_table(result, same_identity=run.purpose == "identities"))
+    if getattr(result, "unchecked", None) is not None:
+        console.print("byte-identical files by content hash" + (
+            f"; {result.unchecked} file(s) indexed without a hash were not checked" if result.unchecked else ""))
+        return
     how = "" if chosen is None else f" ({chosen.rule}" + (
         f": {chosen.expected_false_pairs:.2g} false pair(s) expected" if chosen.expected_false_pairs is not None
         else "") + (f", {chosen.expected_recall:.0%} of calibration copies within" if chosen.expected_recall

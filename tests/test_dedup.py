@@ -12,8 +12,8 @@ from conftest import clustered
 from conftest import run_cli as run
 
 from siamsearch.checkpoint import save_model
-from siamsearch.config import EncoderConfig
 from siamsearch.closepairs import find_pairs
+from siamsearch.config import EncoderConfig
 from siamsearch.dedup import (
     DedupError,
     choose_keep,
@@ -22,10 +22,10 @@ from siamsearch.dedup import (
     group,
     max_distance,
 )
+from siamsearch.errors import ModelMismatchError
 from siamsearch.model import build_encoder
 from siamsearch.moves import apply_moves, plan_moves, undo_moves
 from siamsearch.rows import NewRow, Row
-from siamsearch.errors import ModelMismatchError
 from siamsearch.store import Store
 
 
@@ -386,3 +386,25 @@ print(len(result.groups), len(result.groups[0].members), resource.getrusage(reso
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
     groups, members, peak_kib = map(int, out.stdout.split())
     assert (groups, members) == (1, 49_999) and peak_kib < 2 * 1024 * 1024, out.stderr
+
+
+def test_progress_rises_block_by_block_to_the_total_and_the_cli_draws_no_bar_off_a_tty(tmp_path):
+    store = make_store(tmp_path, clustered(300))
+    calls = []
+    find_duplicates(store, 0.1, block=32, progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert len(calls) > 3 and done == sorted(set(done)) and calls[-1] == (300, 300)
+    assert {t for _, t in calls} == {300}
+    res = run("dedup", "--index", store.path, "--margin", 0.1)
+    assert res.exit_code == 0 and res.stderr == ""  # no bar, not even a cleared one
+
+
+def test_html_limit_shows_the_biggest_groups_first(tmp_path):
+    base = planted()
+    x = np.concatenate([base, base[7:8], base[7:8], base[7:8]])  # vector 7 four times: the biggest group
+    store = make_store(tmp_path, x)
+    page = tmp_path / "dups.html"
+    res = run("dedup", "--index", store.path, "--margin", 0.1, "--keep", "first", "--html", page, "--limit", 1)
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "the first 1 groups shown" in text and "group 1: keep d0/v0036.png, 3 duplicate(s)" in text  # 7, 35-37
