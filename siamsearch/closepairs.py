@@ -43,7 +43,7 @@ def _blocks(store: Store, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]
     """The stored (ids, vectors), `block` rows at a time: bounded memory at any size."""
     if block < 1:
         raise UsageError("block must be >= 1")
-    ids = np.fromiter((row.id for row in store.iter_rows()), np.int64)
+    ids = store.ids()
     for start in range(0, len(ids), block):
         yield store.vectors(ids[start:start + block])
 
@@ -118,15 +118,14 @@ def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Pr
     On approximate kinds a pair counts when either image finds the other, which recovers some misses.
     progress(done, total) is called after each block with the representatives searched so far.
     """
-    ids, reps = _representatives(store, block)
+    ids, reps = _representatives(store, block)  # ids sorted: a lookup is a binary search, not a dict per hit
     is_rep = ids == reps
     done, total = 0, int(is_rep.sum())
-    rep_of = dict(zip(ids[~is_rep].tolist(), reps[~is_rep].tolist()))
     parts, kept_ids, kept_vectors, capped = [], [], [], 0
     rep_queries = ((part[mask], vectors[mask]) for part, vectors in _blocks(store, block)
-                   if (mask := np.isin(part, ids[is_rep], assume_unique=True)).any())
+                   if (mask := is_rep[np.searchsorted(ids, part)]).any())
     for (query, found, d), part, vectors in _search(rep_queries, store, margin, block):
-        found = np.array([rep_of.get(f, f) for f in found.tolist()], np.int64)
+        found = reps[np.searchsorted(ids, found)]
         other = found != query
         nearest, lost = _nearest_per_query(*_once_per_query(query[other], found[other], d[other]))
         parts.append(nearest)

@@ -211,8 +211,9 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     entries = []
     for move in plan.moves:
         src = plan.root / move.path
-        digest = None if _changed(src, move.size, move.mtime_ns) else sha256(src)
-        reason = _changed(src, move.size, move.mtime_ns) or _content_changed(src, move.sha256, digest)
+        reason = _changed(src, move.size, move.mtime_ns)
+        digest = None if reason else sha256(src)
+        reason = reason or _content_changed(src, move.sha256, digest)
         if reason:
             report.skipped.append(Skipped(move.path, reason))
             continue

@@ -357,13 +357,17 @@ class Store:
         """Every row, by id."""
         return iter(self._rows)
 
+    def ids(self) -> np.ndarray:
+        """(N,) int64 ids of every stored vector, sorted, read from the index alone (no row is built)."""
+        return index_ids(self._index)
+
     def vectors(self, ids: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stored vectors, read back from the index (PQ approximations for ivfpq).
 
         Returns:
             (ids (N,) int64, all of them sorted when ids is None; vectors (N, D) float32).
         """
-        ids = index_ids(self._index) if ids is None else np.asarray(ids, dtype=np.int64).ravel()
+        ids = self.ids() if ids is None else np.asarray(ids, dtype=np.int64).ravel()
         return ids, reconstruct(self._index, ids)
 
     def identities(self) -> int:
