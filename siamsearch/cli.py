@@ -336,6 +336,9 @@ def eval_(
                                                 "training folder).")] = False,
     ways: Annotated[int, typer.Option(min=2, help="Identities per one-shot episode.")] = 20,
     episodes: Annotated[int, typer.Option(min=1, help="Seeded one-shot episodes.")] = 400,
+    episode_group_depth: Annotated[Optional[int], typer.Option(
+        min=0, help="Draw each episode's identities from one folder this deep (1: one alphabet); default: the "
+                    "model's --val-group-depth with --held-out, else 0 (the whole folder).")] = None,
     target_precision: TargetPrecision = 0.99,
     seed: Seed = 0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write ROC, distance and training "
@@ -347,7 +350,7 @@ def eval_(
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
-                             target_precision=target_precision, seed=seed, device=device, workers=workers,
+                             episode_group_depth=episode_group_depth, target_precision=target_precision, seed=seed, device=device, workers=workers,
                              progress=progress)
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)

@@ -212,7 +212,7 @@ def print_moves(plan: MovePlan, moved: MoveReport | None, out: Console) -> None:
 EVAL_SECTIONS = (
     ("retrieval", ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "r_precision", "map_at_r")),
     ("verification", ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")),
-    ("one-shot", ("one_shot", "ways", "episodes")),
+    ("one-shot", ("one_shot", "ways", "episodes", "episode_group_depth")),
     ("thresholds", ("threshold_best_f1", "best_f1", "threshold_at_precision", "target_precision",
                     "precision_at_threshold", "recall_at_threshold", "threshold_at_recall", "target_recall")),
 )
