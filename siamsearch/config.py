@@ -184,6 +184,7 @@ class TrainConfig:
     accumulate: int = 1
     self_supervised: bool = False
     augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["faces"])
+    rotations: int = 1  # 2 or 4: each training identity also turned by 180° (or every 90°), each turn a new identity
     val_fraction: float = 0.2
     val_group_depth: int = 0  # 0: split identities; 1: split by first folder (e.g. whole alphabets)
     ways: int = 20
@@ -201,6 +202,8 @@ class TrainConfig:
             raise UsageError("temperature must be > 0")
         if self.koleo < 0:
             raise UsageError("koleo must be >= 0")
+        if self.rotations not in (1, 2, 4):
+            raise UsageError("rotations must be 1, 2 or 4 (turns of 180° or 90° as new identities)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UsageError("val_fraction must be in [0, 1)")
 

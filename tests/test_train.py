@@ -314,3 +314,16 @@ def test_backbone_lr_puts_the_trunk_in_its_own_group():
     assert [g["lr"] for g in groups] == [1e-3, 1e-4]
     assert {id(p) for p in groups[1]["params"]} == trunk and not trunk & {id(p) for p in groups[0]["params"]}
     assert len(tr._param_groups(model, CFG)) == 1
+
+
+def test_rotations_add_each_turn_of_a_training_identity_as_a_new_identity(identity_dir):
+    plain = load_data(identity_dir, ENC, CFG).train
+    data = load_data(identity_dir, ENC, dataclasses.replace(CFG, rotations=4))
+    train, n = data.train, len(plain.labels)
+    assert len(train.labels) == 4 * n and len(set(train.labels.tolist())) == 4 * len(set(plain.labels.tolist()))
+    assert torch.equal(train.views[0][n:2 * n], torch.rot90(plain.views[0], 1, dims=(2, 3)))
+    assert len(data.val.labels) == len(load_data(identity_dir, ENC, CFG).val.labels)  # validation stays upright
+    half = load_data(identity_dir, ENC, dataclasses.replace(CFG, rotations=2)).train
+    assert torch.equal(half.views[0][n:], torch.rot90(plain.views[0], 2, dims=(2, 3)))
+    with pytest.raises(UsageError, match="rotations must be"):
+        TrainConfig(rotations=3)
