@@ -135,6 +135,8 @@ class AugmentConfig:
     shapes_p: float = 0.0  # one to three filled shapes drawn over the image
     jpeg_p: float = 0.0  # recompressed at a JPEG quality drawn from jpeg_quality
     jpeg_quality: tuple[int, int] = (20, 90)
+    gamma: float = 1.0  # pixel values raised to a power between 1/gamma and gamma (log-uniform): harsh exposure
+    shade: float = 0.0  # darkened by up to this share towards one random side: light from one side
 
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
@@ -156,6 +158,9 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "copies": AugmentConfig(crop_scale=(0.15, 1.0), crop_ratio=(0.6, 1.67), flip=True, rotate=8.0,
                             brightness=0.5, contrast=0.4, saturation=0.5, grayscale_p=0.25, blur_p=0.3,
                             pad_p=0.15, text_p=0.3, shapes_p=0.2, jpeg_p=0.4),
+    # Faces under any light: "faces" plus gamma 1/3-3 and one-sided shading, so lighting is not identity.
+    "lighting": AugmentConfig(crop_scale=(0.7, 1.0), flip=True, rotate=10.0, translate=0.05, brightness=0.3,
+                              contrast=0.3, saturation=0.2, blur_p=0.1, gamma=3.0, shade=0.8),
     "none": AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotate=0.0,
                           brightness=0.0, contrast=0.0, saturation=0.0),
 }
