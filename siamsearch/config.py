@@ -213,12 +213,20 @@ class TrainConfig:
             raise UsageError("val_fraction must be in [0, 1)")
 
 
-# Named recipes: what `siamsearch train` builds when no flag overrides a field. "identities" is the labelled-folder
-# default; "copies" (train --self-supervised) turns the ImageNet EfficientNet-Lite0 into a copy detector, after SSCD:
-# GeM pooling, a linear projection, NT-Xent on two strongly edited views plus KoLeo. On a 2-core CPU the trunk stays
-# frozen: in scripts/bench_neardup.py's minutes, training only the projection (and GeM's p) measured better than
-# fine-tuning the trunk at a tenth of the lr or unfreezing its last blocks, which take fewer steps in the same time.
+# Named recipes: what `siamsearch train` builds when no flag overrides a field; siamsearch.recipes picks one from a
+# sample of the folder (and fits channels, input size and the held-out split to it). "copies" (train --self-supervised)
+# turns the ImageNet EfficientNet-Lite0 into a copy detector, after SSCD: GeM pooling, a linear projection, NT-Xent on
+# two strongly edited views plus KoLeo. On a 2-core CPU the trunk stays frozen: in scripts/bench_neardup.py's minutes,
+# training only the projection (and GeM's p) measured better than fine-tuning the trunk at a tenth of the lr or
+# unfreezing its last blocks, which take fewer steps in the same time. The identity recipes stop on a time budget.
+BUDGET = dict(epochs=1000, max_minutes=15.0)  # the time budget decides; --epochs alone lifts it (recipes.with_options)
+_PRETRAINED = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128)
+_FINETUNE = dict(freeze_backbone=True, unfreeze=((4, ("blocks.5", "blocks.6", "head")),), lr=1e-3, finetune_lr=1e-4)
 RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
+    "glyphs": (EncoderConfig(backbone="small", image_size=28, channels=1),
+               TrainConfig(augment=AUGMENT_PRESETS["characters"], **BUDGET)),
+    "faces": (_PRETRAINED, TrainConfig(augment=AUGMENT_PRESETS["lighting"], **_FINETUNE, **BUDGET)),
+    "photos": (_PRETRAINED, TrainConfig(augment=AUGMENT_PRESETS["faces"], **_FINETUNE, **BUDGET)),
     "identities": (EncoderConfig(backbone="small", image_size=64), TrainConfig()),
     "copies": (EncoderConfig(backbone="efficientnet_lite0", pretrained=True, dim=256, image_size=128, pooling="gem",
                              head="linear"),
@@ -226,11 +234,13 @@ RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
                            ids_per_batch=48, images_per_id=2, lr=3e-3, freeze_backbone=True, self_supervised=True,
                            augment=AUGMENT_PRESETS["copies"], val_fraction=0.1)),
 }
-
-
-def recipe_for(self_supervised: bool | None) -> str:
-    """The recipe a run starts from: copies for --self-supervised, identities otherwise."""
-    return "copies" if self_supervised else "identities"
+RECIPE_HELP = {
+    "glyphs": "grey two-tone drawings (characters): small net from scratch, small input",
+    "faces": "grey photos (faces): pretrained trunk, head then last blocks, lighting augmentation",
+    "photos": "colour photos (people, products): pretrained trunk, head then last blocks",
+    "identities": "the former default: small net from scratch, 64 px",
+    "copies": "no identity folders, or --self-supervised: near-duplicates on the frozen trunk",
+}
 
 
 def with_overrides(cfg: T, values: dict[str, Any]) -> T:

@@ -115,6 +115,17 @@ class TrainProgress:
         self.out.print("  ".join(f"{k} {fmt(record[k])}" for k in self.columns if k in record))
 
 
+def print_recipes(recipes: dict[str, tuple[Any, Any]], notes: dict[str, str]) -> None:
+    """train --recipe list: each recipe's main fields and what it is for."""
+    table = Table("recipe", "backbone", "input", "loss", "budget", "for", title="train --recipe NAME (auto: chosen "
+                  "from the folder)")
+    for name, (enc, cfg) in recipes.items():
+        budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs"
+        trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
+        table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss, budget, notes.get(name, ""))
+    console.print(table)
+
+
 def print_training(result: TrainResult) -> None:
     """How the run ended, the best epoch, its calibration and the file written."""
     if result.stopped == "interrupted":
