@@ -20,18 +20,20 @@ both); the minutes column is the training time it took. The machine's load chang
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from siamsearch.checkpoint import load_checkpoint, save_model
-from siamsearch.config import EncoderConfig, Runtime, TrainConfig
+from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from siamsearch.evaluate import evaluate, held_out_images
 from siamsearch.images import identity_of, load_image, scan_images
 from siamsearch.model import build_encoder
@@ -67,9 +69,27 @@ def relit_folder(root: Path, model: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def recipe(root: Path, name: str, kind: str, minutes: float, seed: int) -> tuple[EncoderConfig, TrainConfig]:
-    """A recipe as `siamsearch train --recipe NAME --max-minutes M --seed S` with the dataset's split flags gets it."""
-    options = {"max_minutes": minutes, "seed": seed, **SPLITS[kind]}
+def parsed(settings: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE items as options: VALUE read as JSON (numbers, true, lists), else kept as a string."""
+    out = {}
+    for item in settings:
+        key, _, value = item.partition("=")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def recipe(root: Path, name: str, kind: str, minutes: float, seed: int,
+           settings: dict[str, Any]) -> tuple[EncoderConfig, TrainConfig]:
+    """A recipe as `siamsearch train --recipe NAME --max-minutes M --seed S` with the dataset's split flags gets it,
+    and the --set options (auto row only), as their flags would."""
+    options = {"max_minutes": minutes, "seed": seed, **SPLITS[kind], **(settings if name == "auto" else {})}
+    if isinstance(options.get("augment"), str):
+        options["augment"] = AUGMENT_PRESETS[options["augment"]]
+    if isinstance(options.get("unfreeze"), list):
+        options["unfreeze"] = parse_unfreeze(options["unfreeze"])
     return with_options(choose(scan_images(root).images, root, name), options)
 
 
@@ -85,9 +105,10 @@ def frozen(root: Path, kind: str, out: Path, seed: int) -> float:
     return 0.0
 
 
-def trained(root: Path, name: str, kind: str, out: Path, minutes: float, seed: int) -> float:
+def trained(root: Path, name: str, kind: str, out: Path, minutes: float, seed: int,
+            settings: dict[str, Any]) -> float:
     """Train the recipe within `minutes`; the minutes it took."""
-    enc, cfg = recipe(root, name, kind, minutes, seed)
+    enc, cfg = recipe(root, name, kind, minutes, seed, settings)
     print(f"  {kind} {name}: {enc}\n    {cfg}", flush=True)
     result = train(root, out, enc, cfg, Runtime(device="cpu"), force=True)
     best = result.best or {}
@@ -124,6 +145,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="folder holding omniglot_background and att_faces")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_identity"), help="models and relit photos")
     ap.add_argument("--seed", type=int, default=0, help="split, training and episode seed")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option for the auto row, as its train flag (loss=ntxent, unfreeze='[\"2:head\"]')")
     args = ap.parse_args()
     t0 = time.perf_counter()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]), f"(load average {os.getloadavg()[0]:.1f})")
@@ -135,8 +158,8 @@ def main() -> None:
             model = args.workdir / f"{kind}_{name}.pt"
             model.parent.mkdir(parents=True, exist_ok=True)
             minutes = (frozen(root, kind, model, args.seed) if name == "frozen"
-                       else trained(root, name, kind, model, args.minutes, args.seed))
-            label = f"auto ({chosen})" if name == "auto" else name
+                       else trained(root, name, kind, model, args.minutes, args.seed, parsed(args.set)))
+            label = f"auto ({chosen})" + "".join(f" {x}" for x in args.set) if name == "auto" else name
             rows.append([kind, label, f"{minutes:.1f}",
                          *scores(root, kind, model, args.episodes, args.seed, args.workdir / kind)])
             print("  " + "  ".join(rows[-1]), flush=True)

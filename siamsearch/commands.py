@@ -281,7 +281,29 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
     choice = choose(scan_images(data_dir, selection or Selection()).images, Path(data_dir), recipe,
                     bool(options.get("self_supervised")))
     enc, cfg = with_options(choice, options)
-    observer.message(f"recipe: {choice.name} ({choice.survey.describe()}); the options given replace its fields")
+    line = f"recipe: {choice.name} ({choice.survey.describe()}); the options given replace its fields"
     result = train(Path(data_dir), out, enc, cfg, runtime, weights_file=weights_file, resume=resume, force=force,
-                   observer=observer, world=world, selection=selection)
+                   observer=_Headed(observer, line), world=world, selection=selection)
     return choice, result
+
+
+class _Headed:
+    """An Observer whose first message is preceded by a heading: the recipe, said once train has checked --out."""
+
+    def __init__(self, inner: Observer, heading: str) -> None:
+        self.inner, self.heading = inner, heading
+
+    def message(self, text: str) -> None:
+        if self.heading:
+            self.inner.message(self.heading)
+            self.heading = ""
+        self.inner.message(text)
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self.inner.epoch_start(epoch, steps)
+
+    def step(self, images: int, loss: float) -> None:
+        self.inner.step(images, loss)
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        self.inner.epoch_end(record)
