@@ -159,8 +159,6 @@ def train(
     self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image; starts from the "
                                                   "copies recipe.")] = False,
     augment: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = None,
-    batch_group_depth: Annotated[Optional[int], typer.Option(help="1: draw each batch's identities from one top "
-                                                             "folder (alphabet): harder negatives.")] = None,
     rotations: Annotated[Optional[int], typer.Option(help="1, 2 or 4: each training identity also turned by 180° "
                                                      "or every 90°, each turn a new identity (characters).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of identities held out.")] = None,

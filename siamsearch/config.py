@@ -189,7 +189,6 @@ class TrainConfig:
     accumulate: int = 1
     self_supervised: bool = False
     augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["faces"])
-    batch_group_depth: int = 0  # 1: each batch's identities from one top folder (alphabet) as far as it has them
     rotations: int = 1  # 2 or 4: each training identity also turned by 180° (or every 90°), each turn a new identity
     val_fraction: float = 0.2
     val_group_depth: int = 0  # 0: split identities; 1: split by first folder (e.g. whole alphabets)

@@ -75,14 +75,6 @@ def split_folder(paths: list[Path], root: Path, cfg: TrainConfig) -> tuple[list[
     return names, tr, va, self_sup
 
 
-def _pools(members: dict[int, np.ndarray], groups: np.ndarray) -> list[np.ndarray]:
-    """The identities of `members` by the group of their first item, one array per group."""
-    by_group: dict[str, list[int]] = {}
-    for lab, ix in members.items():
-        by_group.setdefault(str(groups[ix[0]]), []).append(lab)
-    return [np.array(labs) for _, labs in sorted(by_group.items())]
-
-
 class PKSampler:
     """Batches of P identities × K images each, plus singleton identities as extra negatives.
 
@@ -92,17 +84,13 @@ class PKSampler:
     each batch only as single images, so they serve as negatives and never as positives.
     """
 
-    def __init__(self, labels: np.ndarray, p: int, k: int, min_images: int = 2, seed: int = 0,
-                 groups: np.ndarray | None = None) -> None:
-        """groups: (N,) each item's group (its alphabet): each batch then takes its P identities from one group
-        as far as it has them, so its negatives are the near ones a within-group question confuses."""
+    def __init__(self, labels: np.ndarray, p: int, k: int, min_images: int = 2, seed: int = 0) -> None:
         self.labels = np.asarray(labels)
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
         by_id: dict[int, list[int]] = {}
         for i, lab in enumerate(self.labels.tolist()):
             by_id.setdefault(lab, []).append(i)
         self.members = {lab: np.array(ix) for lab, ix in by_id.items() if len(ix) >= min_images}
-        self.pools = [] if groups is None else _pools(self.members, np.asarray(groups))
         self.singletons = np.array([ix[0] for ix in by_id.values() if len(ix) < min_images], dtype=np.int64)
         if len(self.members) < 2:
             raise UsageError(f"need at least 2 identities with {min_images}+ images to form pairs; "
@@ -116,21 +104,13 @@ class PKSampler:
     def __len__(self) -> int:
         return self.batches
 
-    def _identities(self, rng: np.random.Generator, ids: np.ndarray, p: int) -> np.ndarray:
-        """P identities: at random, or as many as one group (drawn by its size) has, the rest at random."""
-        if not self.pools:
-            return rng.choice(ids, size=p, replace=False)
-        pool = self.pools[rng.choice(len(self.pools), p=np.array([len(x) for x in self.pools]) / len(ids))]
-        own = rng.choice(pool, size=min(p, len(pool)), replace=False)
-        return np.concatenate([own, rng.choice(np.setdiff1d(ids, own), size=p - len(own), replace=False)])
-
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng((self.seed, self.epoch))
         ids = np.array(list(self.members))
         p = min(self.p, len(ids))
         for _ in range(self.batches):
             batch: list[int] = []
-            for lab in self._identities(rng, ids, p):
+            for lab in rng.choice(ids, size=p, replace=False):
                 pool = self.members[int(lab)]
                 batch.extend(rng.choice(pool, size=self.k, replace=len(pool) < self.k).tolist())
             if len(self.singletons):

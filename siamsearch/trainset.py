@@ -14,7 +14,7 @@ from .config import EncoderConfig, Runtime, TrainConfig
 from .embed import DecodedImages, decode_images, keep_list
 from .errors import UsageError
 from .images import Failure, Selection, scan_images
-from .pairs import PKSampler, encode_labels, group_of, split_folder
+from .pairs import PKSampler, encode_labels, split_folder
 from .transforms import augment_batch, resize_batch, train_load_size
 
 
@@ -25,7 +25,6 @@ class Split:
     paths: list[Path]
     labels: np.ndarray
     views: tuple[torch.Tensor, ...] = ()  # one (N, C, s, s) uint8 tensor per cached size
-    groups: np.ndarray | None = None  # (N,) each image's batch group (TrainConfig.batch_group_depth), or None
 
 
 @dataclass
@@ -44,11 +43,11 @@ def decode_workers(runtime: Runtime) -> int:
 
 
 def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: int, workers: int,
-            failures: list[Failure], groups: np.ndarray | None = None) -> Split:
+            failures: list[Failure]) -> Split:
     """Decode a split into memory, dropping (and recording) unreadable files."""
     kept, views, bad = decode_images(paths, sizes, channels, workers)
     failures.extend(bad)
-    return Split([paths[i] for i in kept], labels[kept], views, None if groups is None else groups[kept])
+    return Split([paths[i] for i in kept], labels[kept], views)
 
 
 def turned(split: Split, rotations: int) -> Split:
@@ -62,11 +61,9 @@ def turned(split: Split, rotations: int) -> Split:
     if not split.views:
         raise UsageError("rotations need the training images decoded in memory; raise the cache size")
     step, offset = 4 // rotations, int(split.labels.max(initial=-1)) + 1
-    groups = None if split.groups is None else np.concatenate([np.char.add(split.groups, f"@{k}")
-                                                               for k in range(rotations)])  # a turned alphabet
     return Split(split.paths * rotations, np.concatenate([split.labels + k * offset for k in range(rotations)]),
                  tuple(torch.cat([torch.rot90(v, k * step, dims=(2, 3)) for k in range(rotations)])
-                       for v in split.views), groups)
+                       for v in split.views))
 
 
 def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(),
@@ -85,11 +82,9 @@ def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime
     size, load, workers = enc.image_size, train_load_size(enc.image_size), decode_workers(runtime)
     failures: list[Failure] = list(scan.failures)
     train_paths = [paths[i] for i in tr]
-    depth = 0 if self_sup else cfg.batch_group_depth
-    groups = np.array([group_of(names[i], depth) for i in tr], dtype=str) if depth else None
     fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
-    train = (_decode(train_paths, labels[tr], [load], enc.channels, workers, failures, groups) if fits
-             else Split(train_paths, labels[tr], groups=groups))
+    train = (_decode(train_paths, labels[tr], [load], enc.channels, workers, failures) if fits
+             else Split(train_paths, labels[tr]))
     train = turned(train, 1 if self_sup else cfg.rotations)
     val_sizes = [size, load] if self_sup else [size]
     val = _decode([paths[i] for i in va], labels[va], val_sizes, enc.channels, workers, failures)
@@ -100,7 +95,7 @@ def sampler_for(data: TrainData, cfg: TrainConfig) -> PKSampler:
     """P×K batches of the training split; self-supervised runs draw each image twice (K=2 views)."""
     self_sup = data.self_supervised
     return PKSampler(data.train.labels, cfg.ids_per_batch, 2 if self_sup else cfg.images_per_id,
-                     min_images=1 if self_sup else 2, seed=cfg.seed, groups=data.train.groups)
+                     min_images=1 if self_sup else 2, seed=cfg.seed)
 
 
 def train_batches(split: Split, sampler: PKSampler, load: int, channels: int, workers: int,

@@ -74,19 +74,3 @@ def test_too_few_identities_to_split_hold_nothing_out():
     enough = [f"id{i}" for i in range(10) for _ in range(2)]
     assert len(split_identities(enough, 0.2, seed=0)[1]) == 4
     assert len(split_identities([f"img{i}" for i in range(3)], 0.5, min_images=1)[1]) == 0  # self-supervised
-
-
-def test_grouped_batches_take_their_identities_from_one_group_as_far_as_it_has_them():
-    labels = np.repeat(np.arange(12), 3)  # identities 0-7 in group "a", 8-11 in group "b"
-    groups = np.where(labels < 8, "a", "b")
-    seen = set()
-    for epoch in range(5):
-        sampler = PKSampler(labels, p=6, k=2, seed=epoch, groups=groups)
-        for batch in sampler:
-            ids = labels[batch].reshape(6, 2)[:, 0]
-            assert len(set(ids.tolist())) == 6  # no identity twice
-            first = groups[batch[0]]
-            own = (groups[batch].reshape(6, 2)[:, 0] == first).sum()
-            assert own == (6 if first == "a" else 4)  # all six from a; all four of b, then two from a
-            seen.add(first)
-    assert seen == {"a", "b"}

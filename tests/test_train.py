@@ -15,7 +15,7 @@ from siamsearch.config import AUGMENT_PRESETS, RECIPES, EncoderConfig, Runtime, 
 from siamsearch.errors import RefusedError, UsageError
 from siamsearch.model import build_encoder
 from siamsearch.train import Quiet, resume_path_for, train, validate
-from siamsearch.trainset import load_data, sampler_for, val_views
+from siamsearch.trainset import load_data, val_views
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3)
 CFG = TrainConfig(epochs=4, ids_per_batch=8, images_per_id=3, lr=3e-3, val_fraction=0.25, ways=4, episodes=100,
@@ -329,14 +329,3 @@ def test_rotations_add_each_turn_of_a_training_identity_as_a_new_identity(identi
     assert torch.equal(half.views[0][n:], torch.rot90(plain.views[0], 2, dims=(2, 3)))
     with pytest.raises(UsageError, match="rotations must be"):
         TrainConfig(rotations=3)
-
-
-def test_batch_groups_follow_the_top_folders_and_each_turn_of_them(tmp_path):
-    for alphabet in ("A", "B"):
-        make_identities(tmp_path / "chars" / alphabet, n_ids=4, per_id=3)
-    cfg = dataclasses.replace(CFG, val_fraction=0.0, batch_group_depth=1, rotations=2)
-    data = load_data(tmp_path / "chars", ENC, cfg)
-    assert sorted(set(data.train.groups.tolist())) == ["A@0", "A@1", "B@0", "B@1"]
-    assert [data.train.paths[i].parent.parent.name for i in range(24)] == list(data.train.groups[:24].astype("U1"))
-    batch = next(iter(sampler_for(data, cfg)))
-    assert len(set(data.train.groups[batch[:3 * 4]].tolist())) == 1  # 8 identities asked, 4 from one turned alphabet
