@@ -224,7 +224,7 @@ _PRETRAINED = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, imag
 _FINETUNE = dict(freeze_backbone=True, unfreeze=((4, ("blocks.5", "blocks.6", "head")),), lr=1e-3, finetune_lr=1e-4)
 RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
     "glyphs": (EncoderConfig(backbone="small", image_size=28, channels=1),
-               TrainConfig(augment=AUGMENT_PRESETS["characters"], **BUDGET)),
+               TrainConfig(loss="ntxent", augment=AUGMENT_PRESETS["characters"], **BUDGET)),
     "faces": (_PRETRAINED, TrainConfig(augment=AUGMENT_PRESETS["lighting"], **_FINETUNE, **BUDGET)),
     "photos": (_PRETRAINED, TrainConfig(augment=AUGMENT_PRESETS["faces"], **_FINETUNE, **BUDGET)),
     "identities": (EncoderConfig(backbone="small", image_size=64), TrainConfig()),
@@ -235,7 +235,7 @@ RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
                            augment=AUGMENT_PRESETS["copies"], val_fraction=0.1)),
 }
 RECIPE_HELP = {
-    "glyphs": "grey two-tone drawings (characters): small net from scratch, small input",
+    "glyphs": "grey two-tone drawings (characters): small net from scratch, small input, NT-Xent",
     "faces": "grey photos (faces): pretrained trunk, head then last blocks, lighting augmentation",
     "photos": "colour photos (people, products): pretrained trunk, head then last blocks",
     "identities": "the former default: small net from scratch, 64 px",
