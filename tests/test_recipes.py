@@ -60,7 +60,7 @@ def test_glyphs_faces_and_photos_each_get_their_recipe(tmp_path):
         "characters"]
     faces = chosen(folder(tmp_path / "faces", face, ext="pgm"))
     assert faces.name == "faces" and faces.enc.channels == 1 and faces.enc.pretrained
-    assert faces.cfg.augment == AUGMENT_PRESETS["lighting"] and faces.cfg.freeze_backbone and faces.cfg.unfreeze
+    assert faces.cfg.augment == AUGMENT_PRESETS["lighting"] and faces.cfg.freeze_backbone
     photos = chosen(folder(tmp_path / "photos", photo, ext="jpg"))
     assert photos.name == "photos" and photos.enc.channels == 3 and photos.enc.pretrained
     assert photos.survey.single_channel == 0.0 and photos.survey.side == 120
