@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import RECIPES, EncoderConfig, TrainConfig, with_overrides
 from .errors import UsageError
-from .images import BadImageError, identity_of, load_image
+from .images import ORIGINAL_SIZE, BadImageError, identity_of, load_image
 
 SAMPLE = 200  # images decoded (as thumbnails) to choose: a second or two, whatever the folder's size
 GLYPH_SIDE = 160  # line drawings larger than this are drawings, not glyphs: the pretrained trunk sees them better
@@ -59,7 +59,7 @@ def _looks(path: Path) -> tuple[bool, bool, int] | None:
         img = load_image(path, channels=3, draft_size=64)
     except BadImageError:
         return None
-    side = min(img.info.get("siamsearch_original_size", img.size))
+    side = min(img.info.get(ORIGINAL_SIZE, img.size))
     img.thumbnail((64, 64))
     rgb = np.asarray(img, dtype=np.int16)
     grey = np.percentile(rgb.max(axis=2) - rgb.min(axis=2), 99) <= 12  # JPEG's chroma noise stays below this
@@ -72,8 +72,10 @@ def survey_folder(paths: list[Path], root: Path, sample: int = SAMPLE, seed: int
     """Look at a seeded sample of `paths` (images under `root`) and count their identities.
 
     Raises:
-        UsageError: none of the sampled images can be read.
+        UsageError: no images, or none of the sampled ones can be read.
     """
+    if not paths:
+        raise UsageError(f"no images found under {root}")
     rng = np.random.default_rng(seed)
     picked = [paths[i] for i in sorted(rng.choice(len(paths), size=min(sample, len(paths)), replace=False))]
     looks = [x for x in map(_looks, picked) if x is not None]

@@ -125,3 +125,13 @@ def test_epochs_alone_lift_the_time_budget(monkeypatch, tmp_path):
     assert (cfg.epochs, cfg.max_minutes) == (3, None)
     cfg = _recipe_of(monkeypatch, ["--epochs", "3", "--max-minutes", "2"], root)[1]
     assert (cfg.epochs, cfg.max_minutes) == (3, 2.0)
+
+
+def test_no_images_or_none_readable_is_one_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="no images found"):
+        choose([], tmp_path)
+    bad = tmp_path / "bad" / "id0"
+    bad.mkdir(parents=True)
+    (bad / "a.png").write_text("not an image")
+    with pytest.raises(UsageError, match="none of 1 sampled images"):
+        chosen(tmp_path / "bad")
