@@ -33,12 +33,13 @@ import torch
 from PIL import Image
 
 from siamsearch.checkpoint import load_checkpoint, save_model
+from siamsearch.commands import train_folder
 from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from siamsearch.evaluate import evaluate, held_out_images
 from siamsearch.images import identity_of, load_image, scan_images
 from siamsearch.model import build_encoder
-from siamsearch.recipes import choose, with_options
-from siamsearch.train import train
+from siamsearch.recipes import choose
+from siamsearch.train import Quiet
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPLITS = {"omniglot": {"val_group_depth": 1, "val_fraction": 0.2}, "faces": {"val_fraction": 0.25}}
@@ -81,16 +82,15 @@ def parsed(settings: list[str]) -> dict[str, Any]:
     return out
 
 
-def recipe(root: Path, name: str, kind: str, minutes: float, seed: int,
-           settings: dict[str, Any]) -> tuple[EncoderConfig, TrainConfig]:
-    """A recipe as `siamsearch train --recipe NAME --max-minutes M --seed S` with the dataset's split flags gets it,
-    and the --set options (auto row only), as their flags would."""
-    options = {"max_minutes": minutes, "seed": seed, **SPLITS[kind], **(settings if name == "auto" else {})}
-    if isinstance(options.get("augment"), str):
-        options["augment"] = AUGMENT_PRESETS[options["augment"]]
-    if isinstance(options.get("unfreeze"), list):
-        options["unfreeze"] = parse_unfreeze(options["unfreeze"])
-    return with_options(choose(scan_images(root).images, root, name), options)
+def options(name: str, kind: str, minutes: float, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """What `siamsearch train --recipe NAME --max-minutes M --seed S` with the dataset's split flags passes on, and
+    the --set options (auto row only), as their flags would."""
+    given = {"max_minutes": minutes, "seed": seed, **SPLITS[kind], **(settings if name == "auto" else {})}
+    if isinstance(given.get("augment"), str):
+        given["augment"] = AUGMENT_PRESETS[given["augment"]]
+    if isinstance(given.get("unfreeze"), list):
+        given["unfreeze"] = parse_unfreeze(given["unfreeze"])
+    return given
 
 
 def frozen(root: Path, kind: str, out: Path, seed: int) -> float:
@@ -107,10 +107,11 @@ def frozen(root: Path, kind: str, out: Path, seed: int) -> float:
 
 def trained(root: Path, name: str, kind: str, out: Path, minutes: float, seed: int,
             settings: dict[str, Any]) -> float:
-    """Train the recipe within `minutes`; the minutes it took."""
-    enc, cfg = recipe(root, name, kind, minutes, seed, settings)
-    print(f"  {kind} {name}: {enc}\n    {cfg}", flush=True)
-    result = train(root, out, enc, cfg, Runtime(device="cpu"), force=True)
+    """Train the recipe within `minutes` as `siamsearch train` does; the minutes it took."""
+    choice, result = train_folder(root, out, options(name, kind, minutes, seed, settings), recipe=name,
+                                  runtime=Runtime(device="cpu"), observer=Quiet(), force=True)
+    ckpt = load_checkpoint(out)
+    print(f"  {kind} {choice.name}: {ckpt.encoder}\n    {ckpt.train}", flush=True)
     best = result.best or {}
     print(f"    {len(result.history)} epochs ({result.stopped}), best epoch {best.get('epoch')}", flush=True)
     return result.history[-1]["minutes"] if result.history else float("nan")

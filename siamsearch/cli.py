@@ -353,8 +353,8 @@ def eval_(
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
-                             episode_group_depth=episode_group_depth, target_precision=target_precision, seed=seed, device=device, workers=workers,
-                             progress=progress)
+                             episode_group_depth=episode_group_depth, target_precision=target_precision, seed=seed,
+                             device=device, workers=workers, progress=progress)
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)
 

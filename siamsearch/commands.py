@@ -276,7 +276,7 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
     """Choose the recipe from a sample of the folder (or take the one named), give it the options, train.
 
     options: TrainConfig and EncoderConfig fields by name; each one not None replaces the recipe's
-    (recipes.with_options). The choice is reported to `observer` before anything is built.
+    (recipes.with_options). The choice is the observer's first message, once train has checked `out`.
     """
     choice = choose(scan_images(data_dir, selection or Selection()).images, Path(data_dir), recipe,
                     bool(options.get("self_supervised")))
