@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .calibration import FALSE_PAIRS_PER_1000
+from .cluster.cli import app as cluster_app
 from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths
 from .config import (
     AUGMENT_PRESETS,
@@ -84,6 +85,7 @@ class Commands(TyperGroup):
 
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
                   help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
+app.add_typer(cluster_app, name="cluster")  # Ray and pyarrow load only when one of its commands runs
 
 # Options several commands share, declared once.
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]

@@ -103,7 +103,7 @@ def _nearest_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray) -> t
     return (query[keep], found[keep], d[keep]), int(np.unique(query[~keep]).size)
 
 
-def _unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
+def unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
     """Each unordered pair once (i < j), at its smallest distance, sorted by (i, j)."""
     i, j = np.minimum(i, j), np.maximum(i, j)
     order = np.lexsort((d, j, i))
@@ -136,7 +136,7 @@ def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Pr
         done += len(part)
         if progress:
             progress(done, total)
-    pairs = _unique_pairs(*(np.concatenate(c) for c in zip(*parts))) if parts else _unique_pairs(*_empty())
+    pairs = unique_pairs(*(np.concatenate(c) for c in zip(*parts))) if parts else unique_pairs(*_empty())
     copies = _copies(ids, reps)
     return _with_vectors(store, pairs, copies, kept_ids, kept_vectors, capped)
 
@@ -185,7 +185,7 @@ def find_pairs(store: Store, margin: float, *, block: int = BLOCK) -> Pairs:
     for same in found.copies.values():
         i, j = np.triu_indices(len(same), 1)
         parts.append((same[i], same[j], np.zeros(len(i), np.float32)))
-    return _unique_pairs(*(np.concatenate(c) for c in zip(*parts)))
+    return unique_pairs(*(np.concatenate(c) for c in zip(*parts)))
 
 
 def check_same_model(store: Store, other: Store) -> None:

@@ -70,13 +70,14 @@ def finished_shards(folder: Path, manifest: dict[str, Any]) -> list[int]:
 
 
 @ray.remote
-def _take(folder: str, shard: int, positions: np.ndarray) -> np.ndarray:
-    """The vectors at those positions of a shard (ids ascending)."""
-    return shards.read_vectors(Path(folder), shard)[1][positions]
+def _take(folder: str, shard: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) at those positions of a shard (ids ascending)."""
+    ids, vectors = shards.read_vectors(Path(folder), shard)
+    return ids[positions], vectors[positions]
 
 
-def uniform_sample(folder: Path, manifest: dict[str, Any], size: int, seed: int = 0) -> np.ndarray:
-    """(size, D) float32 vectors drawn uniformly without replacement from every finished shard together."""
+def uniform_sample(folder: Path, manifest: dict[str, Any], size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (S,), vectors (S, D) float32) drawn uniformly without replacement from all shards together."""
     done = finished_shards(folder, manifest)
     counts = np.array([manifest["finished"][str(s)]["rows"] for s in done], np.int64)
     picks = np.sort(np.random.default_rng(seed).choice(counts.sum(), min(size, counts.sum()), replace=False))
@@ -84,7 +85,8 @@ def uniform_sample(folder: Path, manifest: dict[str, Any], size: int, seed: int 
     owner = np.searchsorted(starts, picks, side="right") - 1
     refs = [_take.remote(str(folder), s, picks[owner == n] - starts[n]) for n, s in enumerate(done)
             if (owner == n).any()]
-    return np.concatenate(ray.get(refs)) if refs else np.zeros((0, manifest["dim"]), np.float32)
+    parts = ray.get(refs)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @ray.remote
@@ -121,7 +123,7 @@ def trained_index(folder: Path, out: Path, manifest: dict[str, Any], kind: str, 
         return faiss.read_index(str(path))
     index = new_index(kind, manifest["dim"], count)
     index.set_direct_map_type(faiss.DirectMap.NoMap)  # an id → slot table of every vector would not fit at 1B
-    index.train(uniform_sample(folder, manifest, train_size(index), seed))
+    index.train(uniform_sample(folder, manifest, train_size(index), seed)[1])
     write_atomic(path, lambda tmp: faiss.write_index(index, tmp))
     return index
 
@@ -152,7 +154,7 @@ def build_cluster_index(folder: Path | str, out: Path | str, *, kind: str = "ivf
     _write_rows(folder, out, manifest, done, kind)
     (out / IVFDATA).unlink(missing_ok=True)
     merge_ondisk(index, [str(targets[s]) for s in done], str(out / IVFDATA))
-    queries = uniform_sample(folder, manifest, TUNE_QUERIES, seed + 1)
+    queries = uniform_sample(folder, manifest, TUNE_QUERIES, seed + 1)[1]
     tuning = {**tune_to_truth(index, queries, exact_neighbours(folder, done, queries, TUNE_K)), "n": count}
     write_index(out, index)
     _finish_manifest(out, index, tuning)

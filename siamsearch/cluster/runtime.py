@@ -23,8 +23,8 @@ def require() -> None:
         import pyarrow  # noqa: F401
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise ClusterExtraError(f"the cluster commands need Ray and pyarrow ({exc.name} is missing): "
-                                f"{INSTALL}") from None
+        missing = (exc.name or "ray").split(".")[0]
+        raise ClusterExtraError(f"the cluster commands need Ray and pyarrow ({missing} is missing): {INSTALL}") from None
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
