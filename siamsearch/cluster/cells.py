@@ -48,7 +48,7 @@ PAIRS = "pairs"
 class CellStore(Store):
     """Vectors held in memory as an exact flat Store with no folder and no rows: one cell for find_pairs."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:  # noqa: super().__init__ reads a folder
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:  # not super().__init__: that reads a folder
         self.path, self._rows, self._writing, self._manifest = Path("<cell>"), None, False, {}
         self._index = new_index("flat", vectors.shape[1])
         self._index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))

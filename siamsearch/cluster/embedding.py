@@ -1,6 +1,6 @@
 """Embedding a collection on Ray Data: CPU decode tasks feed a pool of encoder actors, parts land in shards.
 
-The pipeline is read_parquet(input shards) → map_batches(decode_batch) on CPU tasks →
+The pipeline is one item per input shard → flat_map(input_rows) → map_batches(decode_batch) on CPU tasks →
 map_batches(Embedder, concurrency=N, num_gpus=G) on stateful actors that load the model once →
 map_batches(write_batch), which writes each batch as an atomic Parquet part of its shard. Ray Data streams
 the three stages, so decoding on every core of every node keeps the encoders busy. The driver marks a shard
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from ..checkpoint import load_encoder
@@ -32,6 +33,7 @@ from ..indexing import file_sha256
 from . import shards
 
 ROW_FIELDS = ("path", "identity", "size", "mtime_ns", "width", "height", "sha256", "error")
+PART_ROWS = 8192  # rows the write stage gathers into one part: few files per shard, whatever the batch size
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ class ModelLoader:
         device = resolve_device(self.device)
         model, ckpt = load_encoder(Path(self.path), device)
         return model, ckpt.preprocess, device
+
+
+def input_rows(item: dict[str, int], folder: str) -> list[dict[str, Any]]:
+    """Read stage: the (shard, row, path) rows of one input shard, read on a worker, not by the driver."""
+    return pq.read_table(shards.inputs_file(Path(folder), item["shard"])).to_pylist()
 
 
 def decode_batch(batch: dict[str, np.ndarray], root: str, size: int, channels: int) -> dict[str, Any]:
@@ -183,13 +190,14 @@ def embed_collection(source: Path | str, out: Path | str, model: Path | str, *, 
     size, channels = manifest["preprocess"]["image_size"], manifest["preprocess"]["channels"]
     total = sum(manifest["shards"][s] for s in todo)
     if todo:
-        ds = (ray.data.read_parquet([str(shards.inputs_file(out, s)) for s in todo])
+        ds = (ray.data.from_items([{"shard": s} for s in todo])
+              .flat_map(input_rows, fn_kwargs={"folder": str(out)})
               .map_batches(decode_batch, batch_size=batch_size, fn_kwargs={"root": manifest["root"], "size": size,
                                                                           "channels": channels})
               .map_batches(Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
                            num_gpus=num_gpus,
                            fn_constructor_args=(load or ModelLoader(str(model), device),))
-              .map_batches(write_batch, batch_size=None, fn_kwargs={"folder": str(out)}))
+              .map_batches(write_batch, batch_size=PART_ROWS, fn_kwargs={"folder": str(out)}))
         for _ in _finished_as_written(ds.iter_rows(), manifest, out, run, progress, total):
             shards.write_manifest(out, manifest)
     run.seconds = time.perf_counter() - start
