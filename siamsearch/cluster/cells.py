@@ -1,11 +1,14 @@
 """Dedup by cells on Ray (SemDeDup's shape): today's exact search inside each k-means cell, cells spread over tasks.
 
-Each vector x belongs to the cell of its nearest centroid. For a pair within margin m, x and y, the triangle
-inequality gives |x − c_y| ≤ |x − y| + |y − c_y| ≤ m + |y − c_x| ≤ 2m + |x − c_x|: y's cell is always among
-the cells whose centroid lies within |x − c_x| + 2m of x. So the exact mode sends a copy of x to each such
-cell, and every cell runs siamsearch.closepairs.find_pairs (the single-machine exact search) over its own
-vectors plus the copies sent to it: the union over cells is exactly the pair set of one flat search (until a
-query meets closepairs' MAX_NEIGHBOURS cap, which a cell can hit at another place than the flat search).
+Each vector belongs to the cell of its nearest centroid. Take a pair within margin m, x in cell a and y in
+cell b. y is on b's side of the bisector of a and b, and x, within m of y, can be at most m on a's side
+of it: (|x − c_b|² − |x − c_a|²) / (2|c_a − c_b|) ≤ m. So the exact mode sends a copy of x to every cell b
+that passes this test, and every cell runs siamsearch.closepairs.find_pairs (the single-machine exact
+search) over its own vectors plus the copies sent to it: the union over cells is exactly the pair set of
+one flat search (until a query meets closepairs' MAX_NEIGHBOURS cap, which a cell can meet where the flat
+search does not). The issue's bound, |x − c_b| ≤ |x − c_a| + 2m (the triangle inequality), is exact too,
+but it sends every copy this one sends and more: in 128 dimensions, where a vector lies almost as far
+from every centroid as from its own, nearly all of them.
 The approximate mode sends x to its `probe` nearest cells only, which misses pairs across cells farther
 away; the run measures its pair recall on a uniform sample of queries searched exactly.
 
@@ -38,7 +41,7 @@ from ..store import Store
 from . import shards
 from .building import finished_shards, uniform_sample
 
-CELL_SIZE = 5_000  # vectors per cell by default: a cell's exact search is cheap, the copies sent across few
+CELL_SIZE = 1_000  # vectors per cell by default: cells about as fine as the clusters keep the copies sent across few
 TRAIN_PER_CELL = 50  # k-means sample per centroid
 EPS = 1e-5  # float32 slack on the exactness bound
 RECALL_QUERIES = 1_000  # sampled queries that measure the approximate mode's pair recall
@@ -64,21 +67,26 @@ def train_centroids(folder: Path, manifest: dict[str, Any], cells: int, seed: in
 
 def route(vectors: np.ndarray, centroids: np.ndarray, margin: float, probe: int | None,
           chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """(row, cell) for every cell each vector goes to: its own first, then the bound's (exact) or the nearest probe.
+    """(row, cell) for every cell each vector goes to: its own, and those the bisector bound (exact) or probe names.
+
+    Exact: x in cell a goes to cell b when |x − c_b|² − |x − c_a|² ≤ 2·margin·|c_a − c_b| (see the module).
 
     Returns:
-        (rows (R,) int64 into vectors, cells (R,) int64); rows sorted.
+        (rows (R,) int64 into vectors, cells (R,) int64); rows ascending.
     """
     rows, cells = [], []
-    c_sq = (centroids.astype(np.float64) ** 2).sum(1)
+    centroids = centroids.astype(np.float64)
+    c_sq = (centroids ** 2).sum(1)
     for start in range(0, len(vectors), chunk):
         x = vectors[start:start + chunk].astype(np.float64)
-        d = np.sqrt(np.maximum((x * x).sum(1)[:, None] + c_sq[None, :] - 2 * x @ centroids.T, 0))
+        d2 = np.maximum((x * x).sum(1)[:, None] + c_sq[None, :] - 2 * x @ centroids.T, 0)
+        own = d2.argmin(axis=1)
         if probe is None:
-            within = d <= d.min(axis=1, keepdims=True) + 2 * margin + EPS
+            gap = np.sqrt(np.maximum(c_sq[own][:, None] + c_sq[None, :] - 2 * centroids[own] @ centroids.T, 0))
+            within = d2 - d2[np.arange(len(x)), own][:, None] <= 2 * margin * gap + EPS
         else:
-            within = np.zeros_like(d, bool)
-            np.put_along_axis(within, np.argsort(d, axis=1)[:, :probe], True, axis=1)
+            within = np.zeros(d2.shape, bool)
+            np.put_along_axis(within, np.argsort(d2, axis=1)[:, :probe], True, axis=1)
         r, c = np.nonzero(within)
         rows.append(r + start)
         cells.append(c)

@@ -78,7 +78,7 @@ def dedup(
     margin: Annotated[float, typer.Option(min=0.0, max=2.0, help="Duplicates lie within this distance.")],
     probe: Annotated[Optional[int], typer.Option(min=1, help="Approximate: search each vector's nearest PROBE "
                                                             "cells only, and measure the pair recall.")] = None,
-    cells: Annotated[Optional[int], typer.Option(min=1, help="k-means cells (default: one per 5,000 vectors).")] = None,
+    cells: Annotated[Optional[int], typer.Option(min=1, help="k-means cells (default: one per 1,000 vectors).")] = None,
     linkage: Annotated[str, typer.Option(help="complete or single.")] = "complete",
     keep: Annotated[str, typer.Option(help="largest, smallest, newest, oldest or first.")] = "largest",
     address: Address = None,
