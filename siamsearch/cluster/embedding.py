@@ -13,6 +13,7 @@ equals the one `siamsearch index` makes for the same file.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray.data
 import torch
 
 from ..checkpoint import load_encoder
@@ -176,10 +178,6 @@ def embed_collection(source: Path | str, out: Path | str, model: Path | str, *, 
     Raises:
         NotFoundError: no such source. UsageError: no images, or out holds another folder's or model's shards.
     """
-    import time
-
-    import ray.data
-
     start = time.perf_counter()
     source, out, model = Path(source).expanduser().resolve(), Path(out).expanduser(), Path(model).expanduser()
     manifest, failures = _plan(source, out, model, shard_size)
