@@ -185,6 +185,13 @@ def test_query_opens_a_cluster_index_unchanged(work):
     assert top["path"] == "id03/2.png" and top["distance"] < 1e-3
 
 
+def test_a_cluster_index_refuses_in_one_line_what_its_lists_on_disk_cannot_do(work):
+    res = run_cli("dedup", "--index", work / "image_index", "--margin", 0.1)
+    assert res.exit_code == 2 and "run `siamsearch cluster dedup` on its embeddings" in res.output
+    res = run_cli("index", work / "images", "--index", work / "image_index")
+    assert res.exit_code == 2 and "build it again with `siamsearch cluster index`" in res.output
+
+
 def test_cell_dedup_finds_exactly_the_pairs_of_find_pairs_and_reports_the_approximate_recall(work, results):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -208,5 +215,6 @@ def test_cell_dedup_finds_exactly_the_pairs_of_find_pairs_and_reports_the_approx
     recall = len(found) / len(truth)
     print(f"exact: {len(i)} pairs ({results['exact']['copies_per_vector']} copies a vector over "
           f"{results['exact']['cells']} cells); approximate (probe 1): pair recall {recall:.4f} over all pairs, "
-          f"{results['approximate']['pair_recall']:.4f} measured by the run on 1,000 sampled queries")
+          f"{results['approximate']['pair_recall']:.4f} measured by the run on the "
+          f"{results['approximate']['recall_pairs']} true pairs of 1,000 sampled queries")
     assert 0.5 < recall < 1 and 0.5 < results["approximate"]["pair_recall"] <= 1

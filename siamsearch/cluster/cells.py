@@ -159,16 +159,20 @@ def _true_pairs(folder: str, shard: int, ids: np.ndarray, queries: np.ndarray, m
     return pairs[pairs[:, 0] != pairs[:, 1]]
 
 
-def pair_recall(folder: Path, manifest: dict[str, Any], pairs: Pairs, margin: float, seed: int = 0) -> float:
-    """The share of the true pairs of a uniform sample of queries that pairs holds (1.0 when they have none)."""
+def pair_recall(folder: Path, manifest: dict[str, Any], pairs: Pairs, margin: float,
+                seed: int = 0) -> tuple[float, int]:
+    """(share of the true pairs of a uniform sample of queries that pairs holds, how many true pairs that was).
+
+    Few true pairs (rare duplicates) make the share a rough one: the count says how rough.
+    """
     done = finished_shards(folder, manifest)
     ids, queries = uniform_sample(folder, manifest, RECALL_QUERIES, seed + 2)
     truth = np.concatenate(ray.get([_true_pairs.remote(str(folder), s, ids, queries, margin) for s in done]))
     if not len(truth):
-        return 1.0
+        return 1.0, 0
     found = {(a, b) for a, b in zip(*(c.tolist() for c in pairs[:2]))}
     hits = sum((min(a, b), max(a, b)) in found for a, b in truth.tolist())
-    return hits / len(truth)
+    return hits / len(truth), len(truth)
 
 
 @ray.remote
@@ -190,14 +194,16 @@ class CellDedupRun:
     pairs: int
     groups: list[dict[str, Any]] = field(default_factory=list)
     routing: dict[str, Any] = field(default_factory=dict)
-    pair_recall: float | None = None  # approximate mode, measured on a sample of queries
+    pair_recall: float | None = None  # approximate mode, measured on a sample of queries ...
+    recall_pairs: int = 0  # ... over this many true pairs
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON summary (groups are in out/groups.json)."""
         return {"out": str(self.out), "margin": self.margin, "mode": self.mode, "pairs": self.pairs,
                 "groups": len(self.groups), "duplicates": sum(len(g["members"]) for g in self.groups),
-                **self.routing, "pair_recall": self.pair_recall, "seconds": round(self.seconds, 3)}
+                **self.routing, "pair_recall": self.pair_recall, "recall_pairs": self.recall_pairs,
+                "seconds": round(self.seconds, 3)}
 
 
 def dedup_cells(folder: Path | str, out: Path | str, margin: float, *, cells: int | None = None,
@@ -219,7 +225,8 @@ def dedup_cells(folder: Path | str, out: Path | str, margin: float, *, cells: in
     run = CellDedupRun(out, margin, "exact" if probe is None else f"approximate (probe {probe})", len(pairs[0]),
                        routing=routing)
     if probe is not None:
-        run.pair_recall = round(pair_recall(folder, manifest, pairs, margin, seed), 4)
+        recall, run.recall_pairs = pair_recall(folder, manifest, pairs, margin, seed)
+        run.pair_recall = round(recall, 4)
     run.groups = _groups(folder, manifest, pairs, margin, linkage, keep)
     write_json(out / "groups.json", run.groups)
     run.seconds = time.perf_counter() - start

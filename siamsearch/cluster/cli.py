@@ -94,6 +94,7 @@ def dedup(
                           progress=progress)
     if as_json:
         return print_json(run.to_dict())
-    recall = f", pair recall {run.pair_recall:.4f} on a sample" if run.pair_recall is not None else ""
+    recall = (f", pair recall {run.pair_recall:.4f} on {run.recall_pairs:,} pairs of sampled queries"
+              if run.pair_recall is not None else "")
     console.print(f"{shown(out)}: {run.pairs:,} pairs, {len(run.groups):,} groups ({run.mode}{recall}; "
                   f"{run.routing['copies_per_vector']} copies a vector) in {run.seconds:.1f}s")
