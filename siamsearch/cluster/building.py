@@ -138,7 +138,7 @@ def build_cluster_index(folder: Path | str, out: Path | str, *, kind: str = "ivf
     start = time.perf_counter()
     if kind not in KINDS:
         raise UsageError(f"cluster index builds {' or '.join(KINDS)}, not {kind!r}")
-    folder, out = Path(folder).expanduser(), Path(out).expanduser().resolve()
+    folder, out = Path(folder).expanduser().resolve(), Path(out).expanduser().resolve()  # tasks elsewhere read them
     manifest = shards.read_manifest(folder)
     done = finished_shards(folder, manifest)
     count = sum(manifest["finished"][str(s)]["rows"] for s in done)

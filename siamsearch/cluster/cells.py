@@ -217,7 +217,7 @@ def dedup_cells(folder: Path | str, out: Path | str, margin: float, *, cells: in
     start = time.perf_counter()
     if not 0 < margin <= 2 or (probe is not None and probe < 1):
         raise UsageError("--margin must be in (0, 2] and --probe >= 1")
-    folder, out = Path(folder).expanduser(), Path(out).expanduser()
+    folder, out = Path(folder).expanduser().resolve(), Path(out).expanduser().resolve()  # tasks elsewhere read them
     manifest = shards.read_manifest(folder)
     count = sum(v["rows"] for v in manifest["finished"].values())
     cells = cells or max(1, count // CELL_SIZE)

@@ -179,7 +179,8 @@ def embed_collection(source: Path | str, out: Path | str, model: Path | str, *, 
         NotFoundError: no such source. UsageError: no images, or out holds another folder's or model's shards.
     """
     start = time.perf_counter()
-    source, out, model = Path(source).expanduser().resolve(), Path(out).expanduser(), Path(model).expanduser()
+    # absolute paths: Ray workers on other nodes, or in another folder, read and write them
+    source, out, model = (Path(p).expanduser().resolve() for p in (source, out, model))
     manifest, failures = _plan(source, out, model, shard_size)
     todo = [s for s in range(len(manifest["shards"])) if str(s) not in manifest["finished"]]
     run = EmbedRun(out, len(manifest["shards"]), len(manifest["shards"]) - len(todo), failures=failures)
@@ -198,6 +199,8 @@ def embed_collection(source: Path | str, out: Path | str, model: Path | str, *, 
               .map_batches(write_batch, batch_size=PART_ROWS, fn_kwargs={"folder": str(out)}))
         for _ in _finished_as_written(ds.iter_rows(), manifest, out, run, progress, total):
             shards.write_manifest(out, manifest)
+        if [s for s in todo if _mark_if_complete(manifest, out, s, run)]:  # a retry's parts may have been counted twice
+            shards.write_manifest(out, manifest)
     run.seconds = time.perf_counter() - start
     return run
 
@@ -213,10 +216,18 @@ def _finished_as_written(summaries: Iterator[dict[str, Any]], manifest: dict[str
         done += int(summary["rows"])
         if progress:
             progress(min(done, total), total)
-        if seen[shard] >= manifest["shards"][shard] and str(shard) not in manifest["finished"]:
-            rows, failed = shards.written(out, shard)
-            if len(rows) == manifest["shards"][shard]:
-                manifest["finished"][str(shard)] = {"rows": len(rows) - len(failed), "failures": len(failed)}
-                run.embedded += len(rows) - len(failed)
-                run.failures.extend(Failure(Path(manifest["root"]) / p, reason) for p, reason in failed)
-                yield shard
+        if seen[shard] >= manifest["shards"][shard] and _mark_if_complete(manifest, out, shard, run):
+            yield shard
+
+
+def _mark_if_complete(manifest: dict[str, Any], out: Path, shard: int, run: EmbedRun) -> bool:
+    """Mark a shard finished when its parts hold every one of its rows; True when it was marked now."""
+    if str(shard) in manifest["finished"]:
+        return False
+    rows, failed = shards.written(out, shard)
+    if len(rows) != manifest["shards"][shard]:
+        return False
+    manifest["finished"][str(shard)] = {"rows": len(rows) - len(failed), "failures": len(failed)}
+    run.embedded += len(rows) - len(failed)
+    run.failures.extend(Failure(Path(manifest["root"]) / p, reason) for p, reason in failed)
+    return True
