@@ -81,6 +81,16 @@ class DyingLoader(ModelLoader):
         return Dies(model, Path(self.marker)), pre, device
 
 
+def cli(*args: object) -> dict:
+    """`siamsearch cluster ARGS --json` in this process: its exit code and JSON summary (or its output)."""
+    from typer.testing import CliRunner
+
+    from siamsearch.cli import app
+
+    res = CliRunner().invoke(app, ["cluster", *map(str, args), "--json"])
+    return {"exit_code": res.exit_code, "summary": json.loads(res.stdout) if res.exit_code == 0 else res.output}
+
+
 def main(work: Path) -> None:
     connect(num_cpus=2, object_store_memory=300 * 2**20)
     results = {}
@@ -94,6 +104,10 @@ def main(work: Path) -> None:
     third = embed_collection(work / "images", emb, model, batch_size=BATCH, device="cpu")
     results["embed"] = [r.to_dict() for r in (first, second, third)]
     results["image_index"] = build_cluster_index(emb, work / "image_index").to_dict()
+    results["cli"] = {name: cli(*args) for name, args in (  # the sub-app on the Ray this process joined
+        ("embed", ("embed", work / "images", "--model", model, "--out", emb)),
+        ("index", ("index", emb, "--index", work / "cli_index")),
+        ("dedup", ("dedup", emb, "--out", work / "cli_dedup", "--margin", 0.5, "--probe", 1)))}
 
     shards.write_embeddings(work / "vectors", unit(np.random.default_rng(1).standard_normal((INDEX_N, INDEX_DIM))),
                             INDEX_SHARDS)

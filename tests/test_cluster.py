@@ -134,6 +134,15 @@ def test_a_killed_worker_and_a_rerun_give_the_same_ids_each_once(work, results):
     assert KILLED_SHARD in {int(i) >> shards.ROW_BITS for i, _ in got.values()}
 
 
+def test_the_cluster_commands_run_and_end_with_a_json_summary(work, results):
+    embed, index, dedup = (results["cli"][name] for name in ("embed", "index", "dedup"))
+    assert [embed["exit_code"], index["exit_code"], dedup["exit_code"]] == [0, 0, 0], results["cli"]
+    assert (embed["summary"]["skipped_shards"], embed["summary"]["embedded"]) == (5, 0)  # all done before
+    assert index["summary"]["count"] == 30 and (work / "cli_index" / "index.ivfdata").exists()
+    assert dedup["summary"]["mode"] == "approximate (probe 1)" and dedup["summary"]["pair_recall"] is not None
+    assert len(json.loads((work / "cli_dedup" / "groups.json").read_text())) == dedup["summary"]["groups"]
+
+
 def invlist_triples(index: faiss.Index) -> set[tuple[int, int, bytes]]:
     """Every (list, id, code bytes) an IVF index holds."""
     ivf = faiss.extract_index_ivf(index)
