@@ -34,6 +34,7 @@ from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
+from .relocation import relocate as relocate_index
 from .terminal import (
     Skipped,
     TrainProgress,
@@ -225,7 +226,25 @@ def index(
         return print_json(facts | done.to_dict())
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
                   f"added {done.added}, updated {done.updated}, removed {done.removed}, "
-                  f"unchanged {done.unchanged}, skipped {len(done.failures)} in {done.seconds:.1f}s")
+                  f"unchanged {done.unchanged}, skipped {len(done.failures)}; embedded {done.embedded} "
+                  f"(byte-identical files once) in {done.seconds:.1f}s")
+
+
+@app.command()
+def relocate(
+    index_dir: IndexDir,
+    root: Annotated[Path, typer.Argument(help="Where the indexed folder is now.")],
+    model: Annotated[Optional[Path], typer.Option(help="The model file, when it is neither where the index "
+                                                       "says nor next to the index.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Point an index at its folder after the folder moved: checks a sample of files, embeds nothing."""
+    done = relocate_index(index_dir, root, model)
+    if as_json:
+        return print_json(done.to_dict())
+    found = shown(done.model) if done.model else "not found: pass --model to index and query"
+    console.print(f"{shown(index_dir)} now indexes {shown(done.root)} (was {shown(done.old_root)}): {done.matched} "
+                  f"of {done.sampled} sampled files match, {done.hashed} by content; model {found}")
 
 
 @app.command()
