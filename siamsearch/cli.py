@@ -362,12 +362,14 @@ def eval_(
     as_json: Json = False,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
 ) -> None:
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
                              target_precision=target_precision, seed=seed, device=device, workers=workers,
-                             progress=progress)
+                             progress=progress, selection=Selection.of(include, exclude))
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)
 
@@ -383,12 +385,15 @@ def calibrate(
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
     as_json: Json = False,
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
-                                seed=seed, device=device, workers=workers, progress=progress)
+                                seed=seed, device=device, workers=workers, progress=progress,
+                                selection=Selection.of(include, exclude))
     if as_json:
         return print_json(found)
     console.print(f"{calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "
