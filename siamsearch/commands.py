@@ -126,8 +126,8 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
     if csv_file is not None:
         run.written.append(report.write_csv(csv_file, run.result.FIELDS, run.result.records()))
     if html_file is not None:
-        groups = sorted(run.result.to_dict()["groups"], key=lambda g: -len(g["members"]))  # stable: ties keep order
-        run.written.append(report.dedup_page(groups, html_file, root=run.result.root, limit=html_limit))
+        run.written.append(report.dedup_page(run.result.to_dict()["groups"], html_file, root=run.result.root,
+                                             limit=html_limit))
     if move_to is not None:
         run.plan = plan_moves(run.result, move_to)
         run.moved = apply_moves(run.plan) if yes else None

@@ -271,7 +271,7 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "complete",
                     keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None) -> DedupResult:
-    """Groups of duplicate images in one index, each with the file to keep; groups ordered by that file.
+    """Groups of duplicate images in one index, each with the file to keep; the biggest groups first (_by_size).
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
     when its distance to the kept file is within margin, else it is for review. progress(done, total)
@@ -285,11 +285,16 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
     found = close_pairs(store, review, block=block, progress=progress)
     rows = _rows_with_copies(store, found)
-    groups = [_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
-              for ids, vectors in _expanded_groups(found, review, linkage)]
-    groups.sort(key=lambda g: g.keep.path)
+    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
+                      for ids, vectors in _expanded_groups(found, review, linkage)])
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
                        _hidden_pairs(found.pairs, margin, groups, rows), found.capped)
+
+
+def _by_size(groups: list[Group]) -> list[Group]:
+    """The one order of groups in the table, CSV, JSON and HTML (so group numbers agree): biggest first, then by
+    the kept file's path."""
+    return sorted(groups, key=lambda g: (-len(g.members), g.keep.path))
 
 
 def _rows_with_copies(store: Store, found: ClosePairs) -> dict[int, Row]:
@@ -322,8 +327,7 @@ def find_identical(rows: Iterable[Row], root: Path, keep: str = "largest") -> De
             unchecked += 1
         else:
             same[(row.sha256, row.size)].append(row)
-    groups = [_identical_group(copies, keep) for copies in same.values() if len(copies) > 1]
-    groups.sort(key=lambda g: g.keep.path)
+    groups = _by_size([_identical_group(copies, keep) for copies in same.values() if len(copies) > 1])
     pairs = sum(len(g.members) * (len(g.members) + 1) // 2 for g in groups)
     return DedupResult(root, 0.0, 0.0, False, groups, pairs, unchecked=unchecked)
 
