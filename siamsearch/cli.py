@@ -225,26 +225,24 @@ def index(
         facts = {"index": str(target), "count": len(store), "index_kind": store.kind, "approximate": store.approximate}
         return print_json(facts | done.to_dict())
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
-                  f"added {done.added}, updated {done.updated}, removed {done.removed}, "
-                  f"unchanged {done.unchanged}, skipped {len(done.failures)}; embedded {done.embedded} "
-                  f"(byte-identical files once) in {done.seconds:.1f}s")
+                  f"added {done.added}, updated {done.updated}, removed {done.removed}, unchanged {done.unchanged}, "
+                  f"skipped {len(done.failures)}; embedded {done.embedded} in {done.seconds:.1f}s")
 
 
 @app.command()
 def relocate(
     index_dir: IndexDir,
     root: Annotated[Path, typer.Argument(help="Where the indexed folder is now.")],
-    model: Annotated[Optional[Path], typer.Option(help="The model file, when it is neither where the index "
-                                                       "says nor next to the index.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="The model, if not where the index says nor beside it.")] = None,
     as_json: Json = False,
 ) -> None:
     """Point an index at its folder after the folder moved: checks a sample of files, embeds nothing."""
     done = relocate_index(index_dir, root, model)
     if as_json:
         return print_json(done.to_dict())
-    found = shown(done.model) if done.model else "not found: pass --model to index and query"
     console.print(f"{shown(index_dir)} now indexes {shown(done.root)} (was {shown(done.old_root)}): {done.matched} "
-                  f"of {done.sampled} sampled files match, {done.hashed} by content; model {found}")
+                  f"of {done.sampled} sampled files match, {done.hashed} by content; model "
+                  + (shown(done.model) if done.model else "not found: pass --model to index and query"))
 
 
 @app.command()
