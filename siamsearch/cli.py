@@ -34,6 +34,7 @@ from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
+from .relocation import relocate as relocate_index
 from .terminal import (
     Skipped,
     TrainProgress,
@@ -224,8 +225,24 @@ def index(
         facts = {"index": str(target), "count": len(store), "index_kind": store.kind, "approximate": store.approximate}
         return print_json(facts | done.to_dict())
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
-                  f"added {done.added}, updated {done.updated}, removed {done.removed}, "
-                  f"unchanged {done.unchanged}, skipped {len(done.failures)} in {done.seconds:.1f}s")
+                  f"added {done.added}, updated {done.updated}, removed {done.removed}, unchanged {done.unchanged}, "
+                  f"skipped {len(done.failures)}; embedded {done.embedded} in {done.seconds:.1f}s")
+
+
+@app.command()
+def relocate(
+    index_dir: IndexDir,
+    root: Annotated[Path, typer.Argument(help="Where the indexed folder is now.")],
+    model: Annotated[Optional[Path], typer.Option(help="The model, if not where the index says nor beside it.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Point an index at its folder after the folder moved: checks a sample of files, embeds nothing."""
+    done = relocate_index(index_dir, root, model)
+    if as_json:
+        return print_json(done.to_dict())
+    console.print(f"{shown(index_dir)} now indexes {shown(done.root)} (was {shown(done.old_root)}): {done.matched} "
+                  f"of {done.sampled} sampled files match, {done.hashed} by content; model "
+                  + (shown(done.model) if done.model else "not found: pass --model to index and query"))
 
 
 @app.command()
@@ -343,12 +360,14 @@ def eval_(
     as_json: Json = False,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
 ) -> None:
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
                              target_precision=target_precision, seed=seed, device=device, workers=workers,
-                             progress=progress)
+                             progress=progress, selection=Selection.of(include, exclude))
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)
 
@@ -364,12 +383,15 @@ def calibrate(
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
     as_json: Json = False,
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
-                                seed=seed, device=device, workers=workers, progress=progress)
+                                seed=seed, device=device, workers=workers, progress=progress,
+                                selection=Selection.of(include, exclude))
     if as_json:
         return print_json(found)
     console.print(f"{calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "
