@@ -380,6 +380,9 @@ def calibrate(
     target_recall: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of same pairs the recall threshold holds; dedup's default margin is at most "
                                "that distance.")] = TARGET_RECALL,
+    group_depth: Annotated[int, typer.Option(
+        min=0, help="Identities sharing their first N folders are a group (tiles of one photo, shots of one scene): "
+                    "pairs within a group are not counted as distinct images.")] = 0,
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
@@ -390,8 +393,8 @@ def calibrate(
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
-                                seed=seed, device=device, workers=workers, progress=progress,
-                                selection=Selection.of(include, exclude))
+                                seed=seed, device=device, workers=workers, group_depth=group_depth,
+                                progress=progress, selection=Selection.of(include, exclude))
     if as_json:
         return print_json(found)
     console.print(f"{calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "
