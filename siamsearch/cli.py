@@ -35,6 +35,7 @@ from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
+from .relocation import relocate as relocate_index
 from .terminal import (
     Skipped,
     TrainProgress,
@@ -116,7 +117,6 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
     """Train a Siamese image encoder, index image folders, find neighbours and duplicates."""
     console.quiet = quiet or not is_main(os.environ)  # under torchrun, rank 0 alone speaks
     err.quiet = console.quiet
-
 
 
 @app.command()
@@ -226,8 +226,24 @@ def index(
         facts = {"index": str(target), "count": len(store), "index_kind": store.kind, "approximate": store.approximate}
         return print_json(facts | done.to_dict())
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
-                  f"added {done.added}, updated {done.updated}, removed {done.removed}, "
-                  f"unchanged {done.unchanged}, skipped {len(done.failures)} in {done.seconds:.1f}s")
+                  f"added {done.added}, updated {done.updated}, removed {done.removed}, unchanged {done.unchanged}, "
+                  f"skipped {len(done.failures)}; embedded {done.embedded} in {done.seconds:.1f}s")
+
+
+@app.command()
+def relocate(
+    index_dir: IndexDir,
+    root: Annotated[Path, typer.Argument(help="Where the indexed folder is now.")],
+    model: Annotated[Optional[Path], typer.Option(help="The model, if not where the index says nor beside it.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Point an index at its folder after the folder moved: checks a sample of files, embeds nothing."""
+    done = relocate_index(index_dir, root, model)
+    if as_json:
+        return print_json(done.to_dict())
+    console.print(f"{shown(index_dir)} now indexes {shown(done.root)} (was {shown(done.old_root)}): {done.matched} "
+                  f"of {done.sampled} sampled files match, {done.hashed} by content; model "
+                  + (shown(done.model) if done.model else "not found: pass --model to index and query"))
 
 
 @app.command()
@@ -282,20 +298,16 @@ def dedup(
         "wrong pairs per 1,000 images of this index)."))] = None,
     false_pairs: Annotated[float, typer.Option(min=0.0, help="Wrong pairs per 1,000 images the default margin "
                                                              "may expect.")] = FALSE_PAIRS_PER_1000,
-    review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
-                                                                "are formed with it.")] = None,
+    review_margin: Annotated[Optional[float], typer.Option(help="Wider 'review' band; groups are formed with it.")] = None,
     linkage: Annotated[str, typer.Option(help="complete (all members within the review margin of each other) "
                                               "or single (pairs chain: members chained beyond --margin show "
                                               "as review).")] = "complete",
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
-    against: Annotated[Optional[Path], typer.Option(help="Another index: images of this one with a duplicate "
-                                                         "there.")] = None,
-    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative "
-                                                         "paths.")] = None,
+    against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
+    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
-    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page of "
-                                                                      "the groups.")] = None,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="--html shows only the N biggest groups.")] = None,
     identical_only: Annotated[bool, typer.Option(help="Only byte-identical files, by the content hashes the index "
                                                       "stores: no model, no vectors.")] = False,
@@ -345,12 +357,14 @@ def eval_(
     as_json: Json = False,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
 ) -> None:
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
                              target_precision=target_precision, seed=seed, device=device, workers=workers,
-                             progress=progress)
+                             progress=progress, selection=Selection.of(include, exclude))
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)
 
@@ -363,15 +377,21 @@ def calibrate(
     target_recall: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of same pairs the recall threshold holds; dedup's default margin is at most "
                                "that distance.")] = TARGET_RECALL,
+    group_depth: Annotated[int, typer.Option(
+        min=0, help="Identities sharing their first N folders are a group (tiles of one photo, shots of one scene): "
+                    "pairs within a group are not counted as distinct images.")] = 0,
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
     as_json: Json = False,
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
-                                seed=seed, device=device, workers=workers, progress=progress)
+                                seed=seed, device=device, workers=workers, group_depth=group_depth,
+                                progress=progress, selection=Selection.of(include, exclude))
     if as_json:
         return print_json(found)
     console.print(f"{calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "
