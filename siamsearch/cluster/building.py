@@ -10,9 +10,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +133,21 @@ def trained_index(folder: Path, out: Path, manifest: dict[str, Any], kind: str, 
     return index
 
 
+@contextmanager
+def _c_stdout_to_stderr() -> Iterator[None]:
+    """FAISS's on-disk lists print "resizing ..." with C's printf: send it to stderr, so --json stays clean."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        libc.fflush(None)  # C's stdout buffer, written while fd 1 is still stderr
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def build_cluster_index(folder: Path | str, out: Path | str, *, kind: str = "ivf", seed: int = 0,
                         progress: Progress | None = None) -> BuildRun:
     """Build an on-disk IVF index of every vector in an embeddings folder, as an index folder `query` opens.
@@ -153,7 +173,8 @@ def build_cluster_index(folder: Path | str, out: Path | str, *, kind: str = "ivf
             progress(len(missing) - len(pending), len(missing))
     _write_rows(folder, out, manifest, done, kind)
     (out / IVFDATA).unlink(missing_ok=True)
-    merge_ondisk(index, [str(targets[s]) for s in done], str(out / IVFDATA))
+    with _c_stdout_to_stderr():
+        merge_ondisk(index, [str(targets[s]) for s in done], str(out / IVFDATA))
     queries = uniform_sample(folder, manifest, TUNE_QUERIES, seed + 1)[1]
     tuning = {**tune_to_truth(index, queries, exact_neighbours(folder, done, queries, TUNE_K)), "n": count}
     write_index(out, index)
