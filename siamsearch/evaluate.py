@@ -16,7 +16,7 @@ import numpy as np
 from . import metrics
 from .calibration import CALIBRATION_KEYS, distance_tails, purpose_of
 from .checkpoint import Checkpoint, load_encoder, update_model_file
-from .device import resolve_device
+from .device import precision, resolve_device
 from .embed import Progress, embed_paths
 from .errors import NotFoundError, UsageError
 from .images import Failure, identity_of, scan_images
@@ -168,6 +168,7 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
                                          target_precision=target_precision, target_recall=target_recall)
     calibration = ({k: found[k] for k in CALIBRATION_KEYS}
                    | {"tails": distance_tails(data.vectors, data.labels, seed), "purpose": purpose_of(data.ckpt.calibration, data.ckpt.train and data.ckpt.train.self_supervised),
-                      "source": f"calibrate:{data.root}", "pairs": int(found["pairs"])})
+                      "source": f"calibrate:{data.root}", "pairs": int(found["pairs"]),
+                      "precision": precision(resolve_device(device))})
     update_model_file(Path(model_path), calibration=calibration)
     return calibration
