@@ -5,7 +5,7 @@
 # On a CPU it runs too, its CUDA tests skipped, so that CI can check it has not rotted:
 #
 #   bash scripts/gpu_check.sh                       # full sizes: 20,000 JPEGs of 0.5 MP at 224 px
-#   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh     # tiny sizes (about a minute on a CPU)
+#   GPU_CHECK_QUICK=1 bash scripts/gpu_check.sh     # tiny sizes: 1-2 minutes on a free 2-core CPU, more shared
 #
 # Results go to $GPU_CHECK_OUT (default gpu_check/): summary.md (the table), results.jsonl (one line per
 # figure) and each step's log. Python: $PYTHON, else .venv/bin/python, else python3. Wheels in .whl/
@@ -59,11 +59,11 @@ print(json.dumps({"what": label, "backbone": "", "precision": run["calibration"]
 EOF
 }
 
-train_run() {  # train_run EPOCHS LABEL [OPTION...]: a short self-supervised run on the first JPEGs
+train_run() {  # train_run EPOCHS LABEL [OPTION...]: a short self-supervised run of the whole net on the first JPEGs
     local epochs=$1 label=$2
     shift 2
-    "$PY" -m siamsearch train "$WORK/train" --out "$WORK/m.pt" --self-supervised "${TRAIN_ARGS[@]}" --epochs "$epochs" \
-        --amp --json "$@" >"$WORK/train$epochs.json" && train_row "$label" "$WORK/train$epochs.json" "$epochs"
+    "$PY" -m siamsearch train "$WORK/train" --out "$WORK/m.pt" --self-supervised "${TRAIN_ARGS[@]}" --no-pretrained \
+        --no-freeze-backbone --epochs "$epochs" --amp --json "$@" >"$WORK/train$epochs.json" && train_row "$label" "$WORK/train$epochs.json" "$epochs"
 }
 
 step device "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA GPU: the cuda tests skip')"

@@ -64,28 +64,49 @@ class DecodedImages(Dataset):
         return Decoded(i, tuple(square_view(img, s) for s in self.sizes), img.info.get(ORIGINAL_SIZE, img.size), "")
 
 
+class JpegFile(NamedTuple):
+    """A file of the batch left for the device to decode: its bytes are `length` bytes of the batch's blob."""
+
+    index: int
+    size: tuple[int, int]  # original (width, height), upright
+    orientation: int
+    length: int
+
+
 @dataclass
 class Batch:
-    """A batch as the workers hand it over: the views stacked (so that the DataLoader pins one tensor each)."""
+    """A batch as the workers hand it over: views stacked and JPEG bytes joined, so one tensor each crosses
+    from the worker and the DataLoader pins one tensor."""
 
     indices: list[int]  # files decoded to views, in order
     views: tuple[torch.Tensor, ...]  # (B, C, s, s) uint8 per size
     sizes: list[tuple[int, int]]  # their original (width, height)
-    jpegs: list[Decoded]  # files left for the device to decode
     failures: list[tuple[int, str]]  # (index, reason)
+    jpegs: list[JpegFile] = field(default_factory=list)  # files left for the device to decode
+    blob: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))  # their bytes, in order
 
     def pin_memory(self) -> Batch:
         """The batch with its views in page-locked memory: the DataLoader's pinning thread calls this."""
         return replace(self, views=tuple(v.pin_memory() for v in self.views))
 
+    def jpeg_files(self) -> list[Jpeg]:
+        """The JPEGs left for the device, each its bytes (a view of the blob) and header facts."""
+        data = torch.split(self.blob, [f.length for f in self.jpegs])
+        return [Jpeg(d, f.size, f.orientation) for d, f in zip(data, self.jpegs)]
+
 
 def collate(items: list[Decoded], sizes: tuple[int, ...], channels: int) -> Batch:
-    """Stack a batch's views in the worker; JPEGs for the device and failures go apart."""
+    """Stack a batch's views and join its JPEGs' bytes in the worker; failures go apart."""
     good = [it for it in items if it.views is not None]
     views = tuple(torch.stack([it.views[j] for it in good]) if good else torch.empty(0, channels, s, s, dtype=torch.uint8)
                   for j, s in enumerate(sizes))
-    return Batch([it.index for it in good], views, [it.size for it in good],
-                 [it for it in items if it.jpeg is not None], [(it.index, it.reason) for it in items if it.reason])
+    jpegs = [it for it in items if it.jpeg is not None]
+    batch = Batch([it.index for it in good], views, [it.size for it in good],
+                  [(it.index, it.reason) for it in items if it.reason])
+    if jpegs:
+        batch.jpegs = [JpegFile(it.index, it.jpeg.size, it.jpeg.orientation, len(it.jpeg.data)) for it in jpegs]
+        batch.blob = torch.cat([it.jpeg.data for it in jpegs])
+    return batch
 
 
 def loader(images: DecodedImages, workers: int, pin: bool, batch_size: int | None = None,
@@ -156,7 +177,7 @@ def _views(batch: Batch, paths: Sequence[Path], size: int, channels: int,
     views = batch.views[0].to(device, non_blocking=True)
     found = {i: (views[k], wh) for k, (i, wh) in enumerate(zip(batch.indices, batch.sizes))}
     failures = [Failure(Path(paths[i]), why) for i, why in batch.failures]
-    for item, view in zip(batch.jpegs, decode_views([it.jpeg for it in batch.jpegs], size, channels, device)):
+    for item, view in zip(batch.jpegs, decode_views(batch.jpeg_files(), size, channels, device)):
         if view is not None:
             found[item.index] = (view, item.size)
             continue

@@ -161,6 +161,17 @@ def test_workers_stack_each_batch_so_the_loader_pins_one_tensor(identity_dir):
     assert loader(images, 0, pin=True, batch_size=5).pin_memory  # the DataLoader calls Batch.pin_memory
 
 
+def test_workers_join_a_batchs_jpeg_bytes_into_one_tensor(mixed_dir):
+    root, bad = mixed_dir
+    paths = find_images(root)
+    images = DecodedImages(paths, [16], 3, jpeg=True)
+    batch = collate([images[i] for i in range(len(paths))], images.sizes, images.channels)
+    assert len(batch.jpegs) == 10 and batch.blob.dim() == 1  # one tensor crosses from the worker, not one per file
+    for f, jpeg in zip(batch.jpegs, batch.jpeg_files()):
+        assert bytes(jpeg.data.numpy()) == paths[f.index].read_bytes()
+    assert sorted(paths[i].name for i in batch.indices) == ["cmyk.jpg", "p.png"]
+
+
 def test_compile_is_asked_of_torch_only_with_the_flag(identity_dir, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
