@@ -46,15 +46,15 @@ step() {  # step NAME COMMAND...: run it with its output in $OUT/NAME.log, and n
     echo "   $result in $((SECONDS - start))s"
 }
 
-train_row() {  # train_row LABEL JSON_FILE EPOCHS: a results line from `siamsearch train --json`; fails unless it ran them
+train_row() {  # train_row LABEL JSON_FILE EPOCHS BACKBONE: a results line from `train --json`; fails unless it ran them
     "$PY" - "$@" >>"$OUT/results.jsonl" <<'EOF'
 import json, sys
-label, path, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+label, path, epochs, backbone = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 run = json.load(open(path))
 last = run["best"] or {}
 if last.get("epoch") != epochs or run["stopped"] != "epochs":
     sys.exit(f"{label}: expected epoch {epochs} to finish, got {last.get('epoch')} ({run['stopped']})")
-print(json.dumps({"what": label, "backbone": "", "precision": run["calibration"].get("precision", ""),
+print(json.dumps({"what": label, "backbone": backbone, "precision": run["calibration"].get("precision", ""),
                   "epoch": last["epoch"], "loss": last["loss"], "images_per_s": round(last["images_per_s"], 1)}))
 EOF
 }
@@ -63,7 +63,7 @@ train_run() {  # train_run EPOCHS LABEL [OPTION...]: a short self-supervised run
     local epochs=$1 label=$2
     shift 2
     "$PY" -m siamsearch train "$WORK/train" --out "$WORK/m.pt" --self-supervised "${TRAIN_ARGS[@]}" --no-pretrained \
-        --no-freeze-backbone --epochs "$epochs" --amp --json "$@" >"$WORK/train$epochs.json" && train_row "$label" "$WORK/train$epochs.json" "$epochs"
+        --no-freeze-backbone --epochs "$epochs" --amp --json "$@" >"$WORK/train$epochs.json" && train_row "$label" "$WORK/train$epochs.json" "$epochs" "${TRAIN_ARGS[1]}"
 }
 
 step device "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA GPU: the cuda tests skip')"
@@ -74,7 +74,7 @@ step embedding "$PY" scripts/bench_index.py --folder "$WORK/jpegs" --make "$JPEG
 mkdir -p "$WORK/train"
 find "$WORK/jpegs" -name '*.jpg' | sort | head -n "$TRAIN_FILES" | xargs -r cp -t "$WORK/train"
 step train_amp train_run 1 "train --amp"
-step train_resume train_run 2 "train --amp --resume" --resume
+step train_resume train_run 2 "train --amp, --resume" --resume
 
 {
     echo "# scripts/gpu_check.sh$([ "$QUICK" = 1 ] && echo ' (quick)'), $(date -u +%Y-%m-%dT%H:%MZ)"

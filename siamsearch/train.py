@@ -351,7 +351,7 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
                 x = augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen)
                 with autocast(device, amp):
                     emb = net(normalize(x, pre).contiguous(memory_format=torch.channels_last))
-                loss = loss_fn(*world.gather(emb.float(), labels.to(device)))
+                loss = loss_fn(*world.gather(emb.float(), labels.to(device, non_blocking=True)))
                 stepper.backward(loss, batches - 1)
                 loss_sum += loss.detach()  # on the device: reading it waits for the GPU, so only now and then
                 seen += len(labels)

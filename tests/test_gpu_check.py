@@ -23,4 +23,4 @@ def test_gpu_check_passes_its_cpu_parts_in_quick_mode(tmp_path):
     summary = (tmp_path / "out" / "summary.md").read_text()
     for step in ("cuda_tests", "embedding", "train_amp", "train_resume"):
         assert f"| {step} | pass |" in summary
-    assert "| index, end to end | resnet18 |" in summary and "| train --amp --resume |" in summary
+    assert "| index, end to end | resnet18 |" in summary and "| train --amp, --resume | small |" in summary
