@@ -37,7 +37,7 @@ from siamsearch.transforms import square_view
 CPU = torch.device("cpu")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 BF16_TOLERANCE = 0.05  # Euclidean distance between a bf16 and an fp32 vector of one image (unit vectors)
-DECODE_TOLERANCE = 0.05  # ... between the device decoder's vector and PIL's (measured about 0.005)
+DECODE_TOLERANCE = 0.05  # ... between the device decoder's vector and PIL's (ImageNet EfficientNet: 0.0035)
 
 
 def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -98,7 +98,7 @@ def test_device_views_are_pils_views(tmp_path, device):
         view = decode_views([read_jpeg(tmp_path / f"{name}.jpg", 3)], 64, 3, torch.device(device))[0].cpu()
         pil = square_view(load_image(tmp_path / f"{name}.jpg", draft_size=64), 64)
         assert view.shape == pil.shape and view.dtype == torch.uint8
-        assert (view.float() - pil.float()).abs().mean() < 1.0  # gray levels
+        assert (view.float() - pil.float()).abs().mean() < 0.1  # gray levels: 0.12 when resized in one pass
 
 
 def test_only_plain_jpegs_are_left_to_the_device(mixed_dir):
