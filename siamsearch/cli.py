@@ -34,6 +34,7 @@ from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
+from .relocation import relocate as relocate_index
 from .terminal import (
     Skipped,
     TrainProgress,
@@ -96,8 +97,7 @@ Include = Annotated[Optional[list[str]], typer.Option(help="Only files matching 
                                                            "style; repeatable). An index remembers it.")]
 Exclude = Annotated[Optional[list[str]], typer.Option(help="Skip files and folders matching this glob (repeatable). "
                                                            "An index remembers it.")]
-Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 for the trunk (default: an index's own "
-                                             "precision; a new one's on CUDA only; --amp on a CPU, fast with AMX).")]
+Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 (default: an index's own; else CUDA only).")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -211,9 +211,7 @@ def index(
     workers: DecodeWorkers = None,
     device: Device = "auto",
     amp: Amp = None,
-    decode: Annotated[str, typer.Option(help="JPEGs decoded: auto (on the GPU when embedding there), pil or device.")]
-    = "auto",
-    compile: Annotated[bool, typer.Option(help="torch.compile the encoder (pays on a GPU for large folders).")] = False,
+    decode: Annotated[str, typer.Option(help="JPEG decoding: auto (on the GPU there), pil or device.")] = "auto",
     as_json: Json = False,
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
@@ -221,15 +219,30 @@ def index(
     with progress_bar("embedding") as progress:
         store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
                                    selection=Selection.of(include, exclude), progress=progress,
-                                   runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size,
-                                                   decode=decode, compile=compile))
+                                   runtime=with_overrides(Runtime(), locals()))  # device, workers, amp, decode...
     report_failures(done.failures)
     if as_json:
         facts = {"index": str(target), "count": len(store), "index_kind": store.kind, "approximate": store.approximate}
         return print_json(facts | done.to_dict())
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
-                  f"added {done.added}, updated {done.updated}, removed {done.removed}, "
-                  f"unchanged {done.unchanged}, skipped {len(done.failures)} in {done.seconds:.1f}s")
+                  f"added {done.added}, updated {done.updated}, removed {done.removed}, unchanged {done.unchanged}, "
+                  f"skipped {len(done.failures)}; embedded {done.embedded} in {done.seconds:.1f}s")
+
+
+@app.command()
+def relocate(
+    index_dir: IndexDir,
+    root: Annotated[Path, typer.Argument(help="Where the indexed folder is now.")],
+    model: Annotated[Optional[Path], typer.Option(help="The model, if not where the index says nor beside it.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Point an index at its folder after the folder moved: checks a sample of files, embeds nothing."""
+    done = relocate_index(index_dir, root, model)
+    if as_json:
+        return print_json(done.to_dict())
+    console.print(f"{shown(index_dir)} now indexes {shown(done.root)} (was {shown(done.old_root)}): {done.matched} "
+                  f"of {done.sampled} sampled files match, {done.hashed} by content; model "
+                  + (shown(done.model) if done.model else "not found: pass --model to index and query"))
 
 
 @app.command()
@@ -347,12 +360,14 @@ def eval_(
     as_json: Json = False,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
 ) -> None:
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
                              target_precision=target_precision, seed=seed, device=device, workers=workers,
-                             progress=progress)
+                             progress=progress, selection=Selection.of(include, exclude))
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)
 
@@ -365,15 +380,21 @@ def calibrate(
     target_recall: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of same pairs the recall threshold holds; dedup's default margin is at most "
                                "that distance.")] = TARGET_RECALL,
+    group_depth: Annotated[int, typer.Option(
+        min=0, help="Identities sharing their first N folders are a group (tiles of one photo, shots of one scene): "
+                    "pairs within a group are not counted as distinct images.")] = 0,
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
     as_json: Json = False,
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
-                                seed=seed, device=device, workers=workers, progress=progress)
+                                seed=seed, device=device, workers=workers, group_depth=group_depth,
+                                progress=progress, selection=Selection.of(include, exclude))
     if as_json:
         return print_json(found)
     console.print(f"{calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "

@@ -3,8 +3,10 @@
 Pairs come from FAISS range searches of the stored vectors against their own index, a block of
 queries at a time. Two things keep memory bounded when a collection holds many copies of one picture
 (blank frames, a burst of identical shots):
-  * vectors with the same bytes are collapsed first: one representative searches for all of them,
-    and the copies come back as one group at distance 0 (siamsearch.dedup expands them);
+  * vectors with the same bytes are collapsed: one representative searches for all of them, and the
+    copies come back as one group at distance 0 (siamsearch.dedup expands them). A vector's bytes are
+    known by a 128-bit key computed with numpy as its block is read: every vector is read once, and
+    only a hit in a block not read yet is read early (its key kept);
   * each query keeps at most MAX_NEIGHBOURS nearest hits (the rest are counted as capped), and the
     block shrinks when hits are dense, so one search never returns more than about HITS_PER_BLOCK.
 
@@ -14,7 +16,6 @@ With a torch device (device="cuda"), the range searches run as blocked distance 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ BLOCK = 4096  # query vectors per range search, at most
 MIN_BLOCK = 16  # ... and at least
 HITS_PER_BLOCK = 4_000_000  # range-search hits one block may return, about (12 bytes each)
 MAX_NEIGHBOURS = 1000  # hits a query keeps; more than that within a margin is a crowd, not duplicates
-Progress = Callable[[int, int], None]  # progress(done, total): query vectors searched so far, of all to search
+Progress = Callable[[int, int], None]  # progress(done, total): stored vectors passed so far, of all there are
+KEY_SEED = 20240521  # seeds the fixed random multipliers of _keys: any value, the same in every run
 BASE_BLOCK = 65_536  # stored vectors per distance matrix on the device: BLOCK × BASE_BLOCK floats, 1 GiB
 
 
@@ -83,16 +85,60 @@ def _blocks(store: Store, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]
         yield store.vectors(ids[start:start + block])
 
 
-def _representatives(store: Store, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, representative of each): the first id whose vector has exactly the same bytes (a 128-bit digest)."""
-    first: dict[bytes, int] = {}
-    ids, reps = [], []
-    for part, vectors in _blocks(store, block):
-        ids.append(part)
-        reps.append(np.array([first.setdefault(hashlib.blake2b(v.tobytes(), digest_size=16).digest(), i)
-                              for i, v in zip(part.tolist(), vectors)], np.int64))
-    empty = np.zeros(0, np.int64)
-    return (np.concatenate(ids), np.concatenate(reps)) if ids else (empty, empty)
+def _keys(vectors: np.ndarray) -> np.ndarray:
+    """(N, 2) uint64 keys of (N, D) float32 vectors: equal bytes give equal keys, other bytes other keys but by a
+    chance like a 128-bit digest's. Each 32-bit word goes through splitmix64's mixer (a bijection), then into two
+    sums mod 2^64 with fixed random weights: numpy over the whole block, no Python call per vector."""
+    z = np.ascontiguousarray(vectors, np.float32).view(np.uint32).astype(np.uint64)
+    z += np.uint64(0x9E3779B97F4A7C15)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z @ np.random.default_rng(KEY_SEED).integers(0, 2**64, (z.shape[1], 2), np.uint64, endpoint=False)
+
+
+class _Keys:
+    """The key of every stored vector by its position in the sorted ids, and which are copies of an earlier one.
+
+    A block's keys are computed as it is read; a hit in a block not read yet has its vector read then (so
+    at most twice in all). A hit with its query's key is a copy: it will not search, its representative did.
+    """
+
+    def __init__(self, store: Store, ids: np.ndarray, block: int) -> None:
+        self.store, self.ids, self.block = store, ids, block
+        self.keys = np.zeros((len(ids), 2), np.uint64)
+        self.known = np.zeros(len(ids), bool)
+        self.copy = np.zeros(len(ids), bool)
+
+    def read(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (ids, vectors) from position start that search: the first of their bytes in the block, not copies."""
+        ids, vectors = self.store.vectors(self.ids[start:start + self.block])
+        at = slice(start, start + len(ids))
+        self.keys[at], self.known[at] = _keys(vectors), True
+        first = np.zeros(len(ids), bool)
+        first[np.unique(self.keys[at], axis=0, return_index=True)[1]] = True
+        searching = first & ~self.copy[at]
+        return ids[searching], vectors[searching]
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """(P, 2) keys at those positions, reading the vectors of those not known yet, a block at a time."""
+        unknown = np.unique(positions[~self.known[positions]])
+        for start in range(0, len(unknown), self.block):
+            part = unknown[start:start + self.block]
+            self.keys[part], self.known[part] = _keys(self.store.vectors(self.ids[part])[1]), True
+        return self.keys[positions]
+
+    def representatives(self) -> np.ndarray:
+        """(N,) the first id whose vector has the same bytes as each id's (all keys are known by the end)."""
+        order = np.lexsort((self.keys[:, 1], self.keys[:, 0]))  # stable: each run of one key starts at its first id
+        keys = self.keys[order]
+        starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]) if len(keys) else order
+        first = np.repeat(order[starts], np.diff(np.r_[starts, len(keys)]))
+        reps = np.empty_like(self.ids)
+        reps[order] = self.ids[first]
+        return reps
 
 
 Searchable = Store | DeviceSearch  # what answers range searches: FAISS on the CPU, or torch on a device
@@ -127,23 +173,24 @@ def _range(index: Searchable, ids: np.ndarray, vectors: np.ndarray, margin: floa
     return (np.repeat(ids, np.diff(lims)), found, distances), int(np.clip(HITS_PER_BLOCK / per_query, MIN_BLOCK, block))
 
 
-def _once_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray) -> Pairs:
-    """Each (query, found) once at its smallest distance (copies of one vector map to one representative),
+def _once_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray, keys: np.ndarray) -> Pairs:
+    """Each query's hit of each distinct vector (keys: the hits' (P, 2) keys) once, at its smallest distance,
     sorted by query, then distance."""
-    order = np.lexsort((d, found, query))
-    query, found, d = query[order], found[order], d[order]
-    first = np.r_[True, (query[1:] != query[:-1]) | (found[1:] != found[:-1])] if len(query) else np.zeros(0, bool)
+    order = np.lexsort((d, keys[:, 1], keys[:, 0], query))
+    query, found, d, keys = query[order], found[order], d[order], keys[order]
+    new = (query[1:] != query[:-1]) | (keys[1:] != keys[:-1]).any(axis=1)
+    first = np.r_[True, new] if len(query) else np.zeros(0, bool)
     query, found, d = query[first], found[first], d[first]
     order = np.lexsort((d, query))
     return query[order], found[order], d[order]
 
 
-def _nearest_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray) -> tuple[Pairs, int]:
-    """Each query's nearest MAX_NEIGHBOURS hits (inputs sorted by query, then distance); how many queries lost some."""
+def _nearest_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray) -> tuple[Pairs, np.ndarray]:
+    """Each query's nearest MAX_NEIGHBOURS hits (inputs sorted by query, then distance); the queries that lost some."""
     starts = np.flatnonzero(np.r_[True, query[1:] != query[:-1]]) if len(query) else np.zeros(0, np.int64)
     rank = np.arange(len(query)) - np.repeat(starts, np.diff(np.r_[starts, len(query)]))
     keep = rank < MAX_NEIGHBOURS
-    return (query[keep], found[keep], d[keep]), int(np.unique(query[~keep]).size)
+    return (query[keep], found[keep], d[keep]), np.unique(query[~keep])
 
 
 def _unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
@@ -157,33 +204,40 @@ def _unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
 
 def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Progress | None = None,
                 device: torch.device | str | None = None) -> ClosePairs:
-    """The pairs of distinct stored vectors within margin, exact copies collapsed, vectors read once.
+    """The pairs of distinct stored vectors within margin, exact copies collapsed, each vector read once.
 
     On approximate kinds a pair counts when either image finds the other, which recovers some misses.
     device: search by blocked distances on this torch device (exact on every kind); None: FAISS.
-    progress(done, total) is called after each block with the representatives searched so far.
+    progress(done, total) is called after each block searched with the stored vectors passed so far.
     """
-    ids, reps = _representatives(store, block)  # ids sorted: a lookup is a binary search, not a dict per hit
-    is_rep = ids == reps
-    done, total = 0, int(is_rep.sum())
-    parts, kept_ids, kept_vectors, capped = [], [], [], 0
-    rep_queries = ((part[mask], vectors[mask]) for part, vectors in _blocks(store, block)
-                   if (mask := is_rep[np.searchsorted(ids, part)]).any())
-    for (query, found, d), part, vectors in _search(rep_queries, _searcher(store, device), margin, block):
-        found = reps[np.searchsorted(ids, found)]
-        other = found != query
-        nearest, lost = _nearest_per_query(*_once_per_query(query[other], found[other], d[other]))
+    if block < 1:
+        raise UsageError("block must be >= 1")
+    ids = store.ids()  # sorted: a position is a binary search, not a dict per hit
+    keys = _Keys(store, ids, block)
+    parts, kept_ids, kept_vectors, lost, done = [], [], [], [], 0
+    searching = (keys.read(start) for start in range(0, len(ids), block))
+    for (query, found, d), part, vectors in _search(searching, _searcher(store, device), margin, block):
+        at, found_at = np.searchsorted(ids, query), np.searchsorted(ids, found)
+        found_keys = keys.at(found_at)
+        same = (found_keys == keys.keys[at]).all(axis=1)
+        keys.copy[found_at[same & (found_at > at)]] = True
+        nearest, capped = _nearest_per_query(*_once_per_query(query[~same], found[~same], d[~same], found_keys[~same]))
         parts.append(nearest)
-        capped += lost
+        lost.append(capped)
         paired = np.isin(part, nearest[0])
         kept_ids.append(part[paired])
         kept_vectors.append(vectors[paired])
-        done += len(part)
-        if progress:
-            progress(done, total)
-    pairs = _unique_pairs(*(np.concatenate(c) for c in zip(*parts))) if parts else _unique_pairs(*_empty())
-    copies = _copies(ids, reps)
-    return _with_vectors(store, pairs, copies, kept_ids, kept_vectors, capped)
+        if progress and len(part):
+            done = int(np.searchsorted(ids, part[-1])) + 1
+            progress(done, len(ids))
+    if progress and done < len(ids):  # the last vectors were copies, which do not search
+        progress(len(ids), len(ids))
+    reps = keys.representatives()
+    rep = lambda x: reps[np.searchsorted(ids, x)]  # noqa: E731 - the representative of each id in x
+    i, j, d = (np.concatenate(c) for c in zip(*parts)) if parts else _empty()
+    pairs = _unique_pairs(rep(i), rep(j), d)
+    capped = np.unique(rep(np.concatenate([np.zeros(0, np.int64), *lost]))).size
+    return _with_vectors(store, pairs, _copies(ids, reps), [rep(k) for k in kept_ids], kept_vectors, capped)
 
 
 def _empty() -> Pairs:
@@ -202,15 +256,17 @@ def _copies(ids: np.ndarray, reps: np.ndarray) -> dict[int, np.ndarray]:
 
 def _with_vectors(store: Store, pairs: Pairs, copies: dict[int, np.ndarray], kept_ids: list[np.ndarray],
                   kept_vectors: list[np.ndarray], capped: int) -> ClosePairs:
-    """Sorted ids and vectors of every representative in a pair or with copies; only a missing one is read again."""
+    """Sorted ids and vectors of every representative in a pair or with copies; only a missing one is read again.
+
+    kept_ids may name one representative twice (its copy searched too, from a block read before it was known)."""
     ids = np.concatenate(kept_ids) if kept_ids else np.zeros(0, np.int64)
     vectors = np.concatenate(kept_vectors) if kept_vectors else np.zeros((0, store.dim), np.float32)
     wanted = np.union1d(np.concatenate(pairs[:2]), np.fromiter(copies, np.int64, len(copies)))
     missing = np.setdiff1d(wanted, ids)
     if missing.size:
         ids, vectors = np.concatenate([ids, missing]), np.concatenate([vectors, store.vectors(missing)[1]])
-    order = np.argsort(ids)
-    return ClosePairs(pairs, ids[order], vectors[order], copies, capped)
+    ids, first = np.unique(ids, return_index=True)
+    return ClosePairs(pairs, ids, vectors[first], copies, capped)
 
 
 def find_pairs(store: Store, margin: float, *, block: int = BLOCK) -> Pairs:

@@ -248,6 +248,14 @@ class Store:
         with disk_writes(self.path):
             self._write_manifest()
 
+    def repoint(self, root: Path, model_path: str | None) -> None:
+        """Record where the indexed folder and the model are now (rows are relative to the root: nothing else moves)."""
+        self._check_writing()
+        self._manifest.update(root=str(root), model=model_path)
+        self._rows.root = root
+        with disk_writes(self.path):
+            self._write_manifest()
+
     def _finish(self) -> None:
         """Lay out the kind the size calls for, rebuilt (new lists, fresh tuning) when n doubled or halved."""
         n, kind, built = len(self), self.kind, self._manifest["search"].get("n", 0)

@@ -158,8 +158,8 @@ def vector_folder():
         root.mkdir(parents=True)
         buf = io.BytesIO()
         Image.new("L", (1, 1)).save(buf, format="PNG")
-        for i in range(n):
-            (root / f"v{i:04d}.png").write_bytes(buf.getvalue())
+        for i in range(n):  # each file's bytes differ (a trailing number), or indexing would embed one for all
+            (root / f"v{i:04d}.png").write_bytes(buf.getvalue() + str(i).encode())
         return root
 
     return make

@@ -8,7 +8,7 @@ import siamsearch
 # The README's order: foundations, then folder → images → tensors → encoder → vectors → store → groups → report.
 ORDER = ("errors", "atomic", "config", "device", "images", "samples", "transforms", "pairs", "distributed", "devicedecode", "embed", "trainset",
          "model", "losses", "metrics", "calibration", "checkpoint", "train", "evaluate", "ann", "rows", "indexdir", "store", "indexing",
-         "search", "closepairs", "dedup", "moves", "report", "commands", "demo", "terminal", "cli")
+         "relocation", "search", "closepairs", "dedup", "moves", "report", "commands", "demo", "terminal", "cli")
 
 
 def imports_of(path: Path) -> set[str]:
