@@ -9,12 +9,15 @@ Appends one JSON line per measurement to --out; --table FILE prints such a file 
 
     .venv/bin/python scripts/bench_index.py --make 20000 --backbones resnet50,resnet18,efficientnet_lite0
     .venv/bin/python scripts/bench_index.py --make 96 --backbones resnet18 --precisions fp32,bf16 --device cpu
+    .venv/bin/python scripts/bench_index.py --make 24 --backbones efficientnet_lite0 --decode device \
+        --compare-decode efficientnet_lite0 --device cpu       # the device decoder's vectors against PIL's
     .venv/bin/python scripts/bench_index.py --table results.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -128,9 +131,10 @@ def end_to_end(paths: list[Path], folder: Path, path: Path, index: Path, args: a
             "images_per_s": round(report.added / seconds, 1)}
 
 
-def precision_error(fp32: Path, bf16: Path) -> dict:
-    """How far bf16 vectors are from fp32 ones of the same files, and the error of their pairwise distances."""
-    with Store.open(fp32) as a, Store.open(bf16) as b:
+def vector_error(reference: Path, other: Path) -> dict:
+    """How far the other index's vectors are from the reference's for the same files (bf16 from fp32, a device
+    decoder's from PIL's), and the error of their pairwise distances."""
+    with Store.open(reference) as a, Store.open(other) as b:
         by_path = {r.path: r.id for r in b.iter_rows()}
         rows = [(r.id, by_path[r.path]) for r in a.iter_rows() if r.path in by_path]
         x = a.vectors(np.array([i for i, _ in rows]))[1].astype(np.float64)
@@ -142,6 +146,15 @@ def precision_error(fp32: Path, bf16: Path) -> dict:
     return {"self_distance_median": float(np.median(self_d)), "self_distance_max": float(self_d.max()),
             "pair_error_median": float(np.median(err)), "pair_error_p99": float(np.quantile(err, 0.99)),
             "pair_distance_median": float(np.median(np.linalg.norm(x[i] - x[j], axis=1)))}
+
+
+def compare_decode(folder: Path, path: Path, tmp: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    """The folder indexed in fp32 with args.decode and with PIL: how far the decoders move the vectors."""
+    runtime = Runtime(device=str(device), workers=args.workers, amp=False, batch_size=args.batch_size)
+    for decode in (args.decode, "pil"):
+        index_folder(folder, tmp / f"decode-{decode}", path, rebuild=True,
+                     runtime=dataclasses.replace(runtime, decode=decode))[0].close()
+    return vector_error(tmp / "decode-pil", tmp / f"decode-{args.decode}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -168,8 +181,11 @@ def run(args: argparse.Namespace) -> None:
                 emit(args.out, row | {"what": "index, end to end"} | speed)
                 emit(args.out, row | {"what": "model only", "images_per_s": round(model_only(path, args, device, amp), 1)})
             if {"fp32", "bf16"} <= set(args.precisions.split(",")):
-                error = precision_error(Path(tmp) / f"index-{backbone}-fp32", Path(tmp) / f"index-{backbone}-bf16")
+                error = vector_error(Path(tmp) / f"index-{backbone}-fp32", Path(tmp) / f"index-{backbone}-bf16")
                 emit(args.out, {"what": "bf16 vs fp32", "backbone": backbone, "device": name} | error)
+            if backbone == args.compare_decode:
+                emit(args.out, {"what": f"decode {args.decode} vs pil", "backbone": backbone, "device": name}
+                     | compare_decode(folder, path, Path(tmp), args, device))
 
 
 def emit(out: Path | None, row: dict) -> None:
@@ -204,6 +220,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--decode", default="auto", help="auto, pil or device")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder")
+    ap.add_argument("--compare-decode", metavar="BACKBONE", help="also index in fp32 with --decode and with PIL, "
+                    "and report how far the vectors of this backbone are apart")
     ap.add_argument("--model-only-n", type=int, default=4096, help="images for the model-only figure")
     ap.add_argument("--out", type=Path, help="append the JSON lines here")
     ap.add_argument("--table", type=Path, help="print this results file as a Markdown table, and stop")

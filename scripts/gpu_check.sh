@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one go: the `cuda` tests, embedding throughput (`index` end to end and model only, bf16)
-# for resnet50, resnet18 and efficientnet_lite0 over a folder of JPEGs it makes, a short `train --amp` and
-# its `--resume`, then one summary table. About 4 minutes on an H200 (the bound is 8).
+# for resnet50, resnet18 and efficientnet_lite0 over a folder of JPEGs it makes, how far nvJPEG's vectors
+# are from PIL's, a short `train --amp` and its `--resume`, then one summary table. About 4-5 minutes on an
+# H200 by estimate (the bound is 8).
 # On a CPU it runs too, its CUDA tests skipped, so that CI can check it has not rotted:
 #
 #   bash scripts/gpu_check.sh                       # full sizes: 20,000 JPEGs of 0.5 MP at 224 px
@@ -29,10 +30,11 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 if [ "$QUICK" = 1 ]; then
-    JPEGS=48 MEGAPIXELS=0.05 SIZE=64 BATCH=16 MODEL_ONLY=64 BACKBONES=resnet18
+    JPEGS=48 MEGAPIXELS=0.05 SIZE=64 BATCH=16 MODEL_ONLY=64 BACKBONES=resnet18 COMPARE=resnet18
     TRAIN_FILES=24 TRAIN_ARGS=(--backbone small --image-size 32 --dim 16)
 else
     JPEGS=20000 MEGAPIXELS=0.5 SIZE=224 BATCH=256 MODEL_ONLY=8192 BACKBONES=resnet50,resnet18,efficientnet_lite0
+    COMPARE=efficientnet_lite0  # its vectors from nvJPEG's pixels against PIL's: the ImageNet weights notice
     TRAIN_FILES=4096 TRAIN_ARGS=(--backbone resnet18 --image-size 224)
 fi
 failed=0
@@ -70,7 +72,7 @@ step device "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_devi
 step cuda_tests "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
 step embedding "$PY" scripts/bench_index.py --folder "$WORK/jpegs" --make "$JPEGS" --megapixels "$MEGAPIXELS" \
     --backbones "$BACKBONES" --precisions bf16 --image-size "$SIZE" --batch-size "$BATCH" --model-only-n "$MODEL_ONLY" \
-    --out "$OUT/results.jsonl"
+    --compare-decode "$COMPARE" --out "$OUT/results.jsonl"
 mkdir -p "$WORK/train"
 find "$WORK/jpegs" -name '*.jpg' | sort | head -n "$TRAIN_FILES" | xargs -r cp -t "$WORK/train"
 step train_amp train_run 1 "train --amp"
