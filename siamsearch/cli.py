@@ -99,8 +99,7 @@ Include = Annotated[Optional[list[str]], typer.Option(help="Only files matching 
                                                            "style; repeatable). An index remembers it.")]
 Exclude = Annotated[Optional[list[str]], typer.Option(help="Skip files and folders matching this glob (repeatable). "
                                                            "An index remembers it.")]
-Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
-                                                                    "--amp also on CPUs with native bf16).")]
+Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 (default: an index's own; else CUDA only).")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -213,6 +212,7 @@ def index(
     workers: DecodeWorkers = None,
     device: Device = "auto",
     amp: Amp = None,
+    decode: Annotated[str, typer.Option(help="JPEG decoding: auto (on the GPU there), pil or device.")] = "auto",
     as_json: Json = False,
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
@@ -220,7 +220,7 @@ def index(
     with progress_bar("embedding") as progress:
         store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
                                    selection=Selection.of(include, exclude), progress=progress,
-                                   runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
+                                   runtime=with_overrides(Runtime(), locals()))  # device, workers, amp, decode...
     report_failures(done.failures)
     if as_json:
         facts = {"index": str(target), "count": len(store), "index_kind": store.kind, "approximate": store.approximate}

@@ -9,6 +9,9 @@ queries at a time. Two things keep memory bounded when a collection holds many c
     only a hit in a block not read yet is read early (its key kept);
   * each query keeps at most MAX_NEIGHBOURS nearest hits (the rest are counted as capped), and the
     block shrinks when hits are dense, so one search never returns more than about HITS_PER_BLOCK.
+
+With a torch device (device="cuda"), the range searches run as blocked distance matrices on it
+(DeviceSearch): FAISS on a GPU has no range search. The FAISS search on the CPU is its oracle.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .errors import ModelMismatchError, UsageError
 from .store import Store
@@ -28,6 +32,37 @@ HITS_PER_BLOCK = 4_000_000  # range-search hits one block may return, about (12 
 MAX_NEIGHBOURS = 1000  # hits a query keeps; more than that within a margin is a crowd, not duplicates
 Progress = Callable[[int, int], None]  # progress(done, total): stored vectors passed so far, of all there are
 KEY_SEED = 20240521  # seeds the fixed random multipliers of _keys: any value, the same in every run
+BASE_BLOCK = 65_536  # stored vectors per distance matrix on the device: BLOCK × BASE_BLOCK floats, 1 GiB
+
+
+class DeviceSearch:
+    """Every stored vector on a torch device, range-searched exactly by blocked distance matrices.
+
+    Answers like Store.range_search (for any index kind: it reads the stored vectors back), so close_pairs
+    runs unchanged on a GPU; on device="cpu" the same code is what the tests compare with FAISS.
+    """
+
+    def __init__(self, store: Store, device: torch.device | str) -> None:
+        self.dim, self.device = store.dim, torch.device(device)
+        self.ids, vectors = store.vectors()
+        self.base = torch.from_numpy(vectors).to(self.device)
+        self.norms = (self.base * self.base).sum(1)
+
+    @torch.inference_mode()
+    def range_search(self, vectors: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lims (Q+1,), distances (R,) float32, ids (R,) int64): each query's hits within radius, nearest first."""
+        q = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+        qn, hits = (q * q).sum(1), [(torch.zeros(0, dtype=torch.int64, device=self.device),) * 2
+                                    + (torch.zeros(0, device=self.device),)]
+        for start in range(0, len(self.base), BASE_BLOCK):
+            base = self.base[start:start + BASE_BLOCK]
+            squared = (qn[:, None] + self.norms[start:start + BASE_BLOCK][None] - 2 * q @ base.T).clamp_(min=0)
+            rows, cols = torch.nonzero(squared <= float(radius) ** 2, as_tuple=True)
+            hits.append((rows, cols + start, squared[rows, cols]))
+        rows, cols, squared = (torch.cat(c).cpu().numpy() for c in zip(*hits))
+        order = np.lexsort((squared, rows))
+        lims = np.r_[0, np.cumsum(np.bincount(rows, minlength=len(q)))].astype(np.int64)
+        return lims, np.sqrt(squared[order]).astype(np.float32), self.ids[cols[order]].astype(np.int64)
 
 
 @dataclass
@@ -106,7 +141,15 @@ class _Keys:
         return reps
 
 
-def _search(queries: Iterator[tuple[np.ndarray, np.ndarray]], index: Store, margin: float,
+Searchable = Store | DeviceSearch  # what answers range searches: FAISS on the CPU, or torch on a device
+
+
+def _searcher(store: Store, device: torch.device | str | None) -> Searchable:
+    """The store itself, or its vectors on `device` for a blocked search there."""
+    return store if device is None else DeviceSearch(store, device)
+
+
+def _search(queries: Iterator[tuple[np.ndarray, np.ndarray]], index: Searchable, margin: float,
             block: int) -> Iterator[tuple[Pairs, np.ndarray, np.ndarray]]:
     """Range-search (ids, vectors) query rows in blocks sized to the hits seen so far: (hits, ids, vectors)."""
     size = min(block, 256)
@@ -122,7 +165,7 @@ def _search(queries: Iterator[tuple[np.ndarray, np.ndarray]], index: Store, marg
         yield _range(index, pending_ids, pending, margin, size, block)[0], pending_ids, pending
 
 
-def _range(index: Store, ids: np.ndarray, vectors: np.ndarray, margin: float, size: int,
+def _range(index: Searchable, ids: np.ndarray, vectors: np.ndarray, margin: float, size: int,
            block: int) -> tuple[Pairs, int]:
     """One range search, and the next block size: what keeps the next one near HITS_PER_BLOCK hits."""
     lims, distances, found = index.range_search(vectors, margin)
@@ -159,10 +202,12 @@ def unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
     return i[first], j[first], d[first]
 
 
-def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Progress | None = None) -> ClosePairs:
+def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Progress | None = None,
+                device: torch.device | str | None = None) -> ClosePairs:
     """The pairs of distinct stored vectors within margin, exact copies collapsed, each vector read once.
 
     On approximate kinds a pair counts when either image finds the other, which recovers some misses.
+    device: search by blocked distances on this torch device (exact on every kind); None: FAISS.
     progress(done, total) is called after each block searched with the stored vectors passed so far.
     """
     if block < 1:
@@ -171,7 +216,7 @@ def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Pr
     keys = _Keys(store, ids, block)
     parts, kept_ids, kept_vectors, lost, done = [], [], [], [], 0
     searching = (keys.read(start) for start in range(0, len(ids), block))
-    for (query, found, d), part, vectors in _search(searching, store, margin, block):
+    for (query, found, d), part, vectors in _search(searching, _searcher(store, device), margin, block):
         at, found_at = np.searchsorted(ids, query), np.searchsorted(ids, found)
         found_keys = keys.at(found_at)
         same = (found_keys == keys.keys[at]).all(axis=1)
@@ -255,7 +300,8 @@ def check_same_model(store: Store, other: Store) -> None:
                                  f"({store.fingerprint[:12]} and {other.fingerprint[:12]}); re-index one with the other's")
 
 
-def find_cross_pairs(store: Store, other: Store, margin: float, *, block: int = BLOCK) -> Pairs:
+def find_cross_pairs(store: Store, other: Store, margin: float, *, block: int = BLOCK,
+                     device: torch.device | str | None = None) -> Pairs:
     """Every (image of store, image of other) pair within margin, each image's nearest MAX_NEIGHBOURS at most.
 
     Returns:
@@ -265,5 +311,6 @@ def find_cross_pairs(store: Store, other: Store, margin: float, *, block: int = 
         ModelMismatchError: the two indexes were built by different models.
     """
     check_same_model(store, other)
-    parts = [_nearest_per_query(*hits)[0] for hits, _, _ in _search(_blocks(store, block), other, margin, block)]
+    parts = [_nearest_per_query(*hits)[0]
+             for hits, _, _ in _search(_blocks(store, block), _searcher(other, device), margin, block)]
     return tuple(np.concatenate(c) for c in zip(*parts)) if parts else _empty()  # type: ignore[return-value]

@@ -270,12 +270,13 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "complete",
-                    keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None) -> DedupResult:
+                    keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None,
+                    device: str | None = None) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; the biggest groups first (_by_size).
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
     when its distance to the kept file is within margin, else it is for review. progress(done, total)
-    follows the search (siamsearch.closepairs.close_pairs).
+    follows the search (siamsearch.closepairs.close_pairs); device: a torch device ("cuda") to search on.
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
@@ -283,7 +284,7 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     review = _margins(margin, review_margin)
     _check_choice(linkage, LINKAGES, "linkage")
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
-    found = close_pairs(store, review, block=block, progress=progress)
+    found = close_pairs(store, review, block=block, progress=progress, device=device)
     rows = _rows_with_copies(store, found)
     groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
                       for ids, vectors in _expanded_groups(found, review, linkage)])
@@ -340,14 +341,14 @@ def _identical_group(copies: list[Row], keep: str) -> Group:
 
 
 def find_duplicates_in(store: Store, other: Store, margin: float, review_margin: float | None = None, *,
-                       block: int = BLOCK) -> CrossResult:
+                       block: int = BLOCK, device: str | None = None) -> CrossResult:
     """Images of store with a duplicate in other, by path then distance: e.g. test images leaked into training.
 
     Raises:
         ModelMismatchError: the indexes were built by different models. DedupError: bad margins.
     """
     review = _margins(margin, review_margin)
-    i, j, d = find_cross_pairs(store, other, review, block=block)
+    i, j, d = find_cross_pairs(store, other, review, block=block, device=device)
     mine, theirs = store.rows(i), other.rows(j)
     pairs = [CrossPair(a.path, b.path, float(dist), _status(float(dist), margin))
              for a, b, dist in zip(mine, theirs, d.tolist())]

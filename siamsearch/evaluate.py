@@ -16,7 +16,7 @@ import numpy as np
 from . import metrics
 from .calibration import CALIBRATION_KEYS, distance_tails, purpose_of
 from .checkpoint import Checkpoint, load_encoder, update_model_file
-from .device import resolve_device
+from .device import precision, resolve_device
 from .embed import Progress, embed_paths
 from .errors import NotFoundError, UsageError
 from .images import Failure, Selection, identity_of, scan_images
@@ -177,7 +177,8 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
     purpose = purpose_of(data.ckpt.calibration, data.ckpt.train and data.ckpt.train.self_supervised)
     calibration = ({k: found[k] for k in CALIBRATION_KEYS}
                    | {"tails": distance_tails(data.vectors, data.labels, seed, groups), "purpose": purpose,
-                      "source": f"calibrate:{data.root}", "pairs": int(found["pairs"]), "group_depth": group_depth})
+                      "source": f"calibrate:{data.root}", "pairs": int(found["pairs"]), "group_depth": group_depth,
+                      "precision": precision(resolve_device(device))})
     update_model_file(Path(model_path), calibration=calibration)
     return calibration
 

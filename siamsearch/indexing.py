@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .checkpoint import CheckpointError, load_encoder, model_with
 from .config import Runtime, to_dict
-from .device import resolve_device
+from .device import amp_for, precision, resolve_device
 from .embed import EmbedResult, Progress, embed_batches
-from .errors import NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
+from .errors import ModelMismatchError, NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
 from .images import Failure, Scan, Selection, identity_of, scan_images
 from .indexdir import INDEX, LOCK, MANIFEST, ROWS
 from .rows import NewRow, Row
@@ -136,6 +137,7 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     if model_file is None:
         raise CheckpointError("a new or rebuilt broken index needs a model: pass --model MODEL.pt")
     model, ckpt = load_encoder(Path(model_file))
+    device = resolve_device(runtime.device)
     if selection is None:
         selection = store.selection if store is not None else Selection()
     if store is None or rebuild:
@@ -143,12 +145,31 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
             store.close()
         store = Store.create(index_dir, dim=ckpt.encoder.dim, fingerprint=ckpt.fingerprint,
                              encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
-                             root=image_dir, index_kind=kind, overwrite=rebuild)
+                             root=image_dir, index_kind=kind, overwrite=rebuild,
+                             precision=precision(device, runtime.amp))
     store.check_model(ckpt.fingerprint)
     embed = partial(embed_batches, model, ckpt.preprocess, batch_size=runtime.batch_size, workers=runtime.workers,
-                    device=resolve_device(runtime.device), amp=runtime.amp)
+                    device=device, amp=index_amp(store, device, runtime.amp), decode=runtime.decode,
+                    compile=runtime.compile)
     return store, sync(store, embed, rebuild=rebuild, prune=prune, verify=verify, selection=selection,
                        commit_every=commit_every, progress=progress)
+
+
+def index_amp(store: Store, device: torch.device, amp: bool | None) -> bool | None:
+    """The amp that embeds in the precision the index records (its own when amp is None), so that a vector
+    of a file searched for is the one stored: distance 0 to itself, wherever the index was made.
+
+    Raises:
+        ModelMismatchError: amp asks for another precision than the index's (or this device cannot give it).
+    """
+    if store.precision is None:  # an index from before precisions were kept
+        return amp
+    wanted = amp_for(store.precision) if amp is None else amp
+    if precision(device, wanted) != store.precision:
+        raise ModelMismatchError(f"{store.path} holds {store.precision} vectors; on {device.type} with "
+                                 f"{'--amp' if wanted else '--no-amp'} they would be {precision(device, wanted)}: "
+                                 f"leave --amp/--no-amp out, or rebuild the index with --rebuild")
+    return wanted
 
 
 def _existing(index_dir: Path, rebuild: bool) -> Store | None:

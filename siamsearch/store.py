@@ -82,8 +82,10 @@ class Store:
     @classmethod
     def create(cls, path: Path | str, *, dim: int, fingerprint: str, encoder: dict[str, Any],
                model_path: str | None, root: Path | str, index_kind: str = "auto",
-               overwrite: bool = False) -> Store:
+               overwrite: bool = False, precision: str | None = None) -> Store:
         """Make an empty index for dim-d vectors of one encoder; overwrite replaces an existing one, even a broken one.
+
+        precision: what the vectors are embedded in (siamsearch.device.precision), kept for queries and updates.
 
         Raises:
             IndexExistsError: path already holds an index and overwrite is False.
@@ -105,7 +107,7 @@ class Store:
             manifest = {"format_version": FORMAT_VERSION, "root": str(Path(root).resolve()), "model": model_path,
                         "fingerprint": fingerprint, "encoder": encoder, "metric": "l2", "dim": dim,
                         "index_kind": kind_of(index), "requested_kind": index_kind, "search": {},
-                        "count": 0, "created": stamp, "updated": stamp}
+                        "count": 0, "created": stamp, "updated": stamp, "precision": precision}
             write_json(path / MANIFEST, manifest)
         return cls(path)
 
@@ -312,6 +314,11 @@ class Store:
     def root(self) -> Path:
         """The indexed folder; row paths are relative to it."""
         return Path(self._manifest["root"])
+
+    @property
+    def precision(self) -> str | None:
+        """The precision the vectors were embedded in ("fp32", "bf16", "fp16"); None for an index made before it was kept."""
+        return self._manifest.get("precision")
 
     @property
     def fingerprint(self) -> str:

@@ -115,6 +115,18 @@ def in_loopback_namespace(cmd: list[str]) -> list[str]:
     return ["unshare", "-n", "sh", "-c", 'ip link set lo up; exec "$@"', "sh", *cmd]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked cuda are skipped, with the reason, where no CUDA GPU is (scripts/gpu_check.sh runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def run_cli(*args: object) -> Result:
     """Invoke the siamsearch CLI in-process with every argument as a string."""
     from siamsearch.cli import app

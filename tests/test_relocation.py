@@ -11,13 +11,13 @@ import siamsearch.embed as embed_mod
 
 def count_embedded(monkeypatch) -> list[int]:
     """The size of every batch the encoder embeds, in order."""
-    real, sizes = embed_mod.embed_tensors, []
+    real, sizes = embed_mod.forward, []
 
     def counting(model, batch, *args, **kwargs):
         sizes.append(len(batch))
         return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(embed_mod, "embed_tensors", counting)
+    monkeypatch.setattr(embed_mod, "forward", counting)  # every batch goes through it
     return sizes
 
 

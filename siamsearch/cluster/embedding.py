@@ -64,7 +64,8 @@ def decode_batch(batch: dict[str, np.ndarray], root: str, size: int, channels: i
     pixels = np.zeros((len(paths), channels, size, size), np.uint8)
     out: dict[str, list] = {name: [] for name in ROW_FIELDS}
     for i, path in enumerate(paths):
-        _, views, (width, height), reason = images[i]
+        item = images[i]
+        views, (width, height), reason = item.views, item.size, item.reason
         try:
             st = path.stat()
         except OSError as exc:
