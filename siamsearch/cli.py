@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .calibration import FALSE_PAIRS_PER_1000
+from .cluster.cli import app as cluster_app
 from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths
 from .config import (
     AUGMENT_PRESETS,
@@ -85,6 +86,7 @@ class Commands(TyperGroup):
 
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
                   help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
+app.add_typer(cluster_app, name="cluster")  # Ray and pyarrow load only when one of its commands runs
 
 # Options several commands share, declared once.
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
@@ -114,7 +116,6 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
     """Train a Siamese image encoder, index image folders, find neighbours and duplicates."""
     console.quiet = quiet or not is_main(os.environ)  # under torchrun, rank 0 alone speaks
     err.quiet = console.quiet
-
 
 
 @app.command()
@@ -297,20 +298,16 @@ def dedup(
         "wrong pairs per 1,000 images of this index)."))] = None,
     false_pairs: Annotated[float, typer.Option(min=0.0, help="Wrong pairs per 1,000 images the default margin "
                                                              "may expect.")] = FALSE_PAIRS_PER_1000,
-    review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
-                                                                "are formed with it.")] = None,
+    review_margin: Annotated[Optional[float], typer.Option(help="Wider 'review' band; groups are formed with it.")] = None,
     linkage: Annotated[str, typer.Option(help="complete (all members within the review margin of each other) "
                                               "or single (pairs chain: members chained beyond --margin show "
                                               "as review).")] = "complete",
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
-    against: Annotated[Optional[Path], typer.Option(help="Another index: images of this one with a duplicate "
-                                                         "there.")] = None,
-    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative "
-                                                         "paths.")] = None,
+    against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
+    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
-    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page of "
-                                                                      "the groups.")] = None,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="--html shows only the N biggest groups.")] = None,
     identical_only: Annotated[bool, typer.Option(help="Only byte-identical files, by the content hashes the index "
                                                       "stores: no model, no vectors.")] = False,

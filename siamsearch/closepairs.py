@@ -193,7 +193,7 @@ def _nearest_per_query(query: np.ndarray, found: np.ndarray, d: np.ndarray) -> t
     return (query[keep], found[keep], d[keep]), np.unique(query[~keep])
 
 
-def _unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
+def unique_pairs(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> Pairs:
     """Each unordered pair once (i < j), at its smallest distance, sorted by (i, j)."""
     i, j = np.minimum(i, j), np.maximum(i, j)
     order = np.lexsort((d, j, i))
@@ -235,7 +235,7 @@ def close_pairs(store: Store, margin: float, *, block: int = BLOCK, progress: Pr
     reps = keys.representatives()
     rep = lambda x: reps[np.searchsorted(ids, x)]  # noqa: E731 - the representative of each id in x
     i, j, d = (np.concatenate(c) for c in zip(*parts)) if parts else _empty()
-    pairs = _unique_pairs(rep(i), rep(j), d)
+    pairs = unique_pairs(rep(i), rep(j), d)
     capped = np.unique(rep(np.concatenate([np.zeros(0, np.int64), *lost]))).size
     return _with_vectors(store, pairs, _copies(ids, reps), [rep(k) for k in kept_ids], kept_vectors, capped)
 
@@ -286,7 +286,7 @@ def find_pairs(store: Store, margin: float, *, block: int = BLOCK) -> Pairs:
     for same in found.copies.values():
         i, j = np.triu_indices(len(same), 1)
         parts.append((same[i], same[j], np.zeros(len(i), np.float32)))
-    return _unique_pairs(*(np.concatenate(c) for c in zip(*parts)))
+    return unique_pairs(*(np.concatenate(c) for c in zip(*parts)))
 
 
 def check_same_model(store: Store, other: Store) -> None:

@@ -178,6 +178,7 @@ class Store:
         Raises:
             StoreLockedError: another process is writing to this index.
         """
+        self._check_not_ondisk("`siamsearch index` cannot add to it; build it again with `siamsearch cluster index`")
         with locked(self.path):
             self._writing = True
             try:
@@ -186,6 +187,16 @@ class Store:
                 self._finish()
             finally:
                 self._writing = False
+
+    def _check_not_ondisk(self, consequence: str) -> None:
+        """Refuse what an index merged on disk by `siamsearch cluster index` cannot do (no vectors to read back).
+
+        Raises:
+            UsageError: this index keeps its inverted lists on disk.
+        """
+        if self._manifest.get("ondisk"):
+            raise UsageError(f"{self.path} was built by `siamsearch cluster index` (lists on disk, read-only); "
+                             f"{consequence}")
 
     def _check_writing(self) -> None:
         """Refuse writes outside writing(): without the lock two processes could interleave commits."""
@@ -382,6 +393,7 @@ class Store:
         Returns:
             (ids (N,) int64, all of them sorted when ids is None; vectors (N, D) float32).
         """
+        self._check_not_ondisk("it keeps no vectors to read back: run `siamsearch cluster dedup` on its embeddings")
         ids = self.ids() if ids is None else np.asarray(ids, dtype=np.int64).ravel()
         return ids, reconstruct(self._index, ids)
 

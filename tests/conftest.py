@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,21 @@ def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "m.pt"
     save_model(path, build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32)))
     return path
+
+
+@cache
+def loopback_only() -> str | None:
+    """Why a multi-process test cannot run here (None when it can): it needs `unshare -n` (root) to keep to loopback."""
+    try:
+        done = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare -n is not available ({exc})"
+    return None if done.returncode == 0 else f"unshare -n is not permitted: {done.stderr.decode().strip()}"
+
+
+def in_loopback_namespace(cmd: list[str]) -> list[str]:
+    """cmd run inside a new network namespace whose only interface is loopback: no traffic leaves the machine."""
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up; exec "$@"', "sh", *cmd]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
