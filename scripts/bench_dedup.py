@@ -4,11 +4,12 @@ Vectors are bench_search's clustered unit vectors (about 1,000 per cluster) in w
 near-duplicates are planted: copies of one vector with noise of norm 0.02-0.1, so their distances stay
 below the margin while unrelated neighbours in a cluster sit above 0.5.
 
-The store is built through the real code path: Store.create, then siamsearch.indexing.sync over one empty
-placeholder file per vector with an embedding stream that returns that vector (no image is decoded). The sync commits
-in growing chunks and lays out the kind `auto` picks at that size (ivf from 200,000 vectors), tuned as
-usual. The build runs in a child process, so the peak RSS printed for dedup (that of the parent: the
-vectors it generated, then dedup) does not count the build's.
+The store is built through the real code path: Store.create, then siamsearch.indexing.sync over one tiny
+placeholder file per vector (its number as content: byte-identical files would be embedded once) with an
+embedding stream that returns that vector (no image is decoded). The sync commits in growing chunks and
+lays out the kind `auto` picks at that size (ivf from 200,000 vectors), tuned as usual. The build runs
+in a child process, so the peak RSS printed for dedup (that of the parent: the vectors it generated, then
+dedup) does not count the build's.
 
 Then, at --dense-n vectors (a flat store), find_pairs is timed against the way popular dedup packages
 do it, a dense similarity matrix `sims = X @ X.T` thresholded, and both must find the same pairs.
@@ -82,7 +83,7 @@ def build(work: Path, npy: Path) -> dict:
         if k % PER_FOLDER == 0:
             folder = root / f"{k // PER_FOLDER:04d}"
             folder.mkdir(parents=True)
-        (folder / f"{k:07d}.png").touch()
+        (folder / f"{k:07d}.png").write_bytes(b"%d" % k)  # distinct bytes: identical files are embedded once
     files_s = time.perf_counter() - start
     store = Store.create(work / "index", dim=dim, fingerprint="bench", encoder={}, model_path=None, root=root)
     report = sync(store, ArrayEmbed(npy))

@@ -6,8 +6,9 @@ The test folder holds each test original and one copy of it per samples.COPIES k
 brighter, grayscale, rotated, a half-area crop with a caption): groups of 8. The copies recipe
 (config.RECIPES["copies"], what `siamsearch train --self-supervised` uses) trains self-supervised for --minutes
 on tiles of the training photos and --leaves procedural dead-leaves images; no test photo and no copy is seen.
-calibrate() on labelled copies of the whole training photos and of other dead-leaves images (CALIBRATION_IMAGES
-identities: over 300,000 pairs of distinct images) writes thresholds and distance tails into the model file; the
+calibrate(group_depth=1) on labelled copies of the training photos whole and of their tiles (131 identities, one
+group per photo: about 490,000 pairs of distinct images across photos) writes thresholds and distance tails into
+the model file; the
 test folder is indexed and grouped by find_duplicates at commands.default_margin, the margin `siamsearch dedup`
 uses without --margin (expected false pairs within 1 per 1,000 indexed images), complete linkage; for
 comparison, also at the balanced calibrated margin (best F1 on the calibration pairs), which ignores the size of
@@ -15,7 +16,8 @@ the index. The frozen-trunk row is the recipe's encoder before any training (Ima
 linear projection at its seeded random initialisation, which keeps distances roughly, as a random projection
 does), calibrated and scored the same way. phash (64 bits) pairs images within PHASH_BITS bits, imagededup's
 default for phash. --distractors N adds N more dead-leaves images (distinct by construction, none a copy of a
-photo) to a second index of the test folder.
+photo) to a second index of the test folder, scored with the model calibrated as above (on photos) and again
+calibrated also on copies of CALIBRATION_LEAVES other dead-leaves images, as a collection made mostly of them needs.
 
 Scores are pairwise: true pairs are all pairs of one group; predicted pairs are the pairs of files sharing a
 dedup group (kept file and duplicates), or within the phash threshold. The columns by kind are the fraction of
@@ -62,7 +64,8 @@ from siamsearch.train import train
 EXTRA_PHOTOS = ("gravel", "colorwheel")  # sample photos the demo leaves out, real material for a benchmark
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
 LEAVES = 1000  # procedural images (siamsearch.samples) beside the 300 photo tiles
-CALIBRATION_IMAGES = 100  # x 8 files: over 100,000 pairs of distinct images for the distance tails
+CALIBRATION_LEAVES = 90  # dead-leaves identities in the calibration for an index of dead-leaves distractors
+CALIBRATION_GRIDS = (1, 2, 3)  # calibration identities: each training photo whole and cut 2x2 and 3x3, 14 each
 PHASH_BITS = 10  # imagededup's default max_distance_threshold for its phash
 Pair = tuple[str, str]  # two file names, sorted
 
@@ -105,20 +108,29 @@ def build_training(names: list[str], folder: Path, leaves: int, seed: int) -> Pa
     return folder
 
 
-def build_calibration(names: list[str], folder: Path, seed: int) -> Path:
-    """Labelled copies of each whole training photo and of dead-leaves images, CALIBRATION_IMAGES identities in all.
+def build_calibration(names: list[str], folder: Path, seed: int, leaves: int = 0) -> Path:
+    """Labelled copies of each training photo whole and of its CALIBRATION_GRIDS tiles: folder/<photo>/<tile>/;
+    with `leaves`, copies of that many dead-leaves images too, each its own group (folder/leaves_<i>/leaves/).
 
-    Every two identities are distinct images. Tiles of one photo are not: the 3x3 tiles of gravel lie closer to
-    one another than most copies do to their originals, and a handful of such pairs sets the low tail, which
-    the default margin reads, for the whole collection.
+    Every tile is an identity and every photo a group (`calibrate --group-depth 1`): two tiles of one photo are
+    distinct images, but the 3x3 tiles of gravel lie closer to one another than most copies do to their
+    originals, and distinct photos of a collection are not like that; so only pairs across photos count as
+    distinct. Dead leaves stay out: the procedural images are far more alike than distinct photos are, and a
+    handful of their pairs would set the low tail, which the default margin reads, for the whole collection,
+    unless the collection is made of them too (--distractors).
     """
     sources = folder.with_name(folder.name + "_sources")
-    (sources / "photos").mkdir(parents=True)
     for name in names:
-        sample_photo(name).save(sources / "photos" / f"{name}.png")
-    write_dead_leaves(sources / "leaves", CALIBRATION_IMAGES - len(names), side=192, seed=seed + 2000)
-    originals = sorted((sources / "photos").glob("*.png")) + sorted((sources / "leaves").glob("*.png"))
-    return build_copies(originals, folder, count=len(originals), seed=seed)
+        img = sample_photo(name)
+        for grid in CALIBRATION_GRIDS:
+            (sources / name / f"grid{grid}").mkdir(parents=True)
+            save_tiles(img, name, sources / name / f"grid{grid}", grid)
+        tiles = sorted((sources / name).glob("grid*/*.png"))
+        build_copies(tiles, folder / name, count=len(tiles), seed=seed)
+    for i, leaf in enumerate(sorted(write_dead_leaves(sources / "leaves", leaves, side=192, seed=seed + 2000).iterdir())
+                             if leaves else ()):
+        build_copies([leaf], folder / f"leaves_{i:03d}", count=1, seed=seed)
+    return folder
 
 
 def pair(a: str, b: str) -> Pair:
@@ -173,10 +185,10 @@ def recipe(args: argparse.Namespace) -> tuple[EncoderConfig, TrainConfig]:
 
 
 def calibrated(model: Path, copies: Path, seed: int) -> None:
-    """calibrate() on the labelled copies of training tiles: thresholds and distance tails into the model file."""
-    cal = calibrate(copies, model, target_precision=0.999, workers=0, device="cpu", seed=seed)
-    print(f"{model.name} calibrated on copies of the training photos and dead leaves "
-          f"({cal['tails']['different_pairs']:,} pairs of distinct images): best-F1 distance "
+    """calibrate(group_depth=1) on a build_calibration folder: thresholds and distance tails into the model file."""
+    cal = calibrate(copies, model, target_precision=0.999, workers=0, device="cpu", seed=seed, group_depth=1)
+    print(f"{model.name} calibrated on {copies.name} ({cal['tails']['different_pairs']:,} pairs of distinct images, "
+          f"across groups): best-F1 distance "
           f"{cal['threshold_best_f1']:.4f} (F1 {cal['best_f1']:.3f})")
 
 
@@ -264,6 +276,11 @@ def main() -> None:
         folder = with_distractors(data / "test", data / "test_distractors", args.distractors, args.seed)
         rows += siamsearch_rows(f"copies recipe + {args.distractors} distractors", folder,
                                 work / "index_distractors", work / "copies.pt", photos, balanced=False)
+        shutil.copy(work / "copies.pt", work / "copies_leaves.pt")  # the same weights, calibrated like the collection
+        calibrated(work / "copies_leaves.pt", build_calibration(train_names, data / "calibration_leaves", args.seed,
+                                                                 CALIBRATION_LEAVES), args.seed)
+        rows += siamsearch_rows(f"+ {args.distractors} distractors, calibrated with leaves", folder,
+                                work / "index_distractors_leaves", work / "copies_leaves.pt", photos, balanced=False)
     print(f"\npairwise scores on {len(files)} test files; by kind: recall of (original, copy) pairs")
     print_table(rows)
     print(f"total {(time.perf_counter() - t0) / 60:.1f} min (load average {os.getloadavg()[0]:.1f})")

@@ -82,13 +82,17 @@ def build_index(kind: str, ids: np.ndarray, vectors: np.ndarray, *, target: floa
     order = np.random.default_rng(seed).permutation(n)
     held, rest = np.sort(order[:min(TUNE_QUERIES, n // 10)]), np.sort(order[min(TUNE_QUERIES, n // 10):])
     if not index.is_trained:
-        size = max(TRAIN_PER_LIST * index.nlist, 256 * 39 if kind == "ivfpq" else 0)
-        index.train(vectors[np.sort(order[:size])])
+        index.train(vectors[np.sort(order[:train_size(index)])])
     base_ids, base = ids[rest], vectors[rest]
     index.add_with_ids(base, base_ids)
     tuning = tune_index(index, base_ids, base, vectors[held], target=target)
     index.add_with_ids(vectors[held], ids[held])
     return index, {**tuning, "n": n}
+
+
+def train_size(index: faiss.Index) -> int:
+    """How many vectors an IVF kind trains on: TRAIN_PER_LIST per list (and 256 × 39 for PQ's codebooks)."""
+    return max(TRAIN_PER_LIST * index.nlist, 256 * 39 if kind_of(index) == "ivfpq" else 0)
 
 
 # ---- tuning --------------------------------------------------------------------------------------
@@ -109,11 +113,23 @@ def tune_index(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, queries
         {"setting": "efSearch" or "nprobe", "value": the chosen one, "recall": its recall@k},
         or {} for flat and when there is nothing to tune on.
     """
-    setting = search_setting(index)
-    if setting is None or not len(queries) or not len(vectors):
+    if search_setting(index) is None or not len(queries) or not len(vectors):
         return {}
     k = min(k, len(vectors))
     truth = ids[faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), vectors, k)[1]]
+    return tune_to_truth(index, queries, truth, target=target)
+
+
+def tune_to_truth(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, *,
+                  target: float = TARGET_RECALL) -> dict[str, Any]:
+    """tune_index given the true k nearest ids of each query, (Q, k) int64, however they were found.
+
+    siamsearch.cluster finds them shard by shard; tune_index over the vectors it holds.
+    """
+    setting = search_setting(index)
+    if setting is None or not len(queries):
+        return {}
+    queries, k = np.ascontiguousarray(queries, dtype=np.float32), truth.shape[1]
     chosen, best = setting[1], -1.0
     for value in _candidates(index):
         set_search_setting(index, value)

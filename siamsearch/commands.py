@@ -32,6 +32,7 @@ from .errors import CorruptIndexError, NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, evaluate
 from .images import Failure, Selection, scan_images
 from .indexdir import ROWS, read_manifest
+from .indexing import found_model
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
 from .recipes import Choice, choose, with_options
 from .rows import RowTable
@@ -41,16 +42,17 @@ from .train import Observer, TrainResult, train
 
 
 def model_calibration(store: Store) -> dict[str, Any]:
-    """The calibration (with its "purpose") of the model file the index names.
+    """The calibration (with its "purpose") of the model that built the index (siamsearch.indexing.found_model).
 
     Raises:
         DedupError: no model file, not the model that built the index, or no calibration in it.
     """
-    model = store.info().get("model")
-    if not model:
-        raise DedupError(f"{store.path} names no model file to read a calibrated margin from; pass --margin")
+    model = found_model(store)
+    if model is None:
+        raise DedupError(f"the model that built {store.path} is neither where its manifest says nor next to the "
+                         "index, to read a calibrated margin from; pass --margin")
     try:
-        fingerprint, calibration = read_calibration(Path(model))
+        fingerprint, calibration = read_calibration(model)
     except CheckpointError as exc:
         raise DedupError(f"{exc}; pass --margin") from None
     if fingerprint != store.fingerprint:
@@ -127,8 +129,8 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
     if csv_file is not None:
         run.written.append(report.write_csv(csv_file, run.result.FIELDS, run.result.records()))
     if html_file is not None:
-        groups = sorted(run.result.to_dict()["groups"], key=lambda g: -len(g["members"]))  # stable: ties keep order
-        run.written.append(report.dedup_page(groups, html_file, root=run.result.root, limit=html_limit))
+        run.written.append(report.dedup_page(run.result.to_dict()["groups"], html_file, root=run.result.root,
+                                             limit=html_limit))
     if move_to is not None:
         run.plan = plan_moves(run.result, move_to)
         run.moved = apply_moves(run.plan) if yes else None

@@ -260,10 +260,12 @@ class Runtime:
 
     device: str = "auto"  # auto: CUDA when present, else CPU
     workers: int | None = None  # decode workers; None: the consumer's default (embedding: cores - 1;
-    # training: 0, decoding in the main process, as its images are decoded once into memory)
+    # training: cores - 1 on a GPU, 0 on a CPU, whose cores run the model)
     amp: bool | None = None  # mixed precision; None: on CUDA only
     batch_size: int = 64  # images per embedding batch
     cache_gb: float = 4.0  # training decodes its images into memory up to this size
+    decode: str = "auto"  # embedding's JPEG decoding: auto (on the device when it is a GPU), pil or device
+    compile: bool = False  # torch.compile the encoder for embedding: pays on a GPU for large collections
 
 
 def parse_unfreeze(spec: list[str]) -> tuple[tuple[int, tuple[str, ...]], ...]:

@@ -27,7 +27,7 @@ from .errors import UsageError
 from .rows import Row
 from .store import Store
 
-Status = Literal["duplicate", "review", "identical"]  # identical: same bytes (content hash), no model
+Status = Literal["duplicate", "review", "identical"]  # identical: the same bytes (content hash and size)
 MAX_DISTANCE = 2.0  # Euclidean distance of opposite unit vectors
 LINKAGES = ("single", "complete")
 KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
@@ -159,6 +159,11 @@ def _status(distance: float, margin: float) -> Status:
     return "duplicate" if distance <= margin else "review"
 
 
+def _same_bytes(a: Row, b: Row) -> bool:
+    """True when both rows record the same content hash and size: the files are byte-identical."""
+    return a.sha256 is not None and (a.sha256, a.size) == (b.sha256, b.size)
+
+
 # ---- groups --------------------------------------------------------------------------------------
 
 
@@ -234,12 +239,16 @@ def choose_keep(rows: Sequence[Row], policy: str) -> Row:
 
 
 def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) -> Group:
-    """One group: the kept file, the others by distance to it with their status, the largest inner distance."""
+    """One group: the kept file, the others by distance to it with their status, the largest inner distance.
+
+    A member with the kept file's bytes is "identical" at distance 0, whatever its vector (an older index embedded
+    each copy itself)."""
     kept = min(rows, key=KEEP_ORDER[keep])
     k = rows.index(kept)
     distances = np.linalg.norm(vectors.astype(np.float64) - vectors[k], axis=1)
-    members = [Member(row, float(dist), _status(float(dist), margin))
-               for n, (row, dist) in enumerate(zip(rows, distances)) if n != k]
+    members = [Member(row, 0.0, "identical") if _same_bytes(row, kept) else
+               Member(row, dist, _status(dist, margin)) for n, (row, dist) in enumerate(zip(rows, distances.tolist()))
+               if n != k]
     members.sort(key=lambda m: (m.distance, m.path))
     distinct = np.unique(vectors, axis=0)  # copies of one vector add nothing to the diameter
     return Group(kept, max_distance(distinct, distinct), members)
@@ -250,7 +259,7 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
     shown: dict[int, int] = {}  # id → group number, for kept files and their duplicates
     for n, g in enumerate(groups):
         shown[g.keep.id] = n
-        shown.update((m.row.id, n) for m in g.members if m.status == "duplicate")
+        shown.update((m.row.id, n) for m in g.members if m.status != "review")
     hidden = [CrossPair(rows[a].path, rows[b].path, float(d), "duplicate")
               for a, b, d in zip(*(column.tolist() for column in pairs))
               if d <= margin and (shown.get(a, -1) != shown.get(b, -2))]
@@ -261,12 +270,13 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "complete",
-                    keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None) -> DedupResult:
-    """Groups of duplicate images in one index, each with the file to keep; groups ordered by that file.
+                    keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None,
+                    device: str | None = None) -> DedupResult:
+    """Groups of duplicate images in one index, each with the file to keep; the biggest groups first (_by_size).
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
     when its distance to the kept file is within margin, else it is for review. progress(done, total)
-    follows the search (siamsearch.closepairs.close_pairs).
+    follows the search (siamsearch.closepairs.close_pairs); device: a torch device ("cuda") to search on.
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
@@ -274,13 +284,18 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     review = _margins(margin, review_margin)
     _check_choice(linkage, LINKAGES, "linkage")
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
-    found = close_pairs(store, review, block=block, progress=progress)
+    found = close_pairs(store, review, block=block, progress=progress, device=device)
     rows = _rows_with_copies(store, found)
-    groups = [_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
-              for ids, vectors in _expanded_groups(found, review, linkage)]
-    groups.sort(key=lambda g: g.keep.path)
+    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
+                      for ids, vectors in _expanded_groups(found, review, linkage)])
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
                        _hidden_pairs(found.pairs, margin, groups, rows), found.capped)
+
+
+def _by_size(groups: list[Group]) -> list[Group]:
+    """The one order of groups in the table, CSV, JSON and HTML (so group numbers agree): biggest first, then by
+    the kept file's path."""
+    return sorted(groups, key=lambda g: (-len(g.members), g.keep.path))
 
 
 def _rows_with_copies(store: Store, found: ClosePairs) -> dict[int, Row]:
@@ -313,8 +328,7 @@ def find_identical(rows: Iterable[Row], root: Path, keep: str = "largest") -> De
             unchecked += 1
         else:
             same[(row.sha256, row.size)].append(row)
-    groups = [_identical_group(copies, keep) for copies in same.values() if len(copies) > 1]
-    groups.sort(key=lambda g: g.keep.path)
+    groups = _by_size([_identical_group(copies, keep) for copies in same.values() if len(copies) > 1])
     pairs = sum(len(g.members) * (len(g.members) + 1) // 2 for g in groups)
     return DedupResult(root, 0.0, 0.0, False, groups, pairs, unchecked=unchecked)
 
@@ -327,14 +341,14 @@ def _identical_group(copies: list[Row], keep: str) -> Group:
 
 
 def find_duplicates_in(store: Store, other: Store, margin: float, review_margin: float | None = None, *,
-                       block: int = BLOCK) -> CrossResult:
+                       block: int = BLOCK, device: str | None = None) -> CrossResult:
     """Images of store with a duplicate in other, by path then distance: e.g. test images leaked into training.
 
     Raises:
         ModelMismatchError: the indexes were built by different models. DedupError: bad margins.
     """
     review = _margins(margin, review_margin)
-    i, j, d = find_cross_pairs(store, other, review, block=block)
+    i, j, d = find_cross_pairs(store, other, review, block=block, device=device)
     mine, theirs = store.rows(i), other.rows(j)
     pairs = [CrossPair(a.path, b.path, float(dist), _status(float(dist), margin))
              for a, b, dist in zip(mine, theirs, d.tolist())]

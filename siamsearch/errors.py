@@ -65,3 +65,7 @@ class PruneRefusedError(StoreError, RefusedError):
 
 class StoreWriteError(StoreError, OSError):
     """Writing an index failed (a full disk); the commit order left what is on disk consistent."""
+
+
+class RelocateRefusedError(StoreError, RefusedError):
+    """The folder an index is pointed at does not hold the files it indexed (siamsearch.relocation)."""

@@ -16,10 +16,10 @@ import numpy as np
 from . import metrics
 from .calibration import CALIBRATION_KEYS, distance_tails, purpose_of
 from .checkpoint import Checkpoint, load_encoder, update_model_file
-from .device import resolve_device
+from .device import precision, resolve_device
 from .embed import Progress, embed_paths
 from .errors import NotFoundError, UsageError
-from .images import Failure, identity_of, scan_images
+from .images import Failure, Selection, identity_of, scan_images
 from .pairs import group_of, split_folder
 
 
@@ -82,10 +82,12 @@ def held_out_images(found: list[Path], root: Path, ckpt: Checkpoint) -> list[Pat
 
 
 def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False, device: str = "auto",
-                   workers: int | None = None, batch_size: int = 64, progress: Progress | None = None) -> Labelled:
+                   workers: int | None = None, batch_size: int = 64, progress: Progress | None = None,
+                   selection: Selection | None = None) -> Labelled:
     """Embed every labelled image of a folder with a model file; bad files are collected, not fatal.
 
-    held_out: only the identities that training held out (data_dir must be the training folder).
+    held_out: only the identities that training held out (data_dir must be the training folder, chosen with
+    the selection training used). selection: the files to use, like index and train (and .siamsearchignore).
 
     Raises:
         FileNotFoundError: no such folder. ValueError: fewer than 2 identities or no identity
@@ -96,7 +98,7 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bo
         raise NotFoundError(f"no such folder: {root}")
     dev = resolve_device(device)
     model, ckpt = load_encoder(Path(model_path), dev)
-    scan = scan_images(root)
+    scan = scan_images(root, selection or Selection())
     found = held_out_images(scan.images, root, ckpt) if held_out else scan.images
     labelled = [p for p in found if identity_of(p, root) is not None]
     emb = embed_paths(model, ckpt.preprocess, labelled, batch_size=batch_size, workers=workers, device=dev,
@@ -132,7 +134,7 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
              episodes: int = 400, episode_group_depth: int | None = None, target_precision: float = 0.99,
              seed: int = 0, device: str = "auto",
              workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
-             progress: Progress | None = None) -> EvalResult:
+             progress: Progress | None = None, selection: Selection | None = None) -> EvalResult:
     """Retrieval, verification and N-way one-shot metrics of a model on an identity folder.
 
     Every image queries all others for P@1, recall@1/5/10, R-precision and MAP@R. Verification uses
@@ -141,12 +143,13 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
     held_out: measure only the identities training held out (data_dir = the training folder).
     episode_group_depth: draw each episode's identities from one folder this many levels down (1: one
     alphabet, as Omniglot's official runs); None: the model's --val-group-depth with held_out, else 0.
+    selection: the files to use (see embed_labelled).
 
     Raises:
         FileNotFoundError, ValueError (see embed_labelled), CheckpointError.
     """
     data = embed_labelled(data_dir, model_path, held_out=held_out, device=device, workers=workers,
-                          batch_size=batch_size, progress=progress)
+                          batch_size=batch_size, progress=progress, selection=selection)
     emb, labels = data.vectors, data.labels
     i, j, same = metrics.sample_pairs(labels, max_pairs, seed)  # sampled once: metrics and plots share them
     distances = metrics.pair_distances(emb, i, j)
@@ -176,23 +179,48 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
 
 def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision: float = 0.99,
               target_recall: float = metrics.TARGET_RECALL, seed: int = 0, device: str = "auto",
-              workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
-              progress: Progress | None = None) -> dict[str, Any]:
+              workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64, group_depth: int = 0,
+              progress: Progress | None = None, selection: Selection | None = None) -> dict[str, Any]:
     """Recompute the duplicate thresholds on the user's labelled data and store them in the model file.
 
     The weights (and so the fingerprint, and every index built with the model) stay the same; only
-    the calibration that dedup uses by default is replaced.
+    the calibration that dedup uses by default is replaced. selection: the files to use (see embed_labelled).
+    With group_depth g, identities that share their first g folders form a group (tiles of one photo:
+    distinct images, but not what a collection's distinct photos look like), and pairs within a group are
+    left out of the different pairs.
 
     Returns:
         The new calibration: CALIBRATION_KEYS, "tails" (siamsearch.calibration), the model's "purpose",
-        "source" ("calibrate:<folder>") and "pairs".
+        "source" ("calibrate:<folder>"), "pairs" and "group_depth".
     """
     data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,
-                          progress=progress)
+                          progress=progress, selection=selection)
+    groups = identity_groups(data.labels, group_depth)
     found = metrics.verification_metrics(data.vectors, data.labels, max_pairs=max_pairs, seed=seed,
-                                         target_precision=target_precision, target_recall=target_recall)
+                                         target_precision=target_precision, target_recall=target_recall,
+                                         groups=groups)
+    purpose = purpose_of(data.ckpt.calibration, data.ckpt.train and data.ckpt.train.self_supervised)
     calibration = ({k: found[k] for k in CALIBRATION_KEYS}
-                   | {"tails": distance_tails(data.vectors, data.labels, seed), "purpose": purpose_of(data.ckpt.calibration, data.ckpt.train and data.ckpt.train.self_supervised),
-                      "source": f"calibrate:{data.root}", "pairs": int(found["pairs"])})
+                   | {"tails": distance_tails(data.vectors, data.labels, seed, groups), "purpose": purpose,
+                      "source": f"calibrate:{data.root}", "pairs": int(found["pairs"]), "group_depth": group_depth,
+                      "precision": precision(resolve_device(device))})
     update_model_file(Path(model_path), calibration=calibration)
     return calibration
+
+
+def identity_groups(labels: np.ndarray, depth: int) -> np.ndarray | None:
+    """Each identity's first `depth` folders, its group; None for depth 0 (every identity its own group).
+
+    Raises:
+        UsageError: the identities are not that deep, or fewer than 2 groups remain to pair.
+    """
+    if depth <= 0:
+        return None
+    parts = [label.split("/") for label in labels]
+    if min(len(p) for p in parts) <= depth:
+        raise UsageError(f"--group-depth {depth} needs identities at least {depth + 1} folders deep "
+                         f"(<group>/.../<identity>/image); found {labels[0]!r}")
+    groups = np.array(["/".join(p[:depth]) for p in parts])
+    if len(np.unique(groups)) < 2:
+        raise UsageError(f"--group-depth {depth} leaves one group only: no pair of distinct images to measure")
+    return groups

@@ -6,6 +6,10 @@ files are embedded in one stream (one DataLoader, one worker pool) and committed
 as the stream fills them, so an interrupted run keeps its work and the next run carries on. Unchanged
 files keep their ids; unreadable files are reported, and tried again next time.
 
+Byte-identical files are embedded once: a file to embed whose size another file shares is hashed first, and
+one with the content of an indexed file takes that file's stored vector, one with the content of another
+new file waits for that file's. Each still gets its own row (dedup reports them "identical").
+
 Files that seem gone may only be out of sight (an unmounted disk leaves an empty folder): a run refuses
 to drop rows when the root holds no images, when a folder or link under it could not be read, or when
 more than MAX_PRUNE_SHARE of the rows would go, unless told prune=True.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from .checkpoint import CheckpointError, load_encoder
+from .checkpoint import CheckpointError, load_encoder, model_with
 from .config import Runtime, to_dict
-from .device import resolve_device
+from .device import amp_for, precision, resolve_device
 from .embed import EmbedResult, Progress, embed_batches
-from .errors import NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
+from .errors import ModelMismatchError, NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
 from .images import Failure, Scan, Selection, identity_of, scan_images
 from .indexdir import INDEX, LOCK, MANIFEST, ROWS
 from .rows import NewRow, Row
@@ -44,33 +50,63 @@ MAX_PRUNE_SHARE = 0.5  # a run that would drop more of the rows than this refuse
 EmbedStream = Callable[[Sequence[Path]], Iterable[EmbedResult]]  # files → their embedded batches, in order
 Stamp = tuple[Path, int, int]  # (absolute path, size, mtime_ns)
 Embedded = tuple[str, np.ndarray | None, tuple[int, int], Failure | None]  # (relative path, vector, (w, h), failure)
+Content = tuple[str, int]  # (hex SHA-256, size): files with the same are byte-identical
 
 
 @dataclass
 class SyncReport:
-    """What a run did; updated files were re-embedded because their size, mtime or (verified) content changed."""
+    """What a run did; updated files were re-embedded because their size, mtime or (verified) content changed.
+
+    embedded counts the files the encoder saw: the other added and updated files are byte-identical copies
+    that took the vector of a file with the same content.
+    """
 
     added: int = 0
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    embedded: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON summary of a run: counts, seconds and the skipped files with their reasons."""
         return {"added": self.added, "updated": self.updated, "removed": self.removed, "unchanged": self.unchanged,
-                "seconds": round(self.seconds, 3), "failures": [f.to_dict() for f in self.failures]}
+                "embedded": self.embedded, "seconds": round(self.seconds, 3),
+                "failures": [f.to_dict() for f in self.failures]}
+
+
+@dataclass
+class Todo:
+    """The files a run stores: their stamps, the paths that replace a row, the hashes known, who copies whom."""
+
+    files: dict[str, Stamp]
+    changed: set[str]
+    hashes: dict[str, str | None]  # content hashes taken before embedding (of files whose size another shares)
+    copies: dict[str, list[str]] = field(default_factory=dict)  # an embedded path → paths with its bytes
 
 
 def model_of(store: Store, model_path: Path | str | None) -> Path:
-    """The model to use with an index: the one given, else the one recorded in its manifest."""
-    if model_path is not None:
-        return Path(model_path)
+    """The model to use with an index: the one given, else the one that built it (found_model).
+
+    Raises:
+        CheckpointError: none given, and none found.
+    """
+    found = Path(model_path) if model_path is not None else found_model(store)
+    if found is None:
+        raise CheckpointError(f"the model that built {store.path} is neither where its manifest says nor next to "
+                              "the index; pass --model")
+    return found
+
+
+def found_model(store: Store) -> Path | None:
+    """The model that built an index: where its manifest says, else the file with its fingerprint next to the
+    index folder or one level up (an index that moved with its model); None when neither has it."""
     recorded = store.info().get("model")
-    if not recorded:
-        raise CheckpointError(f"{store.path} records no model file; pass --model")
-    return Path(recorded)
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    near = store.path.resolve().parent
+    return model_with(store.fingerprint, [near, near.parent], [Path(recorded).name] if recorded else [])
 
 
 def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path | str | None = None, *,
@@ -95,11 +131,13 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     if store is None or rebuild:
         _check_folder(index_dir)
     if store is not None and not rebuild and store.root != image_dir:
-        raise StoreError(f"{index_dir} indexes {store.root}, not {image_dir}; pass another --index or --rebuild")
+        raise StoreError(f"{index_dir} indexes {store.root}, not {image_dir}; if the folder moved, run siamsearch "
+                         f"relocate --index {index_dir} {image_dir}; else pass another --index or --rebuild")
     model_file = model_of(store, model_path) if store is not None else model_path
     if model_file is None:
         raise CheckpointError("a new or rebuilt broken index needs a model: pass --model MODEL.pt")
     model, ckpt = load_encoder(Path(model_file))
+    device = resolve_device(runtime.device)
     if selection is None:
         selection = store.selection if store is not None else Selection()
     if store is None or rebuild:
@@ -107,12 +145,31 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
             store.close()
         store = Store.create(index_dir, dim=ckpt.encoder.dim, fingerprint=ckpt.fingerprint,
                              encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
-                             root=image_dir, index_kind=kind, overwrite=rebuild)
+                             root=image_dir, index_kind=kind, overwrite=rebuild,
+                             precision=precision(device, runtime.amp))
     store.check_model(ckpt.fingerprint)
     embed = partial(embed_batches, model, ckpt.preprocess, batch_size=runtime.batch_size, workers=runtime.workers,
-                    device=resolve_device(runtime.device), amp=runtime.amp)
+                    device=device, amp=index_amp(store, device, runtime.amp), decode=runtime.decode,
+                    compile=runtime.compile)
     return store, sync(store, embed, rebuild=rebuild, prune=prune, verify=verify, selection=selection,
                        commit_every=commit_every, progress=progress)
+
+
+def index_amp(store: Store, device: torch.device, amp: bool | None) -> bool | None:
+    """The amp that embeds in the precision the index records (its own when amp is None), so that a vector
+    of a file searched for is the one stored: distance 0 to itself, wherever the index was made.
+
+    Raises:
+        ModelMismatchError: amp asks for another precision than the index's (or this device cannot give it).
+    """
+    if store.precision is None:  # an index from before precisions were kept
+        return amp
+    wanted = amp_for(store.precision) if amp is None else amp
+    if precision(device, wanted) != store.precision:
+        raise ModelMismatchError(f"{store.path} holds {store.precision} vectors; on {device.type} with "
+                                 f"{'--amp' if wanted else '--no-amp'} they would be {precision(device, wanted)}: "
+                                 f"leave --amp/--no-amp out, or rebuild the index with --rebuild")
+    return wanted
 
 
 def _existing(index_dir: Path, rebuild: bool) -> Store | None:
@@ -177,22 +234,56 @@ def _sync(store: Store, embed: EmbedStream, rebuild: bool, prune: bool, verify: 
     known = {row.path: row for row in store.iter_rows()}
     keep = set() if rebuild else _unchanged(files, known, verify)
     todo = sorted(path for path in files if path not in keep)
-    changed = {path for path in todo if path in known}
+    changed, kept = {path for path in todo if path in known}, [known[path] for path in keep]
     report = SyncReport(removed=len(known) - len(keep) - len(changed), unchanged=len(keep), failures=failures)
     if report.removed and not prune:
         _check_pruning(report.removed, len(known), scan, files, store.root)
     store.remove([row.id for path, row in known.items() if path not in keep])
-    progress(0, len(todo))
-    relative, pending, done = {files[path][0]: path for path in todo}, [], 0
-    for batch in embed([files[path][0] for path in todo]) if todo else ():
-        pending.extend(_per_file(batch, relative))
+    work = Todo(files, changed, _hashes(todo, files, kept))
+    pending, embed_now = _plan_copies(store, todo, work, kept)
+    report.embedded, relative, done = len(embed_now), {files[path][0]: path for path in embed_now}, len(pending)
+    progress(done, len(todo))
+    for batch in embed([files[path][0] for path in embed_now]) if embed_now else ():
+        entries = _per_file(batch, relative, work)
+        pending.extend(entries)
         while len(pending) >= (size := max(commit_every, int(COMMIT_GROWTH * len(store)))):
-            _commit(store, pending[:size], files, changed, report)
+            _commit(store, pending[:size], work, report)
             pending = pending[size:]
-        done += len(batch.paths) + len(batch.failures)
+        done += len(entries)
         progress(done, len(todo))
-    _commit(store, pending, files, changed, report)
+    _commit(store, pending, work, report)
     return report
+
+
+def _hashes(todo: list[str], files: dict[str, Stamp], kept: list[Row]) -> dict[str, str | None]:
+    """Content hashes of the files to embed that may have a byte-identical twin: one that shares its size."""
+    sizes = Counter(files[path][1] for path in todo) + Counter(row.size for row in kept)
+    return {path: file_sha256(files[path][0]) for path in todo if sizes[files[path][1]] > 1}
+
+
+def _plan_copies(store: Store, todo: list[str], work: Todo, kept: list[Row]) -> tuple[list[Embedded], list[str]]:
+    """(entries of the copies of indexed files, with their stored vectors; the paths to embed) for todo.
+
+    A path with the content of an indexed file takes its vector; one with the content of an earlier path
+    waits for that path's (work.copies); the others are embedded.
+    """
+    indexed = {(row.sha256, row.size): row for row in kept if row.sha256 is not None}
+    first: dict[Content, str] = {}
+    reused: list[tuple[str, Row]] = []
+    embed_now = []
+    for path in todo:
+        content = (work.hashes.get(path), work.files[path][1])
+        if content[0] is None:
+            embed_now.append(path)
+        elif content in indexed:
+            reused.append((path, indexed[content]))
+        elif content in first:
+            work.copies.setdefault(first[content], []).append(path)
+        else:
+            first[content] = path
+            embed_now.append(path)
+    vectors = store.vectors([row.id for _, row in reused])[1]
+    return [(path, v, (row.width, row.height), None) for (path, row), v in zip(reused, vectors)], embed_now
 
 
 def _stamps(scan: Scan, root: Path) -> tuple[dict[str, Stamp], list[Failure]]:
@@ -259,25 +350,28 @@ def _check_pruning(gone: int, known: int, scan: Scan, files: dict[str, Stamp], r
                             "if they are really gone, run again with --prune")
 
 
-def _per_file(batch: EmbedResult, relative: dict[Path, str]) -> list[Embedded]:
-    """A batch as one entry per file, in the order asked for (sorted by relative path), so chunks cut anywhere."""
-    good = [(relative[p], v, wh, None) for p, v, wh in zip(batch.paths, batch.vectors, batch.sizes, strict=True)]
+def _per_file(batch: EmbedResult, relative: dict[Path, str], work: Todo) -> list[Embedded]:
+    """A batch as one entry per file and per copy of it, sorted by relative path, so chunks cut anywhere."""
+    good = [(path, v, wh, None) for p, v, wh in zip(batch.paths, batch.vectors, batch.sizes, strict=True)
+            for path in (relative[p], *work.copies.get(relative[p], ()))]
     bad = [(relative[f.path], None, (0, 0), f) for f in batch.failures]
+    bad += [(path, None, (0, 0), Failure(work.files[path][0], f.reason)) for f in batch.failures
+            for path in work.copies.get(relative[f.path], ())]
     return sorted(good + bad, key=lambda entry: entry[0])
 
 
-def _commit(store: Store, chunk: list[Embedded], files: dict[str, Stamp], changed: set[str],
-            report: SyncReport) -> None:
+def _commit(store: Store, chunk: list[Embedded], work: Todo, report: SyncReport) -> None:
     """Store one chunk: a row per readable file from its stamp and hash; count it in the report."""
     good = [(path, vector, wh) for path, vector, wh, failure in chunk if failure is None]
     report.failures.extend(failure for *_, failure in chunk if failure is not None)
-    rows = [NewRow(path, identity_of(files[path][0], store.root), *files[path][1:], *wh, file_sha256(files[path][0]))
+    rows = [NewRow(path, identity_of(work.files[path][0], store.root), *work.files[path][1:], *wh,
+                   work.hashes[path] if path in work.hashes else file_sha256(work.files[path][0]))
             for path, _, wh in good]
     vectors = np.stack([vector for _, vector, _ in good]) if good else np.zeros((0, store.dim), np.float32)
     for row, row_id in zip(rows, store.add(rows, vectors)):
         if row_id < 0:
-            report.failures.append(Failure(files[row.path][0], "embedding is not finite"))
-        elif row.path in changed:
+            report.failures.append(Failure(work.files[row.path][0], "embedding is not finite"))
+        elif row.path in work.changed:
             report.updated += 1
         else:
             report.added += 1

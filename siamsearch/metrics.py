@@ -360,7 +360,8 @@ def one_shot_accuracy(emb: np.ndarray, labels: np.ndarray, ways: int = 20, episo
 
 
 def verification_metrics(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000, seed: int = 0,
-                         target_precision: float = 0.99, target_recall: float = TARGET_RECALL) -> dict[str, float]:
+                         target_precision: float = 0.99, target_recall: float = TARGET_RECALL,
+                         groups: np.ndarray | None = None) -> dict[str, float]:
     """Everything a verification report needs from one seeded pair sample, as plain floats for JSON.
 
     Args:
@@ -370,11 +371,17 @@ def verification_metrics(emb: np.ndarray, labels: np.ndarray, max_pairs: int = 2
         seed: pair sample seed.
         target_precision: precision the `threshold_at_precision` threshold must reach.
         target_recall: fraction of same pairs within the `threshold_at_recall` threshold.
+        groups: (N,) optional; two identities of one group (tiles of one photo, shots of one scene) may
+            look alike without being copies, so their pairs count as neither same nor different.
 
     Returns:
         See pair_metrics.
     """
     i, j, same = sample_pairs(labels, max_pairs, seed)
+    if groups is not None:
+        groups = np.asarray(groups)
+        keep = same | (groups[i] != groups[j])
+        i, j, same = i[keep], j[keep], same[keep]
     return pair_metrics(pair_distances(emb, i, j), same, target_precision, target_recall)
 
 

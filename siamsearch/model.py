@@ -203,13 +203,18 @@ class Encoder(nn.Module):
         self.head = _head(cfg, self.backbone.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised images → (B, dim) float32 unit vectors."""
+        """(B, C, H, W) normalised images → (B, dim) float32 unit vectors.
+
+        Under autocast only the trunk runs in bf16: its pooled features go to the head in fp32, so the
+        rounding left in a vector is the trunk's alone (siamsearch.device, the precision rule).
+        """
         if self.cfg.standardize:
             x = F.instance_norm(x, eps=1e-4)
         if self.cfg.backbone != "small" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale into an RGB backbone
-        z = self.head(self.pool(self.backbone(x)))
-        return F.normalize(z.float(), dim=1)
+        features = self.pool(self.backbone(x)).float()
+        with torch.autocast(x.device.type, enabled=False):  # the head and the norm in fp32 whatever the trunk ran in
+            return F.normalize(self.head(features), dim=1)
 
     def train(self, mode: bool = True) -> "Encoder":
         """Like nn.Module.train, but BatchNorm layers whose weights are frozen keep their statistics."""

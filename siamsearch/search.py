@@ -21,7 +21,7 @@ from .config import Runtime
 from .device import resolve_device
 from .embed import embed_paths
 from .images import Failure, Scan, scan_images
-from .indexing import model_of
+from .indexing import index_amp, model_of
 from .model import Encoder
 from .store import Store
 
@@ -58,6 +58,7 @@ class Searcher:
         """Check the model built the index; resolve the device once, as every query runs on it."""
         store.check_model(ckpt.fingerprint)
         self.device = resolve_device(runtime.device)
+        self.amp = index_amp(store, self.device, runtime.amp)  # queries embed in the index's precision
         self.store, self.model, self.ckpt, self.runtime = store, model.to(self.device), ckpt, runtime
 
     @classmethod
@@ -89,7 +90,8 @@ class Searcher:
         scans = [scan_images(p) if Path(p).is_dir() else Scan([Path(p)]) for p in paths]
         files = [f for scan in scans for f in scan.images]
         result = embed_paths(self.model, self.ckpt.preprocess, files, batch_size=self.runtime.batch_size,
-                             workers=self.runtime.workers, device=self.device, amp=self.runtime.amp)
+                             workers=self.runtime.workers, device=self.device, amp=self.amp,
+                             decode=self.runtime.decode)
         queries = [p.resolve() for p in result.paths]
         hits = self.query_vectors(result.vectors, k, margin, queries if exclude_self else None)
         failures = [f for scan in scans for f in scan.failures] + result.failures  # a folder's links and FIFOs too

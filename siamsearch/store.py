@@ -82,8 +82,10 @@ class Store:
     @classmethod
     def create(cls, path: Path | str, *, dim: int, fingerprint: str, encoder: dict[str, Any],
                model_path: str | None, root: Path | str, index_kind: str = "auto",
-               overwrite: bool = False) -> Store:
+               overwrite: bool = False, precision: str | None = None) -> Store:
         """Make an empty index for dim-d vectors of one encoder; overwrite replaces an existing one, even a broken one.
+
+        precision: what the vectors are embedded in (siamsearch.device.precision), kept for queries and updates.
 
         Raises:
             IndexExistsError: path already holds an index and overwrite is False.
@@ -105,7 +107,7 @@ class Store:
             manifest = {"format_version": FORMAT_VERSION, "root": str(Path(root).resolve()), "model": model_path,
                         "fingerprint": fingerprint, "encoder": encoder, "metric": "l2", "dim": dim,
                         "index_kind": kind_of(index), "requested_kind": index_kind, "search": {},
-                        "count": 0, "created": stamp, "updated": stamp}
+                        "count": 0, "created": stamp, "updated": stamp, "precision": precision}
             write_json(path / MANIFEST, manifest)
         return cls(path)
 
@@ -176,6 +178,7 @@ class Store:
         Raises:
             StoreLockedError: another process is writing to this index.
         """
+        self._check_not_ondisk("`siamsearch index` cannot add to it; build it again with `siamsearch cluster index`")
         with locked(self.path):
             self._writing = True
             try:
@@ -184,6 +187,16 @@ class Store:
                 self._finish()
             finally:
                 self._writing = False
+
+    def _check_not_ondisk(self, consequence: str) -> None:
+        """Refuse what an index merged on disk by `siamsearch cluster index` cannot do (no vectors to read back).
+
+        Raises:
+            UsageError: this index keeps its inverted lists on disk.
+        """
+        if self._manifest.get("ondisk"):
+            raise UsageError(f"{self.path} was built by `siamsearch cluster index` (lists on disk, read-only); "
+                             f"{consequence}")
 
     def _check_writing(self) -> None:
         """Refuse writes outside writing(): without the lock two processes could interleave commits."""
@@ -246,6 +259,14 @@ class Store:
         with disk_writes(self.path):
             self._write_manifest()
 
+    def repoint(self, root: Path, model_path: str | None) -> None:
+        """Record where the indexed folder and the model are now (rows are relative to the root: nothing else moves)."""
+        self._check_writing()
+        self._manifest.update(root=str(root), model=model_path)
+        self._rows.root = root
+        with disk_writes(self.path):
+            self._write_manifest()
+
     def _finish(self) -> None:
         """Lay out the kind the size calls for, rebuilt (new lists, fresh tuning) when n doubled or halved."""
         n, kind, built = len(self), self.kind, self._manifest["search"].get("n", 0)
@@ -293,6 +314,11 @@ class Store:
     def root(self) -> Path:
         """The indexed folder; row paths are relative to it."""
         return Path(self._manifest["root"])
+
+    @property
+    def precision(self) -> str | None:
+        """The precision the vectors were embedded in ("fp32", "bf16", "fp16"); None for an index made before it was kept."""
+        return self._manifest.get("precision")
 
     @property
     def fingerprint(self) -> str:
@@ -367,6 +393,7 @@ class Store:
         Returns:
             (ids (N,) int64, all of them sorted when ids is None; vectors (N, D) float32).
         """
+        self._check_not_ondisk("it keeps no vectors to read back: run `siamsearch cluster dedup` on its embeddings")
         ids = self.ids() if ids is None else np.asarray(ids, dtype=np.int64).ravel()
         return ids, reconstruct(self._index, ids)
 

@@ -21,6 +21,7 @@ from rich.text import Text
 from .calibration import calibrated_margin, collection_margin
 from .closepairs import MAX_NEIGHBOURS
 from .commands import DedupRun, EvalRun
+from .config import RECIPE_HELP, RECIPES
 from .dedup import CrossResult, DedupResult
 from .embed import Progress as EmbedProgress
 from .images import Failure
@@ -115,14 +116,14 @@ class TrainProgress:
         self.out.print("  ".join(f"{k} {fmt(record[k])}" for k in self.columns if k in record))
 
 
-def print_recipes(recipes: dict[str, tuple[Any, Any]], notes: dict[str, str]) -> None:
+def print_recipes() -> None:
     """train --recipe list: each recipe's main fields and what it is for."""
     table = Table("recipe", "backbone", "input", "loss", "budget", "for", title="train --recipe NAME (auto: chosen "
                   "from the folder)")
-    for name, (enc, cfg) in recipes.items():
+    for name, (enc, cfg) in RECIPES.items():
         budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs"
         trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
-        table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss, budget, notes.get(name, ""))
+        table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss, budget, RECIPE_HELP.get(name, ""))
     console.print(table)
 
 

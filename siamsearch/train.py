@@ -18,14 +18,14 @@ from . import metrics
 from .calibration import CALIBRATION_KEYS, distance_tails
 from .checkpoint import damaged, load_checkpoint, load_resume, save_model, save_resume, update_model_file
 from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
-from .device import autocast, resolve_device
+from .device import autocast, precision, resolve_device, train_workers
 from .distributed import World
 from .embed import embed_tensors
 from .errors import RefusedError, UsageError
 from .images import Failure, Selection
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
-from .trainset import TrainData, decode_workers, load_data, sampler_for, train_batches, val_views
+from .trainset import TrainData, load_data, sampler_for, train_batches, val_views
 from .transforms import augment_batch, normalize, train_load_size
 
 PROGRESS_EVERY = 20  # batches between loss reads for the progress bar: each read waits for the GPU
@@ -105,12 +105,14 @@ def _score(record: dict[str, Any], self_supervised: bool = False) -> float:
     return (0.0 if math.isnan(one_shot) else one_shot) + 1e-3 * record.get("p_at_1", 0.0)
 
 
-def _calibration(record: dict[str, Any], tails: dict[str, Any] | None, purpose: str) -> dict[str, Any]:
-    """What dedup's default margin comes from, of the best validation epoch: thresholds, distance tails, purpose."""
+def _calibration(record: dict[str, Any], tails: dict[str, Any] | None, purpose: str, precision: str) -> dict[str, Any]:
+    """What dedup's default margin comes from, of the best validation epoch: thresholds, distance tails, purpose,
+    and the precision its vectors were embedded in (the device's precision rule)."""
     if "threshold_best_f1" not in record:
         return {}
     return ({k: record[k] for k in CALIBRATION_KEYS if k in record}
-            | {"tails": tails or {}, "purpose": purpose, "source": "validation", "epoch": record["epoch"]})
+            | {"tails": tails or {}, "purpose": purpose, "source": "validation", "epoch": record["epoch"],
+               "precision": precision})
 
 
 def _lr_factor(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
@@ -146,8 +148,7 @@ class _Stepper:
         self.optimizer, self.clock, self.accumulate = optimizer, clock, cfg.accumulate
         self.total = cfg.epochs * batches_per_epoch // cfg.accumulate
         self.done = (start_epoch - 1) * batches_per_epoch // cfg.accumulate
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"
-                                           and not torch.cuda.is_bf16_supported())  # fp16 needs loss scaling
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision(device, amp) == "fp16")  # needs loss scaling
 
     def backward(self, loss: torch.Tensor, batch: int) -> None:
         """Add this batch's gradient; after the epoch's `accumulate`-th, `2×accumulate`-th… batch, step."""
@@ -314,7 +315,7 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
     data = _load(root, run, runtime, obs, selection)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
-    best, stopped, calibration = _loop(run, data, out, device, amp, decode_workers(runtime), obs, world)
+    best, stopped, calibration = _loop(run, data, out, device, amp, train_workers(runtime.workers, device), obs, world)
     if best is not None and world.main:  # the best file gets the whole history, for training curves
         update_model_file(out, history=run.history)
     return TrainResult(out, run.fingerprint, run.history, best, calibration, data.failures, stopped,
@@ -346,11 +347,11 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             obs.epoch_start(epoch, len(sampler))
             loss_sum, batches, seen, shown, t0 = torch.zeros((), device=device), 0, 0, math.nan, time.perf_counter()
             for batches, (images, labels) in enumerate(train_batches(data.train, sampler, load, enc.channels, workers,
-                                                                     data.failures), 1):
+                                                                     data.failures, device.type == "cuda"), 1):
                 x = augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen)
                 with autocast(device, amp):
                     emb = net(normalize(x, pre).contiguous(memory_format=torch.channels_last))
-                loss = loss_fn(*world.gather(emb.float(), labels.to(device)))
+                loss = loss_fn(*world.gather(emb.float(), labels.to(device, non_blocking=True)))
                 stepper.backward(loss, batches - 1)
                 loss_sum += loss.detach()  # on the device: reading it waits for the GPU, so only now and then
                 seen += len(labels)
@@ -366,7 +367,7 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             tails = record.pop("tails", None)
             run.history.append(record)
             if best is None or score(record) > score(best):
-                best, calibration = record, _calibration(record, tails, purpose)
+                best, calibration = record, _calibration(record, tails, purpose, precision(device, amp))
                 run.fingerprint = save_model(out, model, cfg, run.history, calibration) if world.main else None
             obs.epoch_end(record)
             if world.main:

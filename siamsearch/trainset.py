@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .config import EncoderConfig, Runtime, TrainConfig
-from .embed import DecodedImages, decode_images, keep_list
+from .device import resolve_device, train_workers
+from .embed import DecodedImages, decode_images, loader
 from .errors import UsageError
 from .images import Failure, Selection, scan_images
 from .pairs import PKSampler, encode_labels, split_folder
@@ -35,11 +35,6 @@ class TrainData:
     val: Split
     self_supervised: bool
     failures: list[Failure] = field(default_factory=list)
-
-
-def decode_workers(runtime: Runtime) -> int:
-    """Training's decode workers: None means 0, the main process, as the cache is decoded only once."""
-    return runtime.workers or 0
 
 
 def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: int, workers: int,
@@ -79,7 +74,8 @@ def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime
         raise UsageError(f"no images found under {root}")
     names, tr, va, self_sup = split_folder(paths, root, cfg)
     labels, _ = encode_labels(names)
-    size, load, workers = enc.image_size, train_load_size(enc.image_size), decode_workers(runtime)
+    size, load = enc.image_size, train_load_size(enc.image_size)
+    workers = train_workers(runtime.workers, resolve_device(runtime.device))
     failures: list[Failure] = list(scan.failures)
     train_paths = [paths[i] for i in tr]
     fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
@@ -99,18 +95,15 @@ def sampler_for(data: TrainData, cfg: TrainConfig) -> PKSampler:
 
 
 def train_batches(split: Split, sampler: PKSampler, load: int, channels: int, workers: int,
-                  failures: list[Failure]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) per P×K batch, from the memory cache or decoded on the fly."""
+                  failures: list[Failure], pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 images, labels) per P×K batch, from the memory cache or decoded on the fly (pinned for a GPU)."""
     if split.views:
         for idx in sampler:
             yield split.views[0][idx], torch.from_numpy(split.labels[idx])
         return
-    loader = DataLoader(DecodedImages(split.paths, [load], channels), batch_sampler=sampler,
-                        num_workers=workers, collate_fn=keep_list)
-    for items in loader:
-        failures.extend(Failure(split.paths[i], why) for i, v, _, why in items if v is None)
-        good = [(i, v[0]) for i, v, _, _ in items if v is not None]
-        yield torch.stack([v for _, v in good]), torch.from_numpy(split.labels[[i for i, _ in good]])
+    for batch in loader(DecodedImages(split.paths, [load], channels), workers, pin, batch_sampler=sampler):
+        failures.extend(Failure(split.paths[i], why) for i, why in batch.failures)
+        yield batch.views[0], torch.from_numpy(split.labels[batch.indices])
 
 
 def val_views(data: TrainData, enc: EncoderConfig, cfg: TrainConfig) -> tuple[torch.Tensor, np.ndarray] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import string
@@ -36,11 +37,17 @@ def square_view(img: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) mean and std on the device, made once: a copy to a GPU per batch would wait for it each time."""
+    with torch.inference_mode(False):  # plain tensors, whichever mode the first call came in
+        return torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+
 def normalize(batch: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """uint8 or [0, 1] float (B, C, H, W) → normalised float with the encoder's mean and std."""
     x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
+    mean, std = _channel_stats(tuple(pre.mean), tuple(pre.std), x.device)
     return (x - mean) / std
 
 
@@ -75,7 +82,7 @@ def _colour(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     n, c = x.shape[:2]
 
     def factor(strength: float) -> torch.Tensor:
-        return (1 + strength * (2 * torch.rand(n, generator=gen) - 1)).to(x.device).view(n, 1, 1, 1)
+        return (1 + strength * (2 * torch.rand(n, generator=gen) - 1)).to(x.device, non_blocking=True).view(n, 1, 1, 1)
 
     if cfg.brightness:
         x = x * factor(cfg.brightness)
@@ -87,7 +94,7 @@ def _colour(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     if c == 3 and cfg.saturation:
         x = (x - gray) * factor(cfg.saturation) + gray
     if c == 3 and cfg.grayscale_p:
-        pick = (torch.rand(n, generator=gen) < cfg.grayscale_p).to(x.device).view(n, 1, 1, 1)
+        pick = (torch.rand(n, generator=gen) < cfg.grayscale_p).to(x.device, non_blocking=True).view(n, 1, 1, 1)
         x = torch.where(pick, gray.expand_as(x), x)
     return x.clamp(0, 1)
 
@@ -211,7 +218,7 @@ def augment_batch(batch: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch
     Randomness comes from `gen` (a CPU generator) so runs are reproducible.
     """
     x = batch.float().div_(255.0)
-    theta = _affine_thetas(x.shape[0], cfg, gen).to(x.device, x.dtype)
+    theta = _affine_thetas(x.shape[0], cfg, gen).to(x.device, x.dtype, non_blocking=True)  # no wait for the GPU
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     for i in torch.nonzero(torch.rand(x.shape[0], generator=gen) < cfg.pad_p).flatten().tolist():

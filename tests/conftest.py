@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,33 @@ def model_file(tmp_path: Path) -> Path:
     return path
 
 
+@cache
+def loopback_only() -> str | None:
+    """Why a multi-process test cannot run here (None when it can): it needs `unshare -n` (root) to keep to loopback."""
+    try:
+        done = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare -n is not available ({exc})"
+    return None if done.returncode == 0 else f"unshare -n is not permitted: {done.stderr.decode().strip()}"
+
+
+def in_loopback_namespace(cmd: list[str]) -> list[str]:
+    """cmd run inside a new network namespace whose only interface is loopback: no traffic leaves the machine."""
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up; exec "$@"', "sh", *cmd]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked cuda are skipped, with the reason, where no CUDA GPU is (scripts/gpu_check.sh runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def run_cli(*args: object) -> Result:
     """Invoke the siamsearch CLI in-process with every argument as a string."""
     from siamsearch.cli import app
@@ -146,8 +175,8 @@ def vector_folder():
         root.mkdir(parents=True)
         buf = io.BytesIO()
         Image.new("L", (1, 1)).save(buf, format="PNG")
-        for i in range(n):
-            (root / f"v{i:04d}.png").write_bytes(buf.getvalue())
+        for i in range(n):  # each file's bytes differ (a trailing number), or indexing would embed one for all
+            (root / f"v{i:04d}.png").write_bytes(buf.getvalue() + str(i).encode())
         return root
 
     return make

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from conftest import run_cli as run
 
-from siamsearch.calibration import (FALSE_PAIRS_PER_1000, TAIL, calibrated_margin, collection_margin, distance_tails,
-                                    false_pair_rate)
+from siamsearch.calibration import (
+    FALSE_PAIRS_PER_1000,
+    TAIL,
+    calibrated_margin,
+    collection_margin,
+    distance_tails,
+    false_pair_rate,
+)
 
 
 def test_calibrated_margin_is_best_f1_capped_at_the_recall_distance():
@@ -27,6 +33,44 @@ def test_tails_hold_every_pair_and_the_smallest_different_ones_exactly():
     assert tails["different_pairs"] == (upper & ~same).sum() and tails["same_pairs"] == (upper & same).sum()
     np.testing.assert_allclose(tails["different_low"], np.sort(d[upper & ~same])[:TAIL], atol=1e-4)
     np.testing.assert_allclose(tails["same_quantiles"], np.quantile(d[upper & same], np.linspace(0, 1, 101)), atol=1e-4)
+
+
+def test_pairs_within_a_group_are_neither_same_nor_different():
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((300, 8)).astype(np.float32)
+    labels = np.array([f"photo{i % 5}/tile{i % 30}" for i in range(300)])
+    groups = np.array([label.split("/")[0] for label in labels])
+    tails = distance_tails(emb, labels, groups=groups)
+    d = np.sqrt(((emb[:, None].astype(np.float64) - emb[None]) ** 2).sum(-1))
+    upper = np.triu(np.ones_like(d, bool), 1)
+    across = groups[:, None] != groups[None]
+    assert tails["different_pairs"] == (upper & across).sum() < (upper & (labels[:, None] != labels[None])).sum()
+    np.testing.assert_allclose(tails["different_low"], np.sort(d[upper & across])[:TAIL], atol=1e-4)
+    assert tails["same_pairs"] == (upper & (labels[:, None] == labels[None])).sum()
+    # verification pairs drop the within-group different pairs the same way
+    from siamsearch.metrics import verification_metrics
+    one_point_per_photo = np.eye(8, dtype=np.float32)[np.unique(groups, return_inverse=True)[1]]
+    assert verification_metrics(one_point_per_photo, labels, groups=groups)["roc_auc"] == 1.0
+    assert verification_metrics(one_point_per_photo, labels)["roc_auc"] < 1.0  # tiles of one photo tie with copies
+
+
+def test_calibrate_group_depth_counts_only_pairs_across_groups(identity_dir, model_file, tmp_path):
+    import shutil
+
+    grouped = tmp_path / "grouped"
+    for i, person in enumerate(sorted(identity_dir.iterdir())):
+        shutil.copytree(person, grouped / f"group{i % 4}" / person.name)
+    flat = run("calibrate", grouped, "--model", model_file, "--workers", 0, "--json")
+    by_group = run("calibrate", grouped, "--model", model_file, "--workers", 0, "--group-depth", 1, "--json")
+    assert flat.exit_code == 0 and by_group.exit_code == 0, by_group.output
+    import json
+    flat, by_group = json.loads(flat.stdout), json.loads(by_group.stdout)
+    assert by_group["group_depth"] == 1 and flat["group_depth"] == 0
+    n = 16 * 6
+    assert flat["tails"]["different_pairs"] == n * (n - 1) // 2 - 16 * 15
+    assert by_group["tails"]["different_pairs"] == n * (n - 1) // 2 - 4 * (24 * 23 // 2)
+    res = run("calibrate", grouped, "--model", model_file, "--workers", 0, "--group-depth", 2)
+    assert res.exit_code == 2 and "--group-depth 2 needs identities at least 3 folders deep" in res.stderr
 
 
 def synthetic_calibration(seed: int = 0, measured: int = 200_000) -> dict:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_identities
+from conftest import in_loopback_namespace, loopback_only, make_identities
 from conftest import run_cli as run
 from ddp_worker import EPOCHS, LOSSES, problem, step, tiny_model
 
@@ -23,16 +22,6 @@ from siamsearch.errors import UsageError
 from siamsearch.pairs import PKSampler
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@cache
-def loopback_only() -> str | None:
-    """Why torchrun cannot run here (None when it can): it needs `unshare -n` (root) to keep to loopback."""
-    try:
-        done = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unshare -n is not available ({exc})"
-    return None if done.returncode == 0 else f"unshare -n is not permitted: {done.stderr.decode().strip()}"
 
 
 def torchrun(*args: object, cwd: Path) -> subprocess.CompletedProcess:
@@ -45,7 +34,7 @@ def torchrun(*args: object, cwd: Path) -> subprocess.CompletedProcess:
             "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *map(str, args)]
-    return subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up; exec "$@"', "sh", *cmd], cwd=cwd,
+    return subprocess.run(in_loopback_namespace(cmd), cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -356,6 +356,25 @@ def test_exact_copies_collapse_yet_every_pair_matches_brute_force(tmp_path):
     assert frozenset({"d2/v0005.png", "d2/v0041.png"}) in groups
 
 
+@pytest.mark.parametrize("block", [3, 7, 64])
+def test_copies_across_blocks_are_read_at_most_twice_and_pairs_match_brute_force(tmp_path, monkeypatch, block):
+    base = planted()
+    x = np.concatenate([base, base[:3], base[:3], base[5:6], base[30:31]])  # copies in later blocks than their first
+    x[[1, 36]] = x[[36, 1]]  # ... and vector 1's first copy ahead of it, in an earlier block
+    store = make_store(tmp_path, x)
+    reads, real = [], Store.vectors
+    monkeypatch.setattr(Store, "vectors", lambda self, ids=None: reads.extend(np.ravel(ids)) or real(self, ids))
+    i, j, d = find_pairs(store, 0.2, block=block)
+    assert np.bincount(reads).max() <= 2 and len(reads) < 2 * len(x)  # once per block, a few hits early
+    names = {r.id: index_of(r.path) for r in store.iter_rows()}
+    found = {(min(names[a], names[b]), max(names[a], names[b])): dd for a, b, dd in zip(i, j, d)}
+    dist = pairwise(x)
+    assert set(found) == {(a, b) for a, b in zip(*np.nonzero(np.triu(dist <= 0.2, 1)))}
+    assert all(abs(found[p] - dist[p]) < 1e-5 for p in found)
+    monkeypatch.undo()
+    assert all(np.array_equal(a, b) for a, b in zip(find_pairs(store, 0.2), (i, j, d)))  # the same in any block size
+
+
 def test_a_crowd_within_the_margin_keeps_each_images_nearest_and_says_so(tmp_path, monkeypatch):
     from siamsearch import closepairs
 
@@ -408,3 +427,25 @@ def test_html_limit_shows_the_biggest_groups_first(tmp_path):
     assert res.exit_code == 0, res.output
     text = page.read_text()
     assert "the first 1 groups shown" in text and "group 1: keep d0/v0036.png, 3 duplicate(s)" in text  # 7, 35-37
+
+
+def test_table_csv_json_and_html_number_the_groups_alike_biggest_first(tmp_path):
+    import csv
+    import re
+
+    base = planted()
+    x = np.concatenate([base, base[7:8], base[7:8], base[7:8]])  # vector 7 four times: the biggest group, not first
+    store = make_store(tmp_path, x)
+    page, table = tmp_path / "dups.html", tmp_path / "dups.csv"
+    res = run("dedup", "--index", store.path, "--margin", 0.1, "--keep", "first", "--html", page, "--csv", table,
+              "--json")
+    assert res.exit_code == 0, res.output
+    keeps = [g["keep"] for g in json.loads(res.stdout)["groups"]]
+    sizes = [len(g["members"]) for g in json.loads(res.stdout)["groups"]]
+    assert keeps[0] == "d0/v0036.png" and sizes == sorted(sizes, reverse=True) and len(keeps) > 1
+    with open(table) as f:
+        by_number = {int(r["group"]): r["keep"] for r in csv.DictReader(f) if r["group"]}
+    assert [by_number[n] for n in sorted(by_number)] == keeps
+    assert re.findall(r"group \d+: keep (\S+),", page.read_text()) == keeps
+    shown = run("dedup", "--index", store.path, "--margin", 0.1, "--keep", "first").stdout
+    assert [shown.index(k) for k in keeps] == sorted(shown.index(k) for k in keeps)

@@ -60,3 +60,57 @@ def test_identical_files_move_aside_and_come_back(tmp_path):
 def test_identical_only_refuses_a_margin(tmp_path):
     res = run("dedup", "--index", hashed_store(tmp_path).path, "--identical-only", "--margin", "0.1")
     assert res.exit_code == 2 and "--identical-only" in res.stderr
+
+
+# ---- indexing embeds byte-identical files once ------------------------------------------------------
+
+
+def embedded_paths(monkeypatch) -> list[Path]:
+    """Record every file indexing hands to the encoder, in order."""
+    import siamsearch.indexing as indexing
+
+    real, seen = indexing.embed_batches, []
+
+    def recording(model, pre, paths, **options):
+        seen.extend(paths)
+        yield from real(model, pre, paths, **options)
+
+    monkeypatch.setattr(indexing, "embed_batches", recording)
+    return seen
+
+
+def test_identical_files_are_embedded_once_share_a_vector_and_dedup_says_identical(tmp_path, photos, model_file,
+                                                                                    monkeypatch):
+    from siamsearch.config import Runtime
+    from siamsearch.indexing import index_folder
+
+    original = photos / "id00/0.png"
+    for copy in (photos / "copy/a.png", photos / "id01/b.png"):
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(original.read_bytes())
+    (photos / "id02/empty.png").write_bytes(b"")  # two unreadable files with the same (no) bytes: both reported
+    (photos / "id02/empty2.png").write_bytes(b"")
+    seen = embedded_paths(monkeypatch)
+    store, report = index_folder(photos, tmp_path / "idx", model_file, runtime=Runtime(workers=0))
+    assert len(seen) == len(set(seen)) == 9 + 1 == report.embedded  # 9 distinct pictures and one empty file
+    assert len({p.read_bytes() for p in seen}) == len(seen)  # never the same bytes twice
+    assert report.added == 11 and sorted(f.path.name for f in report.failures) == ["empty.png", "empty2.png"]
+    ids = {r.path: r.id for r in store.iter_rows()}
+    vectors = store.vectors([ids["id00/0.png"], ids["copy/a.png"], ids["id01/b.png"]])[1]
+    assert (vectors == vectors[0]).all()
+    store.close()
+
+    res = run("dedup", "--index", tmp_path / "idx", "--margin", "0.0001", "--keep", "first", "--json")
+    assert res.exit_code == 0, res.output
+    groups = {g["keep"]: [(m["path"], m["distance"], m["status"]) for m in g["members"]]
+              for g in json.loads(res.stdout)["groups"]}
+    assert groups["copy/a.png"] == [("id00/0.png", 0.0, "identical"), ("id01/b.png", 0.0, "identical")]
+
+    seen.clear()  # a later run: a copy of an indexed file takes its stored vector
+    (photos / "id02/again.png").write_bytes((photos / "id02/1.png").read_bytes())
+    store, report = index_folder(photos, tmp_path / "idx", runtime=Runtime(workers=0))
+    assert seen == [photos / "id02/empty.png"] and report.embedded == 1  # the unreadable file is tried again
+    assert (report.added, report.unchanged) == (1, 11)
+    ids = {r.path: r.id for r in store.iter_rows()}
+    again, first = store.vectors([ids["id02/again.png"], ids["id02/1.png"]])[1]
+    assert (again == first).all()

@@ -109,3 +109,15 @@ def test_train_uses_only_the_files_the_patterns_keep(identity_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert "60 training images" in res.output  # id00-id09, 6 each: id10-id15 left out
     assert json.loads(res.stdout)["best"]["epoch"] == 1
+
+
+def test_eval_and_calibrate_use_only_the_files_the_patterns_keep(identity_dir, model_file):
+    res = run_cli("eval", identity_dir, "--model", model_file, "--exclude", "id1*", "--include", "[0-3].png",
+                  "--episodes", 5, "--workers", 0, "--json")
+    assert res.exit_code == 0, res.output
+    counts = json.loads(res.stdout)["counts"]
+    assert (counts["images"], counts["identities"]) == (40, 10)  # id00-id09, images 0-3 of each
+    res = run_cli("calibrate", identity_dir, "--model", model_file, "--include", "id0[0-4]/**", "--workers", 0,
+                  "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["pairs"] == 5 * 15 * 2  # 5 identities of 6: 75 same pairs, as many different
