@@ -14,17 +14,15 @@ from typer.core import TyperGroup
 from . import __version__
 from .calibration import FALSE_PAIRS_PER_1000
 from .cluster.cli import app as cluster_app
-from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths
+from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths, train_folder
 from .config import (
     AUGMENT_PRESETS,
     BACKBONES,
     HEADS,
     LOSSES,
     POOLINGS,
-    RECIPES,
     Runtime,
     parse_unfreeze,
-    recipe_for,
     with_overrides,
 )
 from .device import resolve_device
@@ -49,12 +47,12 @@ from .terminal import (
     print_json,
     print_moves,
     print_neighbours,
+    print_recipes,
     print_training,
     progress_bar,
     report_failures,
     shown,
 )
-from .train import train as train_model
 
 
 class Commands(TyperGroup):
@@ -122,6 +120,7 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (best epoch).")] = Path("model.pt"),
+    recipe: Annotated[str, typer.Option(help="auto (from a sample of the folder), a name, or list.")] = "auto",
     backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}. The efficientnet ones need "
                                                     "the pretrained extra, which holds their ImageNet weights for "
                                                     "--pretrained (no download).")] = None,
@@ -158,6 +157,7 @@ def train(
     self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image; starts from the "
                                                   "copies recipe.")] = False,
     augment: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = None,
+    rotations: Annotated[Optional[int], typer.Option(help="2 or 4: turns of each identity as new identities.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of identities held out.")] = None,
     val_group_depth: Annotated[Optional[int], typer.Option(help="Hold out whole top folders (1 = alphabets).")] = None,
     device: Device = "auto",
@@ -170,19 +170,18 @@ def train(
     as_json: Json = False,
 ) -> None:
     """Train a Siamese encoder on an identity folder; a recipe gives every option left unset."""
+    if recipe == "list":
+        return print_recipes()
     if augment is not None and augment not in AUGMENT_PRESETS:
         fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
     options = locals() | {"hinge": margin if hinge is None else hinge, "self_supervised": self_supervised or None,
                           "augment": AUGMENT_PRESETS.get(augment or ""),
                           "unfreeze": parse_unfreeze(unfreeze) if unfreeze else None}  # fields picked by name
-    name = recipe_for(self_supervised)
-    enc, cfg = (with_overrides(base, options) for base in RECIPES[name])
     runtime = with_overrides(Runtime(), options)
     with launched(os.environ, resolve_device(runtime.device)) as world:  # torchrun's processes train as one
-        result = train_model(data_dir, out, enc, cfg, runtime, weights_file=weights, resume=resume, force=force,
-                             observer=TrainProgress(err if as_json else None), world=world,
-                             selection=Selection.of(include, exclude))
-    err.print(f"recipe: {name}, with the options given in place of its fields")
+        _, result = train_folder(data_dir, out, options, recipe=recipe, runtime=runtime, weights_file=weights,
+                                 resume=resume, force=force, observer=TrainProgress(err if as_json else None),
+                                 world=world, selection=Selection.of(include, exclude))
     report_failures(result.failures)
     print_json(result.to_dict()) if as_json else print_training(result)
     if result.best is None:

@@ -27,15 +27,18 @@ from .dedup import (
     find_duplicates_in,
     find_identical,
 )
+from .distributed import World
 from .errors import CorruptIndexError, NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, evaluate
-from .images import Failure
+from .images import Failure, Selection, scan_images
 from .indexdir import ROWS, read_manifest
 from .indexing import found_model
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
+from .recipes import Choice, choose, with_options
 from .rows import RowTable
 from .search import QueryResult, Searcher
 from .store import Store
+from .train import Observer, TrainResult, train
 
 
 def model_calibration(store: Store) -> dict[str, Any]:
@@ -266,3 +269,43 @@ def evaluate_model(data_dir: Path | str, model: Path | str, *, report_dir: Path 
     """evaluate() (options are its keyword arguments), then ROC, distance and training plots when report_dir is set."""
     result = evaluate(data_dir, model, **options)
     return EvalRun(result, report.write_eval_report(result, report_dir) if report_dir is not None else [])
+
+
+def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: str = "auto",
+                 runtime: Runtime = Runtime(), selection: Selection | None = None, observer: Observer,
+                 world: World = World(), weights_file: Path | None = None, resume: bool = False,
+                 force: bool = False) -> tuple[Choice, TrainResult]:
+    """Choose the recipe from a sample of the folder (or take the one named), give it the options, train.
+
+    options: TrainConfig and EncoderConfig fields by name; each one not None replaces the recipe's
+    (recipes.with_options). The choice is the observer's first message, once train has checked `out`.
+    """
+    choice = choose(scan_images(data_dir, selection or Selection()).images, Path(data_dir), recipe,
+                    bool(options.get("self_supervised")))
+    enc, cfg = with_options(choice, options)
+    line = f"recipe: {choice.name} ({choice.survey.describe()}); the options given replace its fields"
+    result = train(Path(data_dir), out, enc, cfg, runtime, weights_file=weights_file, resume=resume, force=force,
+                   observer=_Headed(observer, line), world=world, selection=selection)
+    return choice, result
+
+
+class _Headed:
+    """An Observer whose first message is preceded by a heading: the recipe, said once train has checked --out."""
+
+    def __init__(self, inner: Observer, heading: str) -> None:
+        self.inner, self.heading = inner, heading
+
+    def message(self, text: str) -> None:
+        if self.heading:
+            self.inner.message(self.heading)
+            self.heading = ""
+        self.inner.message(text)
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self.inner.epoch_start(epoch, steps)
+
+    def step(self, images: int, loss: float) -> None:
+        self.inner.step(images, loss)
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        self.inner.epoch_end(record)

@@ -135,6 +135,8 @@ class AugmentConfig:
     shapes_p: float = 0.0  # one to three filled shapes drawn over the image
     jpeg_p: float = 0.0  # recompressed at a JPEG quality drawn from jpeg_quality
     jpeg_quality: tuple[int, int] = (20, 90)
+    gamma: float = 1.0  # pixel values raised to a power between 1/gamma and gamma (log-uniform): harsh exposure
+    shade: float = 0.0  # darkened by up to this share towards one random side: light from one side
 
 
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
@@ -156,6 +158,9 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "copies": AugmentConfig(crop_scale=(0.15, 1.0), crop_ratio=(0.6, 1.67), flip=True, rotate=8.0,
                             brightness=0.5, contrast=0.4, saturation=0.5, grayscale_p=0.25, blur_p=0.3,
                             pad_p=0.15, text_p=0.3, shapes_p=0.2, jpeg_p=0.4),
+    # Faces under any light: "faces" plus gamma 1/3-3 and one-sided shading, so lighting is not identity.
+    "lighting": AugmentConfig(crop_scale=(0.7, 1.0), flip=True, rotate=10.0, translate=0.05, brightness=0.3,
+                              contrast=0.3, saturation=0.2, blur_p=0.1, gamma=3.0, shade=0.8),
     "none": AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotate=0.0,
                           brightness=0.0, contrast=0.0, saturation=0.0),
 }
@@ -184,6 +189,7 @@ class TrainConfig:
     accumulate: int = 1
     self_supervised: bool = False
     augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["faces"])
+    rotations: int = 1  # 2 or 4: each training identity also turned by 180° (or every 90°), each turn a new identity
     val_fraction: float = 0.2
     val_group_depth: int = 0  # 0: split identities; 1: split by first folder (e.g. whole alphabets)
     ways: int = 20
@@ -201,16 +207,30 @@ class TrainConfig:
             raise UsageError("temperature must be > 0")
         if self.koleo < 0:
             raise UsageError("koleo must be >= 0")
+        if self.rotations not in (1, 2, 4):
+            raise UsageError("rotations must be 1, 2 or 4 (turns of 180° or 90° as new identities)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UsageError("val_fraction must be in [0, 1)")
 
 
-# Named recipes: what `siamsearch train` builds when no flag overrides a field. "identities" is the labelled-folder
-# default; "copies" (train --self-supervised) turns the ImageNet EfficientNet-Lite0 into a copy detector, after SSCD:
-# GeM pooling, a linear projection, NT-Xent on two strongly edited views plus KoLeo. On a 2-core CPU the trunk stays
-# frozen: in scripts/bench_neardup.py's minutes, training only the projection (and GeM's p) measured better than
-# fine-tuning the trunk at a tenth of the lr or unfreezing its last blocks, which take fewer steps in the same time.
+# Named recipes: what `siamsearch train` builds when no flag overrides a field; siamsearch.recipes picks one from a
+# sample of the folder (and fits channels, input size and the held-out split to it). "copies" (train --self-supervised)
+# turns the ImageNet EfficientNet-Lite0 into a copy detector, after SSCD: GeM pooling, a linear projection, NT-Xent on
+# two strongly edited views plus KoLeo. On a 2-core CPU the trunk stays frozen: in scripts/bench_neardup.py's minutes,
+# training only the projection (and GeM's p) measured better than fine-tuning the trunk at a tenth of the lr or
+# unfreezing its last blocks, which take fewer steps in the same time. The identity recipes stop on a time budget.
+BUDGET = dict(epochs=1000, max_minutes=15.0)  # the time budget decides; --epochs alone lifts it (recipes.with_options)
+# Identities on the ImageNet trunk: a linear projection of its average-pooled features, NT-Xent. On a 2-core CPU the
+# trunk stays frozen (as for copies): on AT&T faces, unfreezing its last blocks at a tenth of the lr after 2 epochs
+# lowered validation, and a random MLP head lost to the untrained trunk; --freeze-backbone --unfreeze 3:blocks.6,head
+# gives the head-first-then-blocks plan where steps are cheap.
+_PRETRAINED = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, dim=256, head="linear")
+_HEAD_ONLY = dict(loss="ntxent", freeze_backbone=True, lr=3e-3)
 RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
+    "glyphs": (EncoderConfig(backbone="small", image_size=28, channels=1),
+               TrainConfig(loss="ntxent", augment=AUGMENT_PRESETS["characters"], **BUDGET)),
+    "faces": (_PRETRAINED, TrainConfig(augment=AUGMENT_PRESETS["lighting"], **_HEAD_ONLY, **BUDGET)),
+    "photos": (_PRETRAINED, TrainConfig(augment=AUGMENT_PRESETS["faces"], **_HEAD_ONLY, **BUDGET)),
     "identities": (EncoderConfig(backbone="small", image_size=64), TrainConfig()),
     "copies": (EncoderConfig(backbone="efficientnet_lite0", pretrained=True, dim=256, image_size=128, pooling="gem",
                              head="linear"),
@@ -218,11 +238,13 @@ RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
                            ids_per_batch=48, images_per_id=2, lr=3e-3, freeze_backbone=True, self_supervised=True,
                            augment=AUGMENT_PRESETS["copies"], val_fraction=0.1)),
 }
-
-
-def recipe_for(self_supervised: bool | None) -> str:
-    """The recipe a run starts from: copies for --self-supervised, identities otherwise."""
-    return "copies" if self_supervised else "identities"
+RECIPE_HELP = {
+    "glyphs": "grey two-tone drawings (characters): small net from scratch, small input, NT-Xent",
+    "faces": "grey photos (faces): frozen pretrained trunk, linear head, NT-Xent, lighting augmentation",
+    "photos": "colour photos (people, products): frozen pretrained trunk, linear head, NT-Xent",
+    "identities": "the former default: small net from scratch, 64 px",
+    "copies": "no identity folders, or --self-supervised: near-duplicates on the frozen trunk",
+}
 
 
 def with_overrides(cfg: T, values: dict[str, Any]) -> T:

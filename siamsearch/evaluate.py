@@ -20,7 +20,7 @@ from .device import precision, resolve_device
 from .embed import Progress, embed_paths
 from .errors import NotFoundError, UsageError
 from .images import Failure, Selection, identity_of, scan_images
-from .pairs import split_folder
+from .pairs import group_of, split_folder
 
 
 @dataclass
@@ -112,8 +112,27 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bo
     return Labelled(root, emb.paths, labels, emb.vectors, failures, len(found) - len(labelled), ckpt)
 
 
+def episode_groups(labels: np.ndarray, depth: int, ways: int) -> tuple[np.ndarray | None, int, list[str]]:
+    """Each image's group for within-group one-shot episodes (depth 1: its alphabet), the ways they allow, notes.
+
+    Returns (None, ways, []) for depth 0: episodes draw identities from the whole folder.
+    """
+    if not depth:
+        return None, ways, []
+    groups = np.array([group_of(label, depth) for label in labels.tolist()], dtype=str)
+    names, counts = np.unique(labels, return_counts=True)
+    eligible = np.unique([group_of(n, depth) for n in names[counts >= 2].tolist()], return_counts=True)[1]
+    widest = int(eligible.max(initial=0))
+    notes = [f"one-shot episodes draw their identities from one folder {depth} level(s) down (e.g. one alphabet)"]
+    if widest < ways:
+        notes.append(f"{ways}-way asked, but no such folder has {ways} identities with 2+ images: "
+                     + (f"measured {widest}-way" if widest >= 2 else "one-shot skipped"))
+    return groups, min(ways, widest), notes
+
+
 def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False, ways: int = 20,
-             episodes: int = 400, target_precision: float = 0.99, seed: int = 0, device: str = "auto",
+             episodes: int = 400, episode_group_depth: int | None = None, target_precision: float = 0.99,
+             seed: int = 0, device: str = "auto",
              workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
              progress: Progress | None = None, selection: Selection | None = None) -> EvalResult:
     """Retrieval, verification and N-way one-shot metrics of a model on an identity folder.
@@ -122,6 +141,8 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
     a seeded sample of at most max_pairs pairs (half same, half different identity). One-shot uses
     `episodes` seeded episodes; `ways` shrinks (with a note) when fewer identities have 2+ images.
     held_out: measure only the identities training held out (data_dir = the training folder).
+    episode_group_depth: draw each episode's identities from one folder this many levels down (1: one
+    alphabet, as Omniglot's official runs); None: the model's --val-group-depth with held_out, else 0.
     selection: the files to use (see embed_labelled).
 
     Raises:
@@ -142,9 +163,13 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
         notes.append(f"{ways}-way one-shot asked, but only {eligible} identities have 2+ images: "
                      + (f"measured {eligible}-way" if eligible >= 2 else "one-shot skipped"))
         ways = eligible
+    if episode_group_depth is None:
+        episode_group_depth = data.ckpt.train.val_group_depth if held_out and data.ckpt.train else 0
+    groups, ways, more = episode_groups(labels, episode_group_depth, ways) if ways >= 2 else (None, ways, [])
+    notes += more
     if ways >= 2:
-        found |= {"one_shot": metrics.one_shot_accuracy(emb, labels, ways, episodes, seed), "ways": ways,
-                  "episodes": episodes}
+        found |= {"one_shot": metrics.one_shot_accuracy(emb, labels, ways, episodes, seed, groups), "ways": ways,
+                  "episodes": episodes, "episode_group_depth": episode_group_depth}
     tally = {"images": len(labels), "identities": len(names), "identities_with_pairs": eligible,
              "skipped": len(data.failures), "unlabelled": data.unlabelled}
     return EvalResult(data.root, data.ckpt.fingerprint, {k: float(v) for k, v in found.items()}, tally,

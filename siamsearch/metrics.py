@@ -301,17 +301,35 @@ def precision_at_1(emb: np.ndarray, labels: np.ndarray) -> float:
     return retrieval_metrics(emb, labels, ks=(1,))["precision_at_1"]
 
 
+def _episode_labels(eligible: np.ndarray, label_groups: np.ndarray | None, ways: int, episodes: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """(episodes, ways) label codes: any `ways` eligible labels, or all from one group (one alphabet) when grouped.
+
+    Raises:
+        ValueError: no group holds `ways` eligible labels.
+    """
+    if label_groups is None:
+        return eligible[np.stack([rng.choice(len(eligible), size=ways, replace=False) for _ in range(episodes)])]
+    pools = [p for g in np.unique(label_groups[eligible]) if len(p := eligible[label_groups[eligible] == g]) >= ways]
+    if not pools:
+        raise ValueError(f"{ways}-way one-shot within groups needs a group with {ways} labels of 2+ items; "
+                         f"the largest has {np.unique(label_groups[eligible], return_counts=True)[1].max()}")
+    return np.stack([rng.choice(pools[k], size=ways, replace=False) for k in rng.integers(0, len(pools), episodes)])
+
+
 def one_shot_accuracy(emb: np.ndarray, labels: np.ndarray, ways: int = 20, episodes: int = 400,
-                      seed: int = 0) -> float:
+                      seed: int = 0, groups: np.ndarray | None = None) -> float:
     """N-way one-shot accuracy: can one example per identity tell which identity a new image shows?
 
     Each seeded episode draws `ways` labels having 2+ items, one support item per label, and one
     query item (not its support) from one of them; it is right when the nearest support has the
-    query's label.
+    query's label. With `groups`, an episode's labels all come from one group drawn at random among
+    those with `ways` eligible labels: Omniglot's within-alphabet episodes (Lake et al. 2015).
 
     Args:
         emb: (N, D) embeddings.
         labels: (N,) identities, ints or strings.
+        groups: (N,) the group of each item (e.g. its alphabet), the same for every item of a label.
 
     Returns:
         Fraction of episodes answered right; chance is 1 / ways.
@@ -322,10 +340,14 @@ def one_shot_accuracy(emb: np.ndarray, labels: np.ndarray, ways: int = 20, episo
     if ways < 2 or len(eligible) < ways:
         raise ValueError(f"{ways}-way one-shot needs ways >= 2 and at least {ways} labels with 2+ items; "
                          f"found {len(eligible)}")
+    label_groups = None
+    if groups is not None:
+        label_groups = np.zeros(len(counts), dtype=np.int64)
+        label_groups[codes] = np.unique(np.asarray(groups), return_inverse=True)[1]
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rng = np.random.default_rng(seed)
-    chosen = eligible[np.stack([rng.choice(len(eligible), size=ways, replace=False) for _ in range(episodes)])]
+    chosen = _episode_labels(eligible, label_groups, ways, episodes, rng)
     size = counts[chosen]  # (episodes, ways)
     a = rng.integers(0, size)
     b = rng.integers(0, size - 1)

@@ -27,6 +27,11 @@ def _usable(identities: Sequence[str], idx: np.ndarray, min_images: int) -> int:
     return sum(n >= min_images for n in counts.values())
 
 
+def group_of(identity: str, depth: int) -> str:
+    """The first `depth` folders of an identity ("Latin/character05", 1 → "Latin"); depth 0: the identity itself."""
+    return "/".join(identity.split("/")[:depth]) if depth else identity
+
+
 def split_identities(identities: Sequence[str], val_fraction: float, group_depth: int = 0,
                      seed: int = 0, min_images: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Hold out whole identities (or whole groups of them) for validation.
@@ -43,7 +48,7 @@ def split_identities(identities: Sequence[str], val_fraction: float, group_depth
     Returns:
         (train indices, val indices) into `identities`.
     """
-    groups = ["/".join(x.split("/")[:group_depth]) if group_depth else x for x in identities]
+    groups = [group_of(x, group_depth) for x in identities]
     names = sorted(set(groups))
     nothing = np.arange(len(identities)), np.array([], dtype=np.int64)
     if val_fraction <= 0 or len(names) < 2:

@@ -21,6 +21,7 @@ from rich.text import Text
 from .calibration import calibrated_margin, collection_margin
 from .closepairs import MAX_NEIGHBOURS
 from .commands import DedupRun, EvalRun
+from .config import RECIPE_HELP, RECIPES
 from .dedup import CrossResult, DedupResult
 from .embed import Progress as EmbedProgress
 from .images import Failure
@@ -113,6 +114,17 @@ class TrainProgress:
         self.bar.remove_task(self.task)
         self.bar.stop()
         self.out.print("  ".join(f"{k} {fmt(record[k])}" for k in self.columns if k in record))
+
+
+def print_recipes() -> None:
+    """train --recipe list: each recipe's main fields and what it is for."""
+    table = Table("recipe", "backbone", "input", "loss", "budget", "for", title="train --recipe NAME (auto: chosen "
+                  "from the folder)")
+    for name, (enc, cfg) in RECIPES.items():
+        budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs"
+        trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
+        table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss, budget, RECIPE_HELP.get(name, ""))
+    console.print(table)
 
 
 def print_training(result: TrainResult) -> None:
@@ -212,7 +224,7 @@ def print_moves(plan: MovePlan, moved: MoveReport | None, out: Console) -> None:
 EVAL_SECTIONS = (
     ("retrieval", ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "r_precision", "map_at_r")),
     ("verification", ("roc_auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "pairs")),
-    ("one-shot", ("one_shot", "ways", "episodes")),
+    ("one-shot", ("one_shot", "ways", "episodes", "episode_group_depth")),
     ("thresholds", ("threshold_best_f1", "best_f1", "threshold_at_precision", "target_precision",
                     "precision_at_threshold", "recall_at_threshold", "threshold_at_recall", "target_recall")),
 )

@@ -45,6 +45,22 @@ def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: i
     return Split([paths[i] for i in kept], labels[kept], views)
 
 
+def turned(split: Split, rotations: int) -> Split:
+    """The split and its copies turned by 360°/rotations steps, each turn of an identity a new identity.
+
+    A character turned upside down is another character to tell apart: Omniglot's training classes ×4
+    (Santoro et al. 2016, Vinyals et al. 2016). Needs the decoded cache.
+    """
+    if rotations == 1:
+        return split
+    if not split.views:
+        raise UsageError("rotations need the training images decoded in memory; raise the cache size")
+    step, offset = 4 // rotations, int(split.labels.max(initial=-1)) + 1
+    return Split(split.paths * rotations, np.concatenate([split.labels + k * offset for k in range(rotations)]),
+                 tuple(torch.cat([torch.rot90(v, k * step, dims=(2, 3)) for k in range(rotations)])
+                       for v in split.views))
+
+
 def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(),
               selection: Selection = Selection()) -> TrainData:
     """Scan an identity folder (the files selection keeps), hold out validation identities, decode what fits.
@@ -65,6 +81,7 @@ def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime
     fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
     train = (_decode(train_paths, labels[tr], [load], enc.channels, workers, failures) if fits
              else Split(train_paths, labels[tr]))
+    train = turned(train, 1 if self_sup else cfg.rotations)
     val_sizes = [size, load] if self_sup else [size]
     val = _decode([paths[i] for i in va], labels[va], val_sizes, enc.channels, workers, failures)
     return TrainData(train, val, self_sup, failures)

@@ -99,6 +99,21 @@ def _colour(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     return x.clamp(0, 1)
 
 
+def _lighting(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample gamma (log-uniform in 1/gamma..gamma) and a linear shade towards one random side, on [0, 1] images."""
+    n, side = x.shape[0], x.shape[-1]
+    if cfg.gamma > 1:
+        power = (math.log(cfg.gamma) * (2 * torch.rand(n, generator=gen) - 1)).exp()
+        x = x.clamp(min=1e-4).pow(power.to(x).view(n, 1, 1, 1))
+    if cfg.shade:
+        angle, depth = 2 * math.pi * torch.rand(n, generator=gen), cfg.shade * torch.rand(n, generator=gen)
+        ramp = torch.linspace(-1, 1, side, device=x.device)
+        along = (angle.cos().to(x).view(n, 1, 1) * ramp.view(1, 1, side)
+                 + angle.sin().to(x).view(n, 1, 1) * ramp.view(1, side, 1))  # (n, side, side), -1.4..1.4
+        x = x * (1 - depth.to(x).view(n, 1, 1, 1) * ((along.unsqueeze(1) + 1.42) / 2.84))
+    return x
+
+
 def _blur(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Gaussian blur on a random subset of the batch (sigma up to 1.5% of the image side)."""
     pick = torch.rand(x.shape[0], generator=gen) < p
@@ -209,6 +224,7 @@ def augment_batch(batch: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch
     for i in torch.nonzero(torch.rand(x.shape[0], generator=gen) < cfg.pad_p).flatten().tolist():
         x[i] = _pad(x[i], gen)
     x = _colour(x, cfg, gen)
+    x = _lighting(x, cfg, gen) if cfg.gamma > 1 or cfg.shade else x
     x = _blur(x, cfg.blur_p, gen) if cfg.blur_p else x
     return _pil_edits(x, cfg, gen) if cfg.text_p or cfg.shapes_p or cfg.jpeg_p else x
 

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import add_bad_files, make_identities
+
 from siamsearch import metrics
 from siamsearch.calibration import CALIBRATION_KEYS
 from siamsearch.checkpoint import load_checkpoint, save_model
@@ -90,3 +90,17 @@ def test_held_out_measures_exactly_the_identities_training_held_out(identity_dir
     save_model(model, build_encoder(enc))  # no training config: the split is unknown
     with pytest.raises(ValueError, match="held-out"):
         evaluate(identity_dir, model, held_out=True, workers=0)
+
+
+def test_episodes_within_alphabets_follow_the_model_or_the_option(tmp_path):
+    for alphabet, seed in (("Latin", 0), ("Greek", 1)):
+        make_identities(tmp_path / "chars" / alphabet, n_ids=8, per_id=3, seed=seed)
+    enc, model = EncoderConfig(backbone="small", dim=16, image_size=32), tmp_path / "m.pt"
+    save_model(model, build_encoder(enc), TrainConfig(val_fraction=0.5, val_group_depth=1))
+    held = evaluate(tmp_path / "chars", model, held_out=True, ways=10, episodes=20, workers=0)
+    assert held.metrics["episode_group_depth"] == 1 and held.metrics["ways"] == 8  # one alphabet of 8 held out
+    assert any("one folder 1 level(s) down" in n for n in held.notes)
+    whole = evaluate(tmp_path / "chars", model, ways=10, episodes=20, workers=0)
+    assert whole.metrics["episode_group_depth"] == 0 and whole.metrics["ways"] == 10
+    within = evaluate(tmp_path / "chars", model, ways=10, episodes=20, episode_group_depth=1, workers=0)
+    assert within.metrics["ways"] == 8 and "measured 8-way" in within.notes[-1]

@@ -346,3 +346,16 @@ def test_retrieval_metrics_equal_pytorch_metric_learning(seed):
     assert out["queries"] == query.sum()
     for k in (3, 10):
         assert out[f"recall_at_{k}"] == pytest.approx(hits[query, :k].any(axis=1).mean(), abs=1e-12)
+
+
+def test_one_shot_within_groups_draws_every_episode_from_one_group():
+    x, labels = clusters(30, 4, noise=0.01, seed=0)
+    # Group "a" (labels 0-19) is cleanly separated; group "b" (20-29) sits on label 0's centre, so any episode
+    # mixing the groups can confuse 0 with b. Within groups, b (10 labels) cannot host 20-way: all episodes are a's.
+    x[labels >= 20] = x[labels == 0][0]
+    groups = np.where(labels < 20, "a", "b")
+    assert m.one_shot_accuracy(x, labels, ways=20, episodes=300, groups=groups) == 1.0
+    assert m.one_shot_accuracy(x, labels, ways=20, episodes=300) < 1.0
+    assert m.one_shot_accuracy(x, labels, ways=5, episodes=300, seed=1, groups=groups) < 1.0  # b hosts 5-way
+    with pytest.raises(ValueError, match="needs a group with 25 labels of 2\\+ items; the largest has 20"):
+        m.one_shot_accuracy(x, labels, ways=25, groups=groups)

@@ -8,7 +8,7 @@ import torch
 from conftest import make_identities
 from typer.testing import CliRunner
 
-from siamsearch import cli
+from siamsearch import commands
 from siamsearch.checkpoint import load_checkpoint, load_encoder, save_model
 from siamsearch.cli import app
 from siamsearch.config import AUGMENT_PRESETS, RECIPES, EncoderConfig, Runtime, TrainConfig
@@ -270,26 +270,28 @@ def test_two_identities_train_on_everything_with_a_warning(tmp_path):
     assert result.best["epoch"] == 2 and (tmp_path / "m.pt").exists()
 
 
-def _recipe_of(monkeypatch, args):
-    """The (encoder, training) configs `siamsearch train ARGS` hands the library, without training."""
+def _recipe_of(monkeypatch, args, folder):
+    """The (encoder, training) configs `siamsearch train FOLDER ARGS` hands the library, without training."""
     seen = {}
 
     def spy(root, out, enc, cfg, runtime, **kwargs):
         seen.update(enc=enc, cfg=cfg, runtime=runtime)
         raise UsageError("stop")
 
-    monkeypatch.setattr(cli, "train_model", spy)
-    CliRunner().invoke(app, ["train", "folder", *args])
+    monkeypatch.setattr(commands, "train", spy)
+    res = CliRunner().invoke(app, ["train", str(folder), *args])
+    assert "stop" in res.output, res.output
     return seen["enc"], seen["cfg"], seen["runtime"]
 
 
-def test_self_supervised_takes_the_copies_recipe_and_a_flag_overrides_one_field(monkeypatch):
-    assert _recipe_of(monkeypatch, ["--self-supervised"])[:2] == RECIPES["copies"]
-    enc, cfg, runtime = _recipe_of(monkeypatch, ["--self-supervised", "--koleo", "0", "--image-size", "128"])
+def test_self_supervised_takes_the_copies_recipe_and_a_flag_overrides_one_field(monkeypatch, identity_dir):
+    assert _recipe_of(monkeypatch, ["--self-supervised"], identity_dir)[:2] == RECIPES["copies"]
+    enc, cfg, runtime = _recipe_of(monkeypatch, ["--self-supervised", "--koleo", "0", "--image-size", "128"],
+                                   identity_dir)
     assert enc == dataclasses.replace(RECIPES["copies"][0], image_size=128)
     assert cfg == dataclasses.replace(RECIPES["copies"][1], koleo=0.0)
     assert runtime.amp is None  # mixed precision: the device decides (off on a CPU)
-    assert _recipe_of(monkeypatch, [])[:2] == RECIPES["identities"]
+    assert _recipe_of(monkeypatch, ["--recipe", "identities"], identity_dir)[:2] == RECIPES["identities"]
 
 
 def test_a_model_file_from_before_pooling_and_heads_loads(tmp_path):
@@ -314,3 +316,16 @@ def test_backbone_lr_puts_the_trunk_in_its_own_group():
     assert [g["lr"] for g in groups] == [1e-3, 1e-4]
     assert {id(p) for p in groups[1]["params"]} == trunk and not trunk & {id(p) for p in groups[0]["params"]}
     assert len(tr._param_groups(model, CFG)) == 1
+
+
+def test_rotations_add_each_turn_of_a_training_identity_as_a_new_identity(identity_dir):
+    plain = load_data(identity_dir, ENC, CFG).train
+    data = load_data(identity_dir, ENC, dataclasses.replace(CFG, rotations=4))
+    train, n = data.train, len(plain.labels)
+    assert len(train.labels) == 4 * n and len(set(train.labels.tolist())) == 4 * len(set(plain.labels.tolist()))
+    assert torch.equal(train.views[0][n:2 * n], torch.rot90(plain.views[0], 1, dims=(2, 3)))
+    assert len(data.val.labels) == len(load_data(identity_dir, ENC, CFG).val.labels)  # validation stays upright
+    half = load_data(identity_dir, ENC, dataclasses.replace(CFG, rotations=2)).train
+    assert torch.equal(half.views[0][n:], torch.rot90(plain.views[0], 2, dims=(2, 3)))
+    with pytest.raises(UsageError, match="rotations must be"):
+        TrainConfig(rotations=3)

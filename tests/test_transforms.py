@@ -41,3 +41,16 @@ def test_pil_edits_keep_size_and_mode(mode):
     for out in (draw_text(img, rng), draw_shapes(img, rng), jpeg(img, 30)):
         assert out.size == img.size and out.mode == mode
     assert np.asarray(draw_text(img, np.random.default_rng(1))).std() > 0  # the caption left ink
+
+
+def test_lighting_raises_to_a_power_within_gamma_and_shades_one_side():
+    grey = torch.full((64, 1, 40, 40), 128, dtype=torch.uint8)
+    none = AUGMENT_PRESETS["none"]
+    powered = run(dataclasses.replace(none, gamma=3.0), batch=grey)
+    means = powered.mean(dim=(1, 2, 3))
+    assert torch.allclose(powered.amin(dim=(1, 2, 3)), powered.amax(dim=(1, 2, 3)))  # gamma alone is uniform
+    assert means.min() >= (128 / 255) ** 3 - 1e-4 and means.max() <= (128 / 255) ** (1 / 3) + 1e-4
+    assert means.min() < 0.35 and means.max() > 0.65  # both ways, far
+    shaded = run(dataclasses.replace(none, shade=0.8), batch=grey)
+    assert shaded.max() <= 128 / 255 + 1e-4 and shaded.min() >= 0.2 * 128 / 255 - 1e-4  # only darker, by <= 80%
+    assert (shaded.amax(dim=(1, 2, 3)) - shaded.amin(dim=(1, 2, 3))).max() > 0.2  # a ramp across the image
