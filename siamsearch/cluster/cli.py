@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..terminal import console, print_json, progress_bar, report_failures, shown
-from .runtime import connect, require
+from .runtime import connect
 
 app = typer.Typer(no_args_is_help=True, help="The same stages on a Ray cluster (pip install 'siamsearch[cluster]'): "
                                              "embed into Parquet shards, build an on-disk IVF index, dedup by cells.")
@@ -36,10 +36,9 @@ def embed(
     as_json: Json = False,
 ) -> None:
     """Embed every image into Parquet shards with Ray Data: CPU decode tasks feeding encoder actors."""
-    require()
+    connect(address)  # first: it says in one line when the extra is missing
     from .embedding import embed_collection
 
-    connect(address)
     with progress_bar("embedding") as progress:
         run = embed_collection(source, out, model, shard_size=shard_size, batch_size=batch_size,
                                concurrency=concurrency, num_gpus=gpus, device=device, progress=progress)
@@ -59,10 +58,9 @@ def index(
     as_json: Json = False,
 ) -> None:
     """Build one on-disk IVF index: a uniform-sample quantizer, a block per shard, merged on disk."""
-    require()
+    connect(address)  # first: it says in one line when the extra is missing
     from .building import build_cluster_index
 
-    connect(address)
     with progress_bar("adding shards") as progress:
         run = build_cluster_index(embeddings, index_dir, kind=kind, progress=progress)
     if as_json:
@@ -85,10 +83,9 @@ def dedup(
     as_json: Json = False,
 ) -> None:
     """Every pair within the margin, cell by cell (exact, or approximate with --probe), then groups."""
-    require()
+    connect(address)  # first: it says in one line when the extra is missing
     from .cells import dedup_cells
 
-    connect(address)
     with progress_bar("searching cells") as progress:
         run = dedup_cells(embeddings, out, margin, cells=cells, probe=probe, linkage=linkage, keep=keep,
                           progress=progress)
