@@ -1,12 +1,14 @@
 """Same-identity check on held-out data: Omniglot's unseen alphabets and AT&T's unseen people, recipe by recipe.
 
-Omniglot (../shared/data/omniglot_background): six whole alphabets held out (--val-group-depth 1, 20% of 30,
-seed 0); 20-way one-shot over --episodes episodes whose 20 characters all come from one held-out alphabet (Lake
-et al.'s and Koch et al.'s protocol), measured by siamsearch.evaluate (`siamsearch eval --held-out`), with P@1 and
-verification ROC AUC. AT&T faces (../shared/data/att_faces): 10 of the 40 people held out (--val-fraction 0.25,
-seed 0), trained on the other 30; P@1, ROC AUC and 10-way one-shot on the 10, then the same on a copy of their
-photos under strong simulated lighting (each photo raised to a gamma drawn log-uniformly in 0.3-3, then shaded
-from full light on one random side down to 15-50% on the other), which no training sees.
+Omniglot (../shared/data/omniglot_background): six whole alphabets held out for the test (20% of 30, seed 0);
+20-way one-shot over --episodes episodes whose 20 characters all come from one test alphabet (Lake et al.'s and
+Koch et al.'s protocol), measured by siamsearch.evaluate, with P@1 and verification ROC AUC. AT&T faces
+(../shared/data/att_faces): 10 of the 40 people held out for the test (seed 0); P@1, ROC AUC and 10-way one-shot
+on the 10, then the same on a copy of their photos under strong simulated lighting (each photo raised to a gamma
+drawn log-uniformly in 0.3-3, then shaded from full light on one random side down to 15-50% on the other).
+Training sees a folder of links to the other identities only (the test ones are not in it), and picks its best
+epoch on a validation split of *those* (VALIDATION: 10% of the other alphabets, 20% of the other people), so no
+choice is made on the scored data.
 
 Rows: `auto`, the recipe `siamsearch train FOLDER` chooses with no flags (glyphs for Omniglot, faces for AT&T);
 `identities`, the former default (small net from scratch, 64 px); `frozen`, the ImageNet EfficientNet-Lite0 with
@@ -35,16 +37,33 @@ from PIL import Image
 from siamsearch.checkpoint import load_checkpoint, save_model
 from siamsearch.commands import train_folder
 from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
-from siamsearch.evaluate import evaluate, held_out_images
+from siamsearch.evaluate import evaluate
 from siamsearch.images import identity_of, load_image, scan_images
 from siamsearch.model import build_encoder
+from siamsearch.pairs import split_folder
 from siamsearch.recipes import choose
 from siamsearch.train import Quiet
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SPLITS = {"omniglot": {"val_group_depth": 1, "val_fraction": 0.2}, "faces": {"val_fraction": 0.25}}
+SPLITS = {"omniglot": {"val_group_depth": 1, "val_fraction": 0.2}, "faces": {"val_fraction": 0.25}}  # the test split
+VALIDATION = {"omniglot": {"val_group_depth": 1, "val_fraction": 0.1}, "faces": {"val_fraction": 0.2}}  # of the rest
 FOLDERS = {"omniglot": "omniglot_background", "faces": "att_faces"}
 WAYS = {"omniglot": 20, "faces": 10}
+
+
+def split_links(root: Path, kind: str, seed: int, work: Path) -> tuple[Path, Path]:
+    """(training folder, test folder) of links to root's top folders: the test one holds the identities that
+    SPLITS would hold out (whole alphabets, or people), the training one all the others."""
+    found = scan_images(root).images
+    names, _, test, _ = split_folder(found, root, TrainConfig(seed=seed, **SPLITS[kind]))
+    held = {Path(names[i]).parts[0] for i in test}
+    folders = {"train": work / "train", "test": work / "test"}
+    for folder in folders.values():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    for top in sorted({Path(name).parts[0] for name in names}):
+        (folders["test" if top in held else "train"] / top).symlink_to(root / top, target_is_directory=True)
+    return folders["train"], folders["test"]
 
 
 def relit(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -59,11 +78,11 @@ def relit(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(255 * x * (1 - (1 - floor) * t), 0, 255).astype(np.uint8), "L")
 
 
-def relit_folder(root: Path, model: Path, out: Path, seed: int) -> Path:
-    """The held-out people's photos under simulated lighting, as an identity folder of their own."""
+def relit_folder(root: Path, out: Path, seed: int) -> Path:
+    """The test people's photos under simulated lighting, as an identity folder of their own."""
     shutil.rmtree(out, ignore_errors=True)
     rng = np.random.default_rng(seed)
-    for path in held_out_images(scan_images(root).images, root, load_checkpoint(model)):
+    for path in scan_images(root).images:
         target = out / str(identity_of(path, root)) / f"{path.stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         relit(load_image(path, channels=1), rng).save(target)
@@ -83,9 +102,9 @@ def parsed(settings: list[str]) -> dict[str, Any]:
 
 
 def options(name: str, kind: str, minutes: float, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """What `siamsearch train --recipe NAME --max-minutes M --seed S` with the dataset's split flags passes on, and
+    """What `siamsearch train --recipe NAME --max-minutes M --seed S` with VALIDATION's flags passes on, and
     the --set options (auto row only), as their flags would."""
-    given = {"max_minutes": minutes, "seed": seed, **SPLITS[kind], **(settings if name == "auto" else {})}
+    given = {"max_minutes": minutes, "seed": seed, **VALIDATION[kind], **(settings if name == "auto" else {})}
     if isinstance(given.get("augment"), str):
         given["augment"] = AUGMENT_PRESETS[given["augment"]]
     if isinstance(given.get("unfreeze"), list):
@@ -101,7 +120,7 @@ def frozen(root: Path, kind: str, out: Path, seed: int) -> float:
     with torch.no_grad():
         model.head.weight.copy_(torch.eye(1280))
         model.head.bias.zero_()
-    save_model(out, model, TrainConfig(seed=seed, **SPLITS[kind]))
+    save_model(out, model, TrainConfig(seed=seed, **VALIDATION[kind]))
     return 0.0
 
 
@@ -117,13 +136,14 @@ def trained(root: Path, name: str, kind: str, out: Path, minutes: float, seed: i
     return result.history[-1]["minutes"] if result.history else float("nan")
 
 
-def scores(root: Path, kind: str, model: Path, episodes: int, seed: int, work: Path) -> list[str]:
-    """one-shot, P@1 and ROC AUC on the held-out identities; for faces, the same under simulated lighting."""
-    m = evaluate(root, model, held_out=True, ways=WAYS[kind], episodes=episodes, seed=seed, device="cpu").metrics
+def scores(test: Path, kind: str, model: Path, episodes: int, seed: int, work: Path) -> list[str]:
+    """one-shot, P@1 and ROC AUC on the test identities; for faces, the same under simulated lighting."""
+    m = evaluate(test, model, ways=WAYS[kind], episodes=episodes, seed=seed, device="cpu",
+                 episode_group_depth=SPLITS[kind].get("val_group_depth", 0)).metrics
     row = [f"{m['one_shot']:.4f}", f"{m['precision_at_1']:.4f}", f"{m['roc_auc']:.4f}"]
     if kind != "faces":
         return row + ["", ""]
-    lit = relit_folder(root, model, work / "relit", seed)
+    lit = relit_folder(test, work / "relit", seed)
     d = evaluate(lit, model, ways=WAYS[kind], episodes=episodes, seed=seed, device="cpu").metrics
     return row + [f"{d['precision_at_1']:.4f}", f"{d['roc_auc']:.4f}"]
 
@@ -154,17 +174,18 @@ def main() -> None:
     rows = []
     for kind in [args.only] if args.only else list(FOLDERS):
         root = args.data / FOLDERS[kind]
-        chosen = choose(scan_images(root).images, root).name
+        train_root, test_root = split_links(root, kind, args.seed, args.workdir / kind)
+        chosen = choose(scan_images(train_root).images, train_root).name
         for name in args.recipes.split(","):
             model = args.workdir / f"{kind}_{name}.pt"
             model.parent.mkdir(parents=True, exist_ok=True)
-            minutes = (frozen(root, kind, model, args.seed) if name == "frozen"
-                       else trained(root, name, kind, model, args.minutes, args.seed, parsed(args.set)))
+            minutes = (frozen(train_root, kind, model, args.seed) if name == "frozen"
+                       else trained(train_root, name, kind, model, args.minutes, args.seed, parsed(args.set)))
             label = f"auto ({chosen})" + "".join(f" {x}" for x in args.set) if name == "auto" else name
             rows.append([kind, label, f"{minutes:.1f}",
-                         *scores(root, kind, model, args.episodes, args.seed, args.workdir / kind)])
+                         *scores(test_root, kind, model, args.episodes, args.seed, args.workdir / kind)])
             print("  " + "  ".join(rows[-1]), flush=True)
-    print(f"\none-shot: {WAYS['omniglot']}-way within one held-out alphabet (omniglot), {WAYS['faces']}-way (faces); "
+    print(f"\none-shot: {WAYS['omniglot']}-way within one test alphabet (omniglot), {WAYS['faces']}-way (faces); "
           f"{args.episodes} episodes, seed {args.seed}")
     print_table(rows)
     print(f"total {(time.perf_counter() - t0) / 60:.1f} min (load average {os.getloadavg()[0]:.1f})")
