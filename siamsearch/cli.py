@@ -33,6 +33,7 @@ from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
 from .moves import undo_moves
+from .options import Amp, DecodeWorkers, Device, Exclude, Include, IndexDir, Json, Seed, TargetPrecision
 from .relocation import relocate as relocate_index
 from .terminal import (
     Skipped,
@@ -85,19 +86,6 @@ class Commands(TyperGroup):
 app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
                   help="Train a Siamese image encoder, index image folders, find neighbours and duplicates.")
 app.add_typer(cluster_app, name="cluster")  # Ray and pyarrow load only when one of its commands runs
-
-# Options several commands share, declared once.
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-DecodeWorkers = Annotated[Optional[int], typer.Option("--workers", help="Decode workers (default: cores - 1).")]
-IndexDir = Annotated[Path, typer.Option("--index", help="Index folder.")]
-TargetPrecision = Annotated[float, typer.Option(min=0.0, max=1.0, help="Precision the second threshold is set for.")]
-Seed = Annotated[int, typer.Option()]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-Include = Annotated[Optional[list[str]], typer.Option(help="Only files matching this glob (relative path, gitignore "
-                                                           "style; repeatable). An index remembers it.")]
-Exclude = Annotated[Optional[list[str]], typer.Option(help="Skip files and folders matching this glob (repeatable). "
-                                                           "An index remembers it.")]
-Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 (default: an index's own; else CUDA only).")]
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..options import Json
 from ..terminal import console, print_json, progress_bar, report_failures, shown
 from .runtime import connect
 
@@ -19,7 +20,6 @@ app = typer.Typer(no_args_is_help=True, help="The same stages on a Ray cluster (
 Address = Annotated[Optional[str], typer.Option(help="Address of a running Ray cluster (e.g. ray://head:10001 "
                                                      "or auto); default: start a local one.")]
 Embeddings = Annotated[Path, typer.Argument(help="Embeddings folder written by `siamsearch cluster embed`.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the JSON summary.")]
 
 
 @app.command()
