@@ -121,6 +121,8 @@ def train(
     pooling: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(POOLINGS)}.")] = None,
     gem_p: Annotated[Optional[float], typer.Option(help="GeM's starting exponent (learned).")] = None,
     head: Annotated[Optional[str], typer.Option(help=f"Projection head: one of {', '.join(HEADS)}.")] = None,
+    whiten: Annotated[Optional[int], typer.Option(help="Learned whitening to this many dimensions, fitted after "
+                                                  "SGD (--epochs 0: alone); 0: off.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
     loss: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(LOSSES)}.")] = None,
     hinge: Annotated[Optional[float], typer.Option(help="Loss hinge: how far apart different identities are pushed "

@@ -165,7 +165,7 @@ def embed_tensors(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, 
 
 def _dim(model: torch.nn.Module) -> int:
     """Embedding size, so that no readable file still gives a (0, D) array."""
-    return model.cfg.dim if hasattr(model, "cfg") else 0
+    return model.cfg.embedding_dim if hasattr(model, "cfg") else 0
 
 
 def _views(batch: Batch, paths: Sequence[Path], size: int, channels: int,

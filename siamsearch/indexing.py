@@ -143,7 +143,7 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     if store is None or rebuild:
         if store is not None:
             store.close()
-        store = Store.create(index_dir, dim=ckpt.encoder.dim, fingerprint=ckpt.fingerprint,
+        store = Store.create(index_dir, dim=ckpt.encoder.embedding_dim, fingerprint=ckpt.fingerprint,
                              encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
                              root=image_dir, index_kind=kind, overwrite=rebuild,
                              precision=precision(device, runtime.amp))

@@ -16,6 +16,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -176,7 +177,12 @@ def _pool(cfg: EncoderConfig) -> nn.Module:
 
 
 def _head(cfg: EncoderConfig, f: int) -> nn.Module:
-    """Pooled features → `dim`: one linear projection, or the MLP older models were trained with."""
+    """Pooled features → `dim`: one linear projection, none (the features as they are), or the MLP older models
+    were trained with."""
+    if cfg.head == "none":
+        if cfg.dim != f:
+            raise UsageError(f"head none passes the trunk's {f} pooled features on: set dim to {f}")
+        return nn.Identity()
     if cfg.head == "linear":
         return nn.Linear(f, cfg.dim)
     return nn.Sequential(nn.Linear(f, f), nn.BatchNorm1d(f), nn.ReLU(inplace=True), nn.Linear(f, cfg.dim))
@@ -191,6 +197,24 @@ def _trunk(cfg: EncoderConfig, pretrained: bool) -> nn.Module:
     return ResNetTrunk(cfg.backbone, pretrained)
 
 
+class Whitening(nn.Module):
+    """(x - mean) @ projection, L2-normalised: the learned whitening (siamsearch.whitening fits it, not SGD)."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("projection", torch.eye(dim, out_dim))
+
+    def set(self, mean: np.ndarray, projection: np.ndarray) -> None:
+        """Install a fitted whitening, on the layer's device."""
+        self.mean.copy_(torch.from_numpy(mean))
+        self.projection.copy_(torch.from_numpy(projection))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dim) unit vectors → (B, out_dim) unit vectors."""
+        return F.normalize((x - self.mean) @ self.projection, dim=1)
+
+
 class Encoder(nn.Module):
     """Image → L2-normalised embedding of size `dim`; frozen BatchNorm layers stay in eval mode."""
 
@@ -201,9 +225,16 @@ class Encoder(nn.Module):
         self.backbone = _trunk(cfg, cfg.pretrained and download)
         self.pool = _pool(cfg)
         self.head = _head(cfg, self.backbone.out_features)
+        self.whitening = Whitening(cfg.dim, cfg.whiten) if cfg.whiten else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised images → (B, dim) float32 unit vectors.
+        """(B, C, H, W) normalised images → (B, embedding_dim) float32 unit vectors: the features, whitened."""
+        features = self.features(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return features if self.whitening is None else self.whitening(features)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised images → (B, dim) float32 unit vectors, before any whitening: what SGD trains.
 
         Under autocast only the trunk runs in bf16: its pooled features go to the head in fp32, so the
         rounding left in a vector is the trunk's alone (siamsearch.device, the precision rule).

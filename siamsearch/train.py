@@ -16,7 +16,7 @@ import torch
 
 from . import metrics
 from .calibration import CALIBRATION_KEYS, distance_tails
-from .checkpoint import damaged, load_checkpoint, load_resume, save_model, save_resume, update_model_file
+from .checkpoint import damaged, load_checkpoint, load_encoder, load_resume, save_model, save_resume, update_model_file
 from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
 from .device import autocast, precision, resolve_device, train_workers
 from .distributed import World
@@ -24,9 +24,10 @@ from .embed import embed_tensors
 from .errors import RefusedError, UsageError
 from .images import Failure, Selection
 from .losses import batch_loss
-from .model import Encoder, build_encoder, count_parameters, set_trainable
+from .model import Encoder, Whitening, build_encoder, count_parameters, set_trainable
 from .trainset import TrainData, load_data, sampler_for, train_batches, val_views
 from .transforms import augment_batch, normalize, train_load_size
+from .whitening import fit_whitening
 
 PROGRESS_EVERY = 20  # batches between loss reads for the progress bar: each read waits for the GPU
 
@@ -232,6 +233,8 @@ def _recipe(enc: EncoderConfig, cfg: TrainConfig, state: dict[str, Any] | None) 
     if state is None:
         if enc.pretrained and enc.backbone == "small":
             raise UsageError("--pretrained needs a ResNet backbone: small has no ImageNet weights")
+        if not cfg.epochs and not enc.whiten:
+            raise UsageError("--epochs 0 trains nothing; with --whiten N it fits the learned whitening alone")
         return enc, cfg
     return from_dict(EncoderConfig, state["encoder"]), dataclasses.replace(
         from_dict(TrainConfig, state["train"]), epochs=cfg.epochs, max_minutes=cfg.max_minutes)
@@ -266,12 +269,18 @@ def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out:
     path = resume_path_for(out)
     state = load_resume(path) if resume else None
     enc, cfg = _recipe(enc, cfg, state)
-    model = build_encoder(enc, None if state else weights_file, download=state is None)
+    # SGD trains the encoder without its learned whitening, which is fitted afterwards (see _whiten)
+    model = build_encoder(dataclasses.replace(enc, whiten=0), None if state else weights_file, download=state is None)
     _check_unfreeze(model, cfg)
     if cfg.freeze_backbone:
         set_trainable(model.backbone, False)
     model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    groups = _param_groups(model, cfg)
+    if not groups and cfg.epochs and not cfg.unfreeze:
+        raise UsageError("nothing to train: the trunk is frozen and head none has no weights; choose a head, "
+                         "unfreeze blocks, or fit the learned whitening alone with --epochs 0 --whiten N")
+    placeholder = [{"params": [torch.nn.Parameter(torch.zeros(0))], "lr": 0.0, "base_lr": 0.0}]  # AdamW needs one
+    optimizer = torch.optim.AdamW(groups or placeholder, weight_decay=cfg.weight_decay)
     run = _Run(model, optimizer, enc, cfg)
     if state:
         _restore(run, state, path)
@@ -316,10 +325,33 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
     data = _load(root, run, runtime, obs, selection)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
     best, stopped, calibration = _loop(run, data, out, device, amp, train_workers(runtime.workers, device), obs, world)
+    if run.enc.whiten and stopped != "interrupted" and world.main:
+        best, calibration = _whiten(run, data, out, best, device, amp, obs)
     if best is not None and world.main:  # the best file gets the whole history, for training curves
         update_model_file(out, history=run.history)
     return TrainResult(out, run.fingerprint, run.history, best, calibration, data.failures, stopped,
                        resume_path_for(out))
+
+
+def _whiten(run: _Run, data: TrainData, out: Path, best: dict[str, Any] | None, device: torch.device, amp: bool,
+            obs: Observer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the learned whitening on the best epoch's encoder (the untrained one with --epochs 0), validate and
+    save it to `out`: the model file holds the whitened encoder, its record ends the history."""
+    model = load_encoder(out, device)[0] if best is not None else run.model
+    model.cfg, model.whitening = run.enc, Whitening(run.enc.dim, run.enc.whiten).to(device)
+    t0 = time.perf_counter()
+    images = fit_whitening(model, data.train, run.enc, run.cfg, data.self_supervised, device, amp)
+    val = val_views(data, run.enc, run.cfg)
+    record = {"epoch": best["epoch"] if best else 0, "whitened": float(images), "minutes": run.history[-1]["minutes"]
+              if run.history else 0.0} | (validate(model, *val, run.cfg, device, amp) if val else {})
+    tails = record.pop("tails", None)
+    obs.message(f"learned whitening {run.enc.dim} → {run.enc.whiten} from {images:,} training images and "
+                f"their augmented views in {time.perf_counter() - t0:.1f}s")
+    run.history.append(record)
+    purpose = "near-duplicates" if data.self_supervised else "identities"
+    calibration = _calibration(record, tails, purpose, precision(device, amp))
+    run.fingerprint = save_model(out, model, run.cfg, run.history, calibration)
+    return record, calibration
 
 
 def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool, workers: int,

@@ -61,6 +61,7 @@ def test_glyphs_faces_and_photos_each_get_their_recipe(tmp_path):
     faces = chosen(folder(tmp_path / "faces", face, ext="pgm"))
     assert faces.name == "faces" and faces.enc.channels == 1 and faces.enc.pretrained
     assert faces.cfg.augment == AUGMENT_PRESETS["lighting"] and faces.cfg.freeze_backbone
+    assert faces.enc.whiten and faces.cfg.epochs == 0  # the learned whitening alone
     photos = chosen(folder(tmp_path / "photos", photo, ext="jpg"))
     assert photos.name == "photos" and photos.enc.channels == 3 and photos.enc.pretrained
     assert photos.survey.single_channel == 0.0 and photos.survey.side == 120
@@ -94,7 +95,7 @@ FLAGS = {  # flag and value → the field it sets and the value expected there
     ("--backbone", "resnet18"): ("backbone", "resnet18"), ("--image-size", "48"): ("image_size", 48),
     ("--channels", "3"): ("channels", 3), ("--dim", "64"): ("dim", 64), ("--pretrained",): ("pretrained", True),
     ("--standardize",): ("standardize", True), ("--pooling", "gem"): ("pooling", "gem"),
-    ("--gem-p", "4"): ("gem_p", 4.0), ("--head", "linear"): ("head", "linear"),
+    ("--gem-p", "4"): ("gem_p", 4.0), ("--head", "linear"): ("head", "linear"), ("--whiten", "32"): ("whiten", 32),
     ("--loss", "triplet"): ("loss", "triplet"), ("--hinge", "0.5"): ("hinge", 0.5),
     ("--temperature", "0.2"): ("temperature", 0.2), ("--koleo", "1"): ("koleo", 1.0),
     ("--max-minutes", "3"): ("max_minutes", 3.0), ("-P", "8"): ("ids_per_batch", 8), ("-K", "3"): ("images_per_id", 3),

@@ -87,7 +87,7 @@ class Embedder:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ok = np.asarray(batch["error"]) == ""
-        vectors = np.zeros((len(ok), self.model.cfg.dim), np.float32)
+        vectors = np.zeros((len(ok), self.model.cfg.embedding_dim), np.float32)
         if ok.any():
             vectors[ok] = embed_tensors(self.model, torch.from_numpy(batch["pixels"][ok]), self.pre, self.device)
         return {**{k: v for k, v in batch.items() if k != "pixels"}, "vec": vectors}
@@ -156,7 +156,7 @@ def _plan(source: Path, out: Path, model: Path, shard_size: int) -> tuple[dict[s
     _, ckpt = load_encoder(model)
     counts = shards.plan_inputs(out, paths, shard_size)
     manifest = shards.new_manifest(root=str(root), model=str(model.resolve()), fingerprint=ckpt.fingerprint,
-                                   encoder=to_dict(ckpt.encoder), dim=ckpt.encoder.dim, shards=counts)
+                                   encoder=to_dict(ckpt.encoder), dim=ckpt.encoder.embedding_dim, shards=counts)
     manifest["preprocess"] = to_dict(ckpt.preprocess)  # what the decode tasks need, without loading the model
     shards.write_manifest(out, manifest)
     return manifest, failures
