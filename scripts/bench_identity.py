@@ -132,7 +132,9 @@ def trained(root: Path, name: str, kind: str, out: Path, minutes: float, seed: i
     ckpt = load_checkpoint(out)
     print(f"  {kind} {choice.name}: {ckpt.encoder}\n    {ckpt.train}", flush=True)
     best = result.best or {}
-    print(f"    {len(result.history)} epochs ({result.stopped}), best epoch {best.get('epoch')}", flush=True)
+    epochs = sum("whitened" not in record for record in result.history)  # the whitening's record ends the history
+    print(f"    {epochs} epochs ({result.stopped}), best epoch {best.get('epoch')}"
+          + (", then the learned whitening" if "whitened" in best else ""), flush=True)
     return result.history[-1]["minutes"] if result.history else float("nan")
 
 

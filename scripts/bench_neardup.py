@@ -14,10 +14,12 @@ uses without --margin (expected false pairs within 1 per 1,000 indexed images), 
 comparison, also at the balanced calibrated margin (best F1 on the calibration pairs), which ignores the size of
 the index. The frozen-trunk row is the recipe's encoder before any training (ImageNet trunk, GeM with p = 3, the
 linear projection at its seeded random initialisation, which keeps distances roughly, as a random projection
-does), calibrated and scored the same way. phash (64 bits) pairs images within PHASH_BITS bits, imagededup's
-default for phash. --distractors N adds N more dead-leaves images (distinct by construction, none a copy of a
-photo) to a second index of the test folder, scored with the model calibrated as above (on photos) and again
-calibrated also on copies of CALIBRATION_LEAVES other dead-leaves images, as a collection made mostly of them needs.
+does), calibrated and scored the same way; the next row fits the recipe's learned whitening on it (train with
+--epochs 0: each training image an identity of its augmented views), still with no SGD. phash (64 bits) pairs
+images within PHASH_BITS bits, imagededup's default for phash. --distractors N adds N more dead-leaves images
+(distinct by construction, none a copy of a photo) to a second index of the test folder, scored with the model
+calibrated as above (on photos) and again calibrated also on copies of CALIBRATION_LEAVES other dead-leaves
+images, as a collection made mostly of them needs.
 
 Scores are pairwise: true pairs are all pairs of one group; predicted pairs are the pairs of files sharing a
 dedup group (kept file and duplicates), or within the phash threshold. The columns by kind are the fraction of
@@ -199,8 +201,9 @@ def trained_model(tiles: Path, model: Path, args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     trained = train(tiles, model, enc, cfg, Runtime(device="cpu"))
     best = trained.best or {}
-    print(f"trained {len(trained.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min ({trained.stopped}); "
-          f"best epoch {best.get('epoch')}: roc_auc {best.get('roc_auc', float('nan')):.4f}, "
+    epochs = sum("whitened" not in record for record in trained.history)  # the whitening's record ends the history
+    print(f"trained {epochs} epochs (then the learned whitening) in {(time.perf_counter() - t0) / 60:.1f} min "
+          f"({trained.stopped}); best epoch {best.get('epoch')}: roc_auc {best.get('roc_auc', float('nan')):.4f}, "
           f"one-shot {best.get('one_shot', float('nan')):.3f} on held-out tiles")
 
 
@@ -208,7 +211,15 @@ def frozen_model(model: Path, args: argparse.Namespace) -> None:
     """The recipe's encoder before training (ImageNet trunk, GeM, random linear projection), as a model file."""
     enc, cfg = recipe(args)
     torch.manual_seed(args.seed)  # the projection's random initialisation
-    save_model(model, build_encoder(enc).eval(), cfg)
+    save_model(model, build_encoder(dataclasses.replace(enc, whiten=0)).eval(), cfg)
+
+
+def whitened_model(tiles: Path, model: Path, args: argparse.Namespace) -> None:
+    """The same untrained encoder with the recipe's learned whitening fitted on the training tiles: no SGD."""
+    enc, cfg = recipe(args)
+    t0 = time.perf_counter()
+    train(tiles, model, enc, dataclasses.replace(cfg, epochs=0), Runtime(device="cpu"))
+    print(f"whitening alone fitted in {(time.perf_counter() - t0) / 60:.1f} min")
 
 
 def siamsearch_rows(method: str, folder: Path, index: Path, model: Path, photos: list[str],
@@ -264,12 +275,16 @@ def main() -> None:
     print(f"test photos ({len(test_photos)}, {len(files)} files): {', '.join(test_photos)}")
     frozen_model(work / "frozen.pt", args)
     calibrated(work / "frozen.pt", copies, args.seed)
+    whitened_model(tiles, work / "whitened.pt", args)
+    calibrated(work / "whitened.pt", copies, args.seed)
     trained_model(tiles, work / "copies.pt", args)
     calibrated(work / "copies.pt", copies, args.seed)
     photos = list(test_photos)
     rows = [*siamsearch_rows("siamsearch copies recipe", data / "test", work / "index", work / "copies.pt", photos),
             *siamsearch_rows("frozen trunk, no training", data / "test", work / "index_frozen", work / "frozen.pt",
                              photos),
+            *siamsearch_rows("frozen trunk + whitening, no SGD", data / "test", work / "index_whitened",
+                             work / "whitened.pt", photos),
             score_row("imagehash", f"phash: hamming <= {PHASH_BITS}/64", phash_pairs(data / "test", files, PHASH_BITS),
                       photos)]
     if args.distractors:

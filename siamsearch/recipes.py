@@ -130,8 +130,12 @@ def choose(paths: list[Path], root: Path, recipe: str = "auto", self_supervised:
 def with_options(choice: Choice, options: dict[str, Any]) -> tuple[EncoderConfig, TrainConfig]:
     """The chosen recipe with every option given (not None) in place of its field.
 
-    An --epochs given without --max-minutes also lifts the recipe's time budget: the epochs asked for are run.
+    An --epochs given without --max-minutes also lifts the recipe's time budget: the epochs asked for are run; a
+    --dim below the recipe's whitening size without --whiten takes the whitening down with it.
     """
+    dim, whiten = options.get("dim"), options.get("whiten")
+    if dim is not None and whiten is None and choice.enc.whiten > dim:
+        options = options | {"whiten": dim}
     enc, cfg = with_overrides(choice.enc, options), with_overrides(choice.cfg, options)
     if options.get("epochs") is not None and options.get("max_minutes") is None:
         cfg = dataclasses.replace(cfg, max_minutes=None)

@@ -118,12 +118,14 @@ class TrainProgress:
 
 def print_recipes() -> None:
     """train --recipe list: each recipe's main fields and what it is for."""
-    table = Table("recipe", "backbone", "input", "loss", "budget", "for", title="train --recipe NAME (auto: chosen "
-                  "from the folder)")
+    table = Table("recipe", "backbone", "input", "loss", "whitening", "budget", "for",
+                  title="train --recipe NAME (auto: chosen from the folder)")
     for name, (enc, cfg) in RECIPES.items():
-        budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs"
+        budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs" if cfg.epochs else "seconds"
         trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
-        table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss, budget, RECIPE_HELP.get(name, ""))
+        whitening = f"{enc.dim} → {enc.whiten}" if enc.whiten else "-"
+        table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss if cfg.epochs else "none (no SGD)", whitening,
+                      budget, RECIPE_HELP.get(name, ""))
     console.print(table)
 
 

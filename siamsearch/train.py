@@ -336,17 +336,20 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
 def _whiten(run: _Run, data: TrainData, out: Path, best: dict[str, Any] | None, device: torch.device, amp: bool,
             obs: Observer) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the learned whitening on the best epoch's encoder (the untrained one with --epochs 0), validate and
-    save it to `out`: the model file holds the whitened encoder, its record ends the history."""
+    save it to `out`: the model file holds the whitened encoder; its record (that epoch's loss and speed, the
+    validation measured anew) ends the history."""
     model = load_encoder(out, device)[0] if best is not None else run.model
     model.cfg, model.whitening = run.enc, Whitening(run.enc.dim, run.enc.whiten).to(device)
     t0 = time.perf_counter()
     images = fit_whitening(model, data.train, run.enc, run.cfg, data.self_supervised, device, amp)
     val = val_views(data, run.enc, run.cfg)
-    record = {"epoch": best["epoch"] if best else 0, "whitened": float(images), "minutes": run.history[-1]["minutes"]
-              if run.history else 0.0} | (validate(model, *val, run.cfg, device, amp) if val else {})
+    fitted = (time.perf_counter() - t0) / 60
+    sgd = {k: v for k, v in (best or {"epoch": 0}).items() if k in ("epoch", "loss", "images_per_s", "lr")}
+    record = sgd | {"whitened": float(images), "minutes": (run.history[-1]["minutes"] if run.history else 0.0) + fitted}
+    record |= validate(model, *val, run.cfg, device, amp) if val else {}
     tails = record.pop("tails", None)
     obs.message(f"learned whitening {run.enc.dim} → {run.enc.whiten} from {images:,} training images and "
-                f"their augmented views in {time.perf_counter() - t0:.1f}s")
+                f"their augmented views in {fitted * 60:.1f}s")
     run.history.append(record)
     purpose = "near-duplicates" if data.self_supervised else "identities"
     calibration = _calibration(record, tails, purpose, precision(device, amp))

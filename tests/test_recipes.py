@@ -93,7 +93,7 @@ def test_the_held_out_split_fits_the_identities_there_are():
 
 FLAGS = {  # flag and value → the field it sets and the value expected there
     ("--backbone", "resnet18"): ("backbone", "resnet18"), ("--image-size", "48"): ("image_size", 48),
-    ("--channels", "3"): ("channels", 3), ("--dim", "64"): ("dim", 64), ("--pretrained",): ("pretrained", True),
+    ("--channels", "3"): ("channels", 3), ("--dim", "256"): ("dim", 256), ("--pretrained",): ("pretrained", True),
     ("--standardize",): ("standardize", True), ("--pooling", "gem"): ("pooling", "gem"),
     ("--gem-p", "4"): ("gem_p", 4.0), ("--head", "linear"): ("head", "linear"), ("--whiten", "32"): ("whiten", 32),
     ("--loss", "triplet"): ("loss", "triplet"), ("--hinge", "0.5"): ("hinge", 0.5),
@@ -117,6 +117,13 @@ def test_every_flag_replaces_its_field_of_the_chosen_recipe(monkeypatch, tmp_pat
         changed = {f: getattr(c, f) for c, b in ((enc, base.enc), (cfg, base.cfg))
                    for f in (x.name for x in dataclasses.fields(c)) if getattr(c, f) != getattr(b, f)}
         assert changed == {name: value}, flag
+
+
+def test_a_smaller_dim_takes_the_recipes_whitening_down_with_it(monkeypatch, tmp_path):
+    root = folder(tmp_path / "glyphs", glyph)
+    assert _recipe_of(monkeypatch, [], root)[0].whiten == 128
+    assert _recipe_of(monkeypatch, ["--dim", "64"], root)[0].whiten == 64
+    assert _recipe_of(monkeypatch, ["--dim", "64", "--whiten", "0"], root)[0].whiten == 0
 
 
 def test_epochs_alone_lift_the_time_budget(monkeypatch, tmp_path):
