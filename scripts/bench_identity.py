@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from siamsearch.checkpoint import load_checkpoint, save_model
@@ -113,13 +112,10 @@ def options(name: str, kind: str, minutes: float, seed: int, settings: dict[str,
 
 
 def frozen(root: Path, kind: str, out: Path, seed: int) -> float:
-    """The ImageNet trunk untrained: its pooled 1280 features through an identity projection; 0 minutes."""
-    enc = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, dim=1280, head="linear",
+    """The ImageNet trunk untrained: its pooled 1280 features as they are (head none); 0 minutes."""
+    enc = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, dim=1280, head="none",
                         channels=1)
     model = build_encoder(enc).eval()
-    with torch.no_grad():
-        model.head.weight.copy_(torch.eye(1280))
-        model.head.bias.zero_()
     save_model(out, model, TrainConfig(seed=seed, **VALIDATION[kind]))
     return 0.0
 

@@ -24,7 +24,7 @@ from .embed import embed_tensors
 from .errors import RefusedError, UsageError
 from .images import Failure, Selection
 from .losses import batch_loss
-from .model import Encoder, Whitening, build_encoder, count_parameters, set_trainable
+from .model import Encoder, build_encoder, count_parameters, set_trainable
 from .trainset import TrainData, load_data, sampler_for, train_batches, val_views
 from .transforms import augment_batch, normalize, train_load_size
 from .whitening import fit_whitening
@@ -339,7 +339,6 @@ def _whiten(run: _Run, data: TrainData, out: Path, best: dict[str, Any] | None, 
     save it to `out`: the model file holds the whitened encoder; its record (that epoch's loss and speed, the
     validation measured anew) ends the history."""
     model = load_encoder(out, device)[0] if best is not None else run.model
-    model.cfg, model.whitening = run.enc, Whitening(run.enc.dim, run.enc.whiten).to(device)
     t0 = time.perf_counter()
     images = fit_whitening(model, data.train, run.enc, run.cfg, data.self_supervised, device, amp)
     val = val_views(data, run.enc, run.cfg)

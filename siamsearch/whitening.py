@@ -15,11 +15,10 @@ import numpy as np
 import torch
 
 from .config import EncoderConfig, TrainConfig
-from .device import autocast
-from .embed import decode_images
-from .model import Encoder
+from .embed import decode_images, embed_tensors
+from .model import Encoder, Whitening
 from .trainset import Split
-from .transforms import augment_batch, normalize, resize_batch, train_load_size
+from .transforms import augment_batch, resize_batch, train_load_size
 
 SHRINK = 0.3  # the within-identity covariance is pulled this far towards its mean eigenvalue: few images, many axes
 VIEWS = 2  # augmented views of each training image beside its plain one
@@ -44,8 +43,8 @@ def learned_whitening(vectors: np.ndarray, labels: np.ndarray, out_dim: int,
     within = z - centres[codes]
     cov = within.T @ within / len(within)
     cov = (1 - shrink) * cov + shrink * np.trace(cov) / len(cov) * np.eye(len(cov))
-    values, vectors_ = np.linalg.eigh(cov)
-    inv_sqrt = (vectors_ * values.clip(min=1e-12) ** -0.5) @ vectors_.T
+    values, eigenvectors = np.linalg.eigh(cov)
+    inv_sqrt = (eigenvectors * values.clip(min=1e-12) ** -0.5) @ eigenvectors.T
     white = z @ inv_sqrt
     _, _, axes = np.linalg.svd(white - white.mean(0), full_matrices=False)
     return mean.astype(np.float32), (inv_sqrt @ axes[:out_dim].T).astype(np.float32)
@@ -61,29 +60,25 @@ def _sample(split: Split, enc: EncoderConfig, gen: torch.Generator) -> tuple[tor
     return views[0], split.labels[pick[kept]]
 
 
-@torch.inference_mode()
-def _features(model: Encoder, images: torch.Tensor, device: torch.device, amp: bool) -> np.ndarray:
-    """The encoder's vectors before its whitening, for [0, 1] float images."""
-    model.eval()
-    x = normalize(images.to(device), model.cfg.preprocess()).contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp):
-        return model.features(x).float().cpu().numpy()
-
-
 def fit_whitening(model: Encoder, split: Split, enc: EncoderConfig, cfg: TrainConfig, self_supervised: bool,
                   device: torch.device, amp: bool) -> int:
-    """Fit the model's whitening layer on a sample of the decoded training split; returns the images used."""
+    """Fit a whitening to enc.whiten dimensions on a sample of the training split and install it in the model
+    (which has none yet; its config becomes `enc`); returns the images used."""
+    model.eval()
+    pre = model.cfg.preprocess()
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     images, labels = _sample(split, enc, gen)
     labels = np.arange(len(labels)) if self_supervised else labels
     vectors, names = [], []
     for start in range(0, len(labels), CHUNK):
         batch = images[start:start + CHUNK]
-        views = [resize_batch(batch, enc.image_size).float().div_(255.0)]
+        views = [resize_batch(batch, enc.image_size)]  # the plain view, already [0, 1]
         views += [augment_batch(batch, enc.image_size, cfg.augment, gen) for _ in range(VIEWS)]
         for view in views:
-            vectors.append(_features(model, view, device, amp))
+            vectors.append(embed_tensors(model, view, pre, device, amp))
             names.append(labels[start:start + CHUNK])
     mean, projection = learned_whitening(np.concatenate(vectors), np.concatenate(names), enc.whiten)
+    model.whitening = Whitening(enc.dim, enc.whiten).to(device)
     model.whitening.set(mean, projection)
+    model.cfg = enc
     return len(labels)
