@@ -123,6 +123,11 @@ def train(
     head: Annotated[Optional[str], typer.Option(help=f"Projection head: one of {', '.join(HEADS)}.")] = None,
     whiten: Annotated[Optional[int], typer.Option(help="Learned whitening to this many dimensions, fitted after "
                                                   "SGD (--epochs 0: alone); 0: off.")] = None,
+    whiten_from: Annotated[Optional[str], typer.Option(help="What the whitening reads: head (its vectors) or pool "
+                                                       "(the trunk's pooled features; the head then serves SGD "
+                                                       "only).")] = None,
+    test_shifts: Annotated[Optional[int], typer.Option(help="Test-time augmentation: vectors averaged over the "
+                                                       "image and four copies moved this many pixels (0: off).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
     loss: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(LOSSES)}.")] = None,
     hinge: Annotated[Optional[float], typer.Option(help="Loss hinge: how far apart different identities are pushed "

@@ -148,7 +148,7 @@ class EmbedResult:
     failures: list[Failure] = field(default_factory=list)
 
 
-def forward(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, device: torch.device,
+def forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, pre: Preprocess, device: torch.device,
             amp: bool | None = None) -> torch.Tensor:
     """uint8 or [0, 1] (B, C, S, S) images → (B, D) float32 unit vectors, left on the device (no sync)."""
     x = normalize(batch.to(device, non_blocking=True), pre).contiguous(memory_format=torch.channels_last)
@@ -157,8 +157,8 @@ def forward(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, device
 
 
 @torch.inference_mode()
-def embed_tensors(model: torch.nn.Module, batch: torch.Tensor, pre: Preprocess, device: torch.device,
-                  amp: bool | None = None) -> np.ndarray:
+def embed_tensors(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, pre: Preprocess,
+                  device: torch.device, amp: bool | None = None) -> np.ndarray:
     """uint8 or [0, 1] (B, C, S, S) images → (B, D) float32 unit vectors on the host."""
     return forward(model, batch, pre, device, amp).cpu().numpy()
 

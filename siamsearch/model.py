@@ -197,6 +197,14 @@ def _trunk(cfg: EncoderConfig, pretrained: bool) -> nn.Module:
     return ResNetTrunk(cfg.backbone, pretrained)
 
 
+def shifted(x: torch.Tensor, pixels: int) -> list[torch.Tensor]:
+    """x and its four copies moved `pixels` along the diagonals, the border repeated: test-time augmentation that
+    makes a glyph's vector less sensitive to where its strokes fall on the pooling grid."""
+    padded = F.pad(x, (pixels,) * 4, mode="replicate")
+    h, w = x.shape[-2:]
+    return [x] + [padded[..., i:i + h, j:j + w] for i in (0, 2 * pixels) for j in (0, 2 * pixels)]
+
+
 class Whitening(nn.Module):
     """(x - mean) @ projection, L2-normalised: the learned whitening (siamsearch.whitening fits it, not SGD)."""
 
@@ -225,27 +233,56 @@ class Encoder(nn.Module):
         self.backbone = _trunk(cfg, cfg.pretrained and download)
         self.pool = _pool(cfg)
         self.head = _head(cfg, self.backbone.out_features)
-        self.whitening = Whitening(cfg.dim, cfg.whiten) if cfg.whiten else None
+        self.whitening = Whitening(self.whitening_reads, cfg.whiten) if cfg.whiten else None
+
+    @property
+    def whitening_reads(self) -> int:
+        """The size of what the learned whitening reads: the head's vectors, or the trunk's pooled features.
+
+        Raises:
+            UsageError: the whitening would keep more dimensions than it reads.
+        """
+        size = self.cfg.dim if self.cfg.whiten_from == "head" else self.backbone.out_features
+        if self.cfg.whiten > size:
+            raise UsageError(f"whiten {self.cfg.whiten} exceeds the {size} dimensions it reads "
+                             f"(the {self.cfg.whiten_from}'s): whitening keeps the strongest axes")
+        return size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised images → (B, embedding_dim) float32 unit vectors: the features, whitened."""
-        features = self.features(x)
+        if self.whitening is None:
+            return self.features(x)
+        read = self.whitening_input(x)
         with torch.autocast(x.device.type, enabled=False):
-            return features if self.whitening is None else self.whitening(features)
+            return self.whitening(read)
+
+    def whitening_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised images → the unit vectors the learned whitening reads (cfg.whiten_from)."""
+        if self.cfg.whiten_from == "head":
+            return self.features(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.normalize(self._pooled(x), dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised images → (B, dim) float32 unit vectors, before any whitening: what SGD trains.
+        """(B, C, H, W) normalised images → (B, dim) float32 unit vectors, before any whitening: what SGD trains."""
+        pooled = self._pooled(x)
+        with torch.autocast(x.device.type, enabled=False):  # the head and the norm in fp32 whatever the trunk ran in
+            return F.normalize(self.head(pooled), dim=1)
 
-        Under autocast only the trunk runs in bf16: its pooled features go to the head in fp32, so the
-        rounding left in a vector is the trunk's alone (siamsearch.device, the precision rule).
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised images → (B, F) float32 pooled trunk features; out of training with test_shifts,
+        their mean over the image and its shifted copies.
+
+        Under autocast only the trunk runs in bf16: its pooled features go on in fp32, so the rounding left
+        in a vector is the trunk's alone (siamsearch.device, the precision rule).
         """
         if self.cfg.standardize:
             x = F.instance_norm(x, eps=1e-4)
         if self.cfg.backbone != "small" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale into an RGB backbone
-        features = self.pool(self.backbone(x)).float()
-        with torch.autocast(x.device.type, enabled=False):  # the head and the norm in fp32 whatever the trunk ran in
-            return F.normalize(self.head(features), dim=1)
+        if self.training or not self.cfg.test_shifts:
+            return self.pool(self.backbone(x)).float()
+        return torch.stack([self.pool(self.backbone(v)).float() for v in shifted(x, self.cfg.test_shifts)]).mean(0)
 
     def train(self, mode: bool = True) -> "Encoder":
         """Like nn.Module.train, but BatchNorm layers whose weights are frozen keep their statistics."""

@@ -131,10 +131,11 @@ def with_options(choice: Choice, options: dict[str, Any]) -> tuple[EncoderConfig
     """The chosen recipe with every option given (not None) in place of its field.
 
     An --epochs given without --max-minutes also lifts the recipe's time budget: the epochs asked for are run; a
-    --dim below the recipe's whitening size without --whiten takes the whitening down with it.
+    --dim below the size of a whitening that reads the head, without --whiten, takes the whitening down with it.
     """
     dim, whiten = options.get("dim"), options.get("whiten")
-    if dim is not None and whiten is None and choice.enc.whiten > dim:
+    reads_head = (options.get("whiten_from") or choice.enc.whiten_from) == "head"
+    if dim is not None and whiten is None and reads_head and choice.enc.whiten > dim:
         options = options | {"whiten": dim}
     enc, cfg = with_overrides(choice.enc, options), with_overrides(choice.cfg, options)
     if options.get("epochs") is not None and options.get("max_minutes") is None:

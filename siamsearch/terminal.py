@@ -123,7 +123,7 @@ def print_recipes() -> None:
     for name, (enc, cfg) in RECIPES.items():
         budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs" if cfg.epochs else "seconds"
         trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
-        whitening = f"{enc.dim} → {enc.whiten}" if enc.whiten else "-"
+        whitening = f"{enc.dim if enc.whiten_from == 'head' else 'pooled'} → {enc.whiten}" if enc.whiten else "-"
         table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss if cfg.epochs else "none (no SGD)", whitening,
                       budget, RECIPE_HELP.get(name, ""))
     console.print(table)

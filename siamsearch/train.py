@@ -1,4 +1,4 @@
-"""Training a Siamese encoder on an identity folder: the loop, validation, checkpoints (data: trainset.py)."""
+"""Training a Siamese encoder on an identity folder: the loop, checkpoints (data: trainset.py; epochs judged: validation.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
-from . import metrics
-from .calibration import CALIBRATION_KEYS, distance_tails
 from .checkpoint import damaged, load_checkpoint, load_encoder, load_resume, save_model, save_resume, update_model_file
 from .config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
 from .device import autocast, precision, resolve_device, train_workers
 from .distributed import World
-from .embed import embed_tensors
 from .errors import RefusedError, UsageError
 from .images import Failure, Selection
 from .losses import batch_loss
 from .model import Encoder, build_encoder, count_parameters, set_trainable
 from .trainset import TrainData, load_data, sampler_for, train_batches, val_views
 from .transforms import augment_batch, normalize, train_load_size
+from .validation import calibration_of, kept_epoch, validate
 from .whitening import fit_whitening
 
 PROGRESS_EVERY = 20  # batches between loss reads for the progress bar: each read waits for the GPU
@@ -73,47 +70,6 @@ class TrainResult:
 def resume_path_for(out: Path) -> Path:
     """Where the full training state lives next to the model file."""
     return out.with_name(out.stem + ".resume.pt")
-
-
-def validate(model: Encoder, images: torch.Tensor, labels: np.ndarray, cfg: TrainConfig,
-             device: torch.device, amp: bool | None = None) -> dict[str, float]:
-    """Held-out identity metrics: verification ROC AUC, P@1, N-way one-shot and the thresholds."""
-    counts = np.unique(labels, return_counts=True)[1]
-    ways = min(cfg.ways, int((counts >= 2).sum()))
-    if ways < 2:  # nothing to verify: the run keeps its last epoch instead of a best one
-        return {}
-    model.eval()
-    pre = model.cfg.preprocess()
-    emb = np.concatenate([embed_tensors(model, images[i:i + 512], pre, device, amp)
-                          for i in range(0, len(images), 512)])
-    out = metrics.verification_metrics(emb, labels, seed=cfg.seed)
-    out["p_at_1"] = metrics.precision_at_1(emb, labels)
-    out["ways"] = ways
-    out["one_shot"] = metrics.one_shot_accuracy(emb, labels, ways, cfg.episodes, cfg.seed)
-    # plain floats: checkpoints load with weights_only; the tails go to the calibration, not the history
-    return {k: float(v) for k, v in out.items()} | {"tails": distance_tails(emb, labels, cfg.seed)}
-
-
-def _score(record: dict[str, Any], self_supervised: bool = False) -> float:
-    """Which epoch is best: one-shot accuracy, then P@1 to break ties; without validation, the last.
-
-    Self-supervised runs keep the last epoch too: their validation copies come from the random training
-    augmentation, and a few hundred of them judge epochs more by luck than the loss does.
-    """
-    if "p_at_1" not in record or self_supervised:
-        return float(record["epoch"])
-    one_shot = record.get("one_shot", float("nan"))
-    return (0.0 if math.isnan(one_shot) else one_shot) + 1e-3 * record.get("p_at_1", 0.0)
-
-
-def _calibration(record: dict[str, Any], tails: dict[str, Any] | None, purpose: str, precision: str) -> dict[str, Any]:
-    """What dedup's default margin comes from, of the best validation epoch: thresholds, distance tails, purpose,
-    and the precision its vectors were embedded in (the device's precision rule)."""
-    if "threshold_best_f1" not in record:
-        return {}
-    return ({k: record[k] for k in CALIBRATION_KEYS if k in record}
-            | {"tails": tails or {}, "purpose": purpose, "source": "validation", "epoch": record["epoch"],
-               "precision": precision})
 
 
 def _lr_factor(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
@@ -347,11 +303,11 @@ def _whiten(run: _Run, data: TrainData, out: Path, best: dict[str, Any] | None, 
     record = sgd | {"whitened": float(images), "minutes": (run.history[-1]["minutes"] if run.history else 0.0) + fitted}
     record |= validate(model, *val, run.cfg, device, amp) if val else {}
     tails = record.pop("tails", None)
-    obs.message(f"learned whitening {run.enc.dim} → {run.enc.whiten} from {images:,} training images and "
+    obs.message(f"learned whitening {model.whitening_reads} → {run.enc.whiten} from {images:,} training images and "
                 f"their augmented views in {fitted * 60:.1f}s")
     run.history.append(record)
     purpose = "near-duplicates" if data.self_supervised else "identities"
-    calibration = _calibration(record, tails, purpose, precision(device, amp))
+    calibration = calibration_of(record, tails, purpose, precision(device, amp))
     run.fingerprint = save_model(out, model, run.cfg, run.history, calibration)
     return record, calibration
 
@@ -369,8 +325,8 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
     loss_fn = batch_loss(cfg.loss, cfg.hinge, cfg.temperature, cfg.koleo)
     gen = torch.Generator().manual_seed(world.seed(cfg.seed + run.start_epoch))
     pre, load = enc.preprocess(), train_load_size(enc.image_size)
-    score = partial(_score, self_supervised=data.self_supervised)
-    best, stopped, epoch = max(run.history, key=score, default=None), "epochs", run.start_epoch
+    keep = partial(kept_epoch, episodes=cfg.episodes, self_supervised=data.self_supervised)
+    best, stopped, epoch = keep(run.history), "epochs", run.start_epoch
     purpose, calibration = "near-duplicates" if data.self_supervised else "identities", {}
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
@@ -400,8 +356,8 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             record["minutes"] = clock.elapsed() / 60
             tails = record.pop("tails", None)
             run.history.append(record)
-            if best is None or score(record) > score(best):
-                best, calibration = record, _calibration(record, tails, purpose, precision(device, amp))
+            if keep(run.history) is record:
+                best, calibration = record, calibration_of(record, tails, purpose, precision(device, amp))
                 run.fingerprint = save_model(out, model, cfg, run.history, calibration) if world.main else None
             obs.epoch_end(record)
             if world.main:

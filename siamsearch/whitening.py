@@ -75,10 +75,10 @@ def fit_whitening(model: Encoder, split: Split, enc: EncoderConfig, cfg: TrainCo
         views = [resize_batch(batch, enc.image_size)]  # the plain view, already [0, 1]
         views += [augment_batch(batch, enc.image_size, cfg.augment, gen) for _ in range(VIEWS)]
         for view in views:
-            vectors.append(embed_tensors(model, view, pre, device, amp))
+            vectors.append(embed_tensors(model.whitening_input, view, pre, device, amp))
             names.append(labels[start:start + CHUNK])
     mean, projection = learned_whitening(np.concatenate(vectors), np.concatenate(names), enc.whiten)
-    model.whitening = Whitening(enc.dim, enc.whiten).to(device)
-    model.whitening.set(mean, projection)
     model.cfg = enc
+    model.whitening = Whitening(model.whitening_reads, enc.whiten).to(device)
+    model.whitening.set(mean, projection)
     return len(labels)

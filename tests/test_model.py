@@ -117,3 +117,23 @@ def test_gem_and_linear_head_train_end_to_end():
     model = build_encoder(EncoderConfig(backbone="small", dim=8, image_size=32, pooling="gem", head="linear"))
     grads = grads_of(model, model(torch.randn(4, 3, 32, 32)).sum())
     assert "pool.p" in grads and isinstance(model.head, torch.nn.Linear)
+
+
+def test_test_shifts_average_the_image_and_four_moved_copies_out_of_training_only():
+    from siamsearch.model import shifted
+
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    views = shifted(x, 1)
+    assert len(views) == 5 and all(v.shape == x.shape for v in views) and torch.equal(views[0], x)
+    assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])  # moved one pixel up and left, the border repeated
+    torch.manual_seed(0)
+    model = build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32, channels=1, test_shifts=2))
+    plain = build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32, channels=1))
+    plain.load_state_dict(model.state_dict())
+    glyphs = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        model.eval(), plain.eval()
+        expected = torch.stack([plain.pool(plain.backbone(v)) for v in shifted(glyphs, 2)]).mean(0)
+        assert torch.allclose(model(glyphs), torch.nn.functional.normalize(plain.head(expected), dim=1), atol=1e-5)
+        model.train(), plain.train()
+        assert torch.allclose(model(glyphs), plain(glyphs), atol=1e-5)  # SGD sees the image alone

@@ -96,6 +96,7 @@ FLAGS = {  # flag and value → the field it sets and the value expected there
     ("--channels", "3"): ("channels", 3), ("--dim", "256"): ("dim", 256), ("--pretrained",): ("pretrained", True),
     ("--standardize",): ("standardize", True), ("--pooling", "gem"): ("pooling", "gem"),
     ("--gem-p", "4"): ("gem_p", 4.0), ("--head", "linear"): ("head", "linear"), ("--whiten", "32"): ("whiten", 32),
+    ("--whiten-from", "head"): ("whiten_from", "head"), ("--test-shifts", "2"): ("test_shifts", 2),
     ("--loss", "triplet"): ("loss", "triplet"), ("--hinge", "0.5"): ("hinge", 0.5),
     ("--temperature", "0.2"): ("temperature", 0.2), ("--koleo", "1"): ("koleo", 1.0),
     ("--max-minutes", "3"): ("max_minutes", 3.0), ("-P", "8"): ("ids_per_batch", 8), ("-K", "3"): ("images_per_id", 3),
@@ -119,11 +120,13 @@ def test_every_flag_replaces_its_field_of_the_chosen_recipe(monkeypatch, tmp_pat
         assert changed == {name: value}, flag
 
 
-def test_a_smaller_dim_takes_the_recipes_whitening_down_with_it(monkeypatch, tmp_path):
+def test_a_smaller_dim_takes_a_whitening_of_the_head_down_with_it(monkeypatch, tmp_path):
     root = folder(tmp_path / "glyphs", glyph)
-    assert _recipe_of(monkeypatch, [], root)[0].whiten == 128
-    assert _recipe_of(monkeypatch, ["--dim", "64"], root)[0].whiten == 64
-    assert _recipe_of(monkeypatch, ["--dim", "64", "--whiten", "0"], root)[0].whiten == 0
+    recipe = _recipe_of(monkeypatch, [], root)[0]
+    assert (recipe.whiten, recipe.whiten_from) == (64, "pool")
+    assert _recipe_of(monkeypatch, ["--dim", "32"], root)[0].whiten == 64  # it reads the pooled features, not dim
+    assert _recipe_of(monkeypatch, ["--dim", "32", "--whiten-from", "head"], root)[0].whiten == 32
+    assert _recipe_of(monkeypatch, ["--dim", "32", "--whiten", "0"], root)[0].whiten == 0
 
 
 def test_epochs_alone_lift_the_time_budget(monkeypatch, tmp_path):

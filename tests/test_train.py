@@ -14,7 +14,8 @@ from siamsearch.cli import app
 from siamsearch.config import AUGMENT_PRESETS, RECIPES, EncoderConfig, Runtime, TrainConfig
 from siamsearch.errors import RefusedError, UsageError
 from siamsearch.model import build_encoder
-from siamsearch.train import Quiet, resume_path_for, train, validate
+from siamsearch.train import Quiet, resume_path_for, train
+from siamsearch.validation import kept_epoch, validate
 from siamsearch.trainset import load_data, val_views
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3)
@@ -329,3 +330,11 @@ def test_rotations_add_each_turn_of_a_training_identity_as_a_new_identity(identi
     assert torch.equal(half.views[0][n:], torch.rot90(plain.views[0], 2, dims=(2, 3)))
     with pytest.raises(UsageError, match="rotations must be"):
         TrainConfig(rotations=3)
+
+
+def test_the_kept_epoch_is_the_latest_within_one_standard_error_of_the_best():
+    history = [{"epoch": e, "one_shot": s, "p_at_1": 0.5} for e, s in enumerate([0.80, 0.94, 0.935, 0.93, 0.90], 1)]
+    assert kept_epoch(history, episodes=2000)["epoch"] == 3  # SE 0.0053 at 0.94: 0.935 is a tie, 0.93 is not
+    assert kept_epoch(history, episodes=100_000)["epoch"] == 2  # enough episodes: every difference is real
+    assert kept_epoch(history, episodes=2000, self_supervised=True)["epoch"] == 5  # copies' validation ranks nothing
+    assert kept_epoch([{"epoch": 1}, {"epoch": 2}], episodes=2000)["epoch"] == 2 and kept_epoch([], 2000) is None

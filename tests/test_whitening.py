@@ -68,6 +68,21 @@ def test_epochs_0_fits_the_whitening_alone_and_the_model_gives_whitened_vectors(
         assert store.dim == 8 and len(store) > 0
 
 
+def test_a_whitening_that_reads_the_pooled_features_skips_the_head(identity_dir, tmp_path):
+    from siamsearch.train import train
+
+    out = tmp_path / "m.pt"
+    train(identity_dir, out, dataclasses.replace(ENC, whiten=48, whiten_from="pool"), CFG)  # 48 > dim 32: the trunk's 256
+    model, ckpt = load_encoder(out)
+    assert ckpt.encoder.whiten_from == "pool" and model.whitening.projection.shape == (256, 48)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        vectors, features = model(x), model.features(x)
+        model.head.reset_parameters()  # a new head: the features SGD trains change, the vectors do not
+        assert not torch.allclose(model.features(x), features) and torch.allclose(model(x), vectors, atol=1e-6)
+    assert vectors.shape == (4, 48) and torch.allclose(vectors.norm(dim=1), torch.ones(4))
+
+
 def test_sgd_first_then_the_whitening_on_the_best_epoch(identity_dir, tmp_path):
     from siamsearch.train import train
 
@@ -86,6 +101,8 @@ def test_nothing_to_fit_or_a_wrong_size_is_one_clear_error(identity_dir, tmp_pat
         dataclasses.replace(ENC, whiten=64)
     with pytest.raises(UsageError, match="set dim to 256"):
         build_encoder(dataclasses.replace(ENC, head="none", dim=64))
+    with pytest.raises(UsageError, match="exceeds the 256 dimensions it reads"):
+        build_encoder(dataclasses.replace(ENC, whiten=300, whiten_from="pool"))
     frozen = dataclasses.replace(ENC, head="none", dim=256)
     with pytest.raises(UsageError, match="nothing to train"):
         train(identity_dir, tmp_path / "m.pt", frozen, dataclasses.replace(CFG, epochs=1, freeze_backbone=True))
