@@ -271,7 +271,8 @@ RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
                            augment=AUGMENT_PRESETS["copies"], val_fraction=0.1)),
 }
 RECIPE_HELP = {
-    "glyphs": "grey two-tone drawings (characters): small net from scratch, small input, NT-Xent",
+    "glyphs": "grey two-tone drawings (characters): small net from scratch, small input, NT-Xent, its pooled "
+              "features whitened",
     "faces": "grey photos (faces): frozen pretrained trunk, whitening fitted under lighting changes",
     "photos": "colour photos (people, products): frozen pretrained trunk, linear head, NT-Xent",
     "identities": "the former default: small net from scratch, 64 px",
