@@ -205,6 +205,19 @@ def shifted(x: torch.Tensor, pixels: int) -> list[torch.Tensor]:
     return [x] + [padded[..., i:i + h, j:j + w] for i in (0, 2 * pixels) for j in (0, 2 * pixels)]
 
 
+def whitening_size(cfg: EncoderConfig, trunk_features: int) -> int:
+    """The size of what the learned whitening reads: the head's vectors, or the trunk's pooled features.
+
+    Raises:
+        UsageError: the whitening would keep more dimensions than it reads.
+    """
+    size = cfg.dim if cfg.whiten_from == "head" else trunk_features
+    if cfg.whiten > size:
+        raise UsageError(f"whiten {cfg.whiten} exceeds the {size} dimensions it reads "
+                         f"(the {cfg.whiten_from}'s): whitening keeps the strongest axes")
+    return size
+
+
 class Whitening(nn.Module):
     """(x - mean) @ projection, L2-normalised: the learned whitening (siamsearch.whitening fits it, not SGD)."""
 
@@ -237,16 +250,8 @@ class Encoder(nn.Module):
 
     @property
     def whitening_reads(self) -> int:
-        """The size of what the learned whitening reads: the head's vectors, or the trunk's pooled features.
-
-        Raises:
-            UsageError: the whitening would keep more dimensions than it reads.
-        """
-        size = self.cfg.dim if self.cfg.whiten_from == "head" else self.backbone.out_features
-        if self.cfg.whiten > size:
-            raise UsageError(f"whiten {self.cfg.whiten} exceeds the {size} dimensions it reads "
-                             f"(the {self.cfg.whiten_from}'s): whitening keeps the strongest axes")
-        return size
+        """The size of what the learned whitening reads (see whitening_size)."""
+        return whitening_size(self.cfg, self.backbone.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised images → (B, embedding_dim) float32 unit vectors: the features, whitened."""

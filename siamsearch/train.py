@@ -20,7 +20,7 @@ from .distributed import World
 from .errors import RefusedError, UsageError
 from .images import Failure, Selection
 from .losses import batch_loss
-from .model import Encoder, build_encoder, count_parameters, set_trainable
+from .model import Encoder, build_encoder, count_parameters, set_trainable, whitening_size
 from .trainset import TrainData, load_data, sampler_for, train_batches, val_views
 from .transforms import augment_batch, normalize, train_load_size
 from .validation import calibration_of, kept_epoch, validate
@@ -228,6 +228,7 @@ def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out:
     # SGD trains the encoder without its learned whitening, which is fitted afterwards (see _whiten)
     model = build_encoder(dataclasses.replace(enc, whiten=0), None if state else weights_file, download=state is None)
     _check_unfreeze(model, cfg)
+    whitening_size(enc, model.backbone.out_features)  # a whitening too large for what it reads: refused before SGD
     if cfg.freeze_backbone:
         set_trainable(model.backbone, False)
     model.to(device).to(memory_format=torch.channels_last)

@@ -101,8 +101,11 @@ def test_nothing_to_fit_or_a_wrong_size_is_one_clear_error(identity_dir, tmp_pat
         dataclasses.replace(ENC, whiten=64)
     with pytest.raises(UsageError, match="set dim to 256"):
         build_encoder(dataclasses.replace(ENC, head="none", dim=64))
+    too_wide = dataclasses.replace(ENC, whiten=300, whiten_from="pool")  # the small net pools 256 features
     with pytest.raises(UsageError, match="exceeds the 256 dimensions it reads"):
-        build_encoder(dataclasses.replace(ENC, whiten=300, whiten_from="pool"))
+        build_encoder(too_wide)
+    with pytest.raises(UsageError, match="exceeds the 256 dimensions it reads"):  # before any SGD
+        train(identity_dir, tmp_path / "m.pt", too_wide, dataclasses.replace(CFG, epochs=1))
     frozen = dataclasses.replace(ENC, head="none", dim=256)
     with pytest.raises(UsageError, match="nothing to train"):
         train(identity_dir, tmp_path / "m.pt", frozen, dataclasses.replace(CFG, epochs=1, freeze_backbone=True))
