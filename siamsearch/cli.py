@@ -22,6 +22,7 @@ from .config import (
     LOSSES,
     POOLINGS,
     Runtime,
+    parse_scales,
     parse_unfreeze,
     with_overrides,
 )
@@ -128,6 +129,9 @@ def train(
                                                        "only).")] = None,
     test_shifts: Annotated[Optional[int], typer.Option(help="Test-time augmentation: vectors averaged over the "
                                                        "image and four copies moved this many pixels (0: off).")] = None,
+    test_scales: Annotated[Optional[str], typer.Option(help="Test-time augmentation: vectors averaged over the "
+                                                       "image and copies resized by these factors, e.g. 1.41 "
+                                                       "('': off).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
     loss: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(LOSSES)}.")] = None,
     hinge: Annotated[Optional[float], typer.Option(help="Loss hinge: how far apart different identities are pushed "
@@ -171,7 +175,8 @@ def train(
         fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
     options = locals() | {"hinge": margin if hinge is None else hinge, "self_supervised": self_supervised or None,
                           "augment": AUGMENT_PRESETS.get(augment or ""),
-                          "unfreeze": parse_unfreeze(unfreeze) if unfreeze else None}  # fields picked by name
+                          "unfreeze": parse_unfreeze(unfreeze) if unfreeze else None,
+                          "test_scales": None if test_scales is None else parse_scales(test_scales)}  # fields by name
     runtime = with_overrides(Runtime(), options)
     with launched(os.environ, resolve_device(runtime.device)) as world:  # torchrun's processes train as one
         _, result = train_folder(data_dir, out, options, recipe=recipe, runtime=runtime, weights_file=weights,

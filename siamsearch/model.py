@@ -205,6 +205,13 @@ def shifted(x: torch.Tensor, pixels: int) -> list[torch.Tensor]:
     return [x] + [padded[..., i:i + h, j:j + w] for i in (0, 2 * pixels) for j in (0, 2 * pixels)]
 
 
+def test_views(x: torch.Tensor, shifts: int, scales: tuple[float, ...]) -> list[torch.Tensor]:
+    """What test-time augmentation averages: x (and its shifted copies) and x resized by each scale factor."""
+    views = shifted(x, shifts) if shifts else [x]
+    return views + [F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False, antialias=s < 1)
+                    for s in scales]
+
+
 def whitening_size(cfg: EncoderConfig, trunk_features: int) -> int:
     """The size of what the learned whitening reads: the head's vectors, or the trunk's pooled features.
 
@@ -275,8 +282,8 @@ class Encoder(nn.Module):
             return F.normalize(self.head(pooled), dim=1)
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised images → (B, F) float32 pooled trunk features; out of training with test_shifts,
-        their mean over the image and its shifted copies.
+        """(B, C, H, W) normalised images → (B, F) float32 pooled trunk features; out of training with test_shifts
+        or test_scales, their mean over the image and its shifted and resized copies (test_views).
 
         Under autocast only the trunk runs in bf16: its pooled features go on in fp32, so the rounding left
         in a vector is the trunk's alone (siamsearch.device, the precision rule).
@@ -285,9 +292,10 @@ class Encoder(nn.Module):
             x = F.instance_norm(x, eps=1e-4)
         if self.cfg.backbone != "small" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale into an RGB backbone
-        if self.training or not self.cfg.test_shifts:
+        if self.training or not (self.cfg.test_shifts or self.cfg.test_scales):
             return self.pool(self.backbone(x)).float()
-        return torch.stack([self.pool(self.backbone(v)).float() for v in shifted(x, self.cfg.test_shifts)]).mean(0)
+        views = test_views(x, self.cfg.test_shifts, self.cfg.test_scales)
+        return torch.stack([self.pool(self.backbone(v)).float() for v in views]).mean(0)
 
     def train(self, mode: bool = True) -> "Encoder":
         """Like nn.Module.train, but BatchNorm layers whose weights are frozen keep their statistics."""

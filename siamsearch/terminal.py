@@ -124,7 +124,8 @@ def print_recipes() -> None:
         budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs" if cfg.epochs else "seconds"
         trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
         whitening = f"{enc.dim if enc.whiten_from == 'head' else 'pooled'} → {enc.whiten}" if enc.whiten else "-"
-        table.add_row(name, trunk, f"{enc.image_size} px", cfg.loss if cfg.epochs else "none (no SGD)", whitening,
+        size = f"{enc.image_size} px" + "".join(f" and ×{scale:g}" for scale in enc.test_scales)  # test-time scales
+        table.add_row(name, trunk, size, cfg.loss if cfg.epochs else "none (no SGD)", whitening,
                       budget, RECIPE_HELP.get(name, ""))
     console.print(table)
 

@@ -49,3 +49,11 @@ def test_with_overrides_still_validates():
 def test_old_encoder_configs_keep_average_pooling_and_the_mlp_head():
     old = {"backbone": "resnet18", "dim": 64, "image_size": 112, "channels": 3, "pretrained": True}
     assert from_dict(EncoderConfig, old).pooling == "avg" and from_dict(EncoderConfig, old).head == "mlp"
+
+
+def test_test_scales_parse_from_a_comma_list_and_a_bad_one_is_one_line():
+    from siamsearch.config import parse_scales
+
+    assert parse_scales("1.41, 2") == (1.41, 2.0) and parse_scales("") == ()
+    with pytest.raises(ValueError, match="--test-scales expects factors separated by commas"):
+        parse_scales("1.41;2")

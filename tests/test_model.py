@@ -137,3 +137,28 @@ def test_test_shifts_average_the_image_and_four_moved_copies_out_of_training_onl
         assert torch.allclose(model(glyphs), torch.nn.functional.normalize(plain.head(expected), dim=1), atol=1e-5)
         model.train(), plain.train()
         assert torch.allclose(model(glyphs), plain(glyphs), atol=1e-5)  # SGD sees the image alone
+
+
+def test_test_scales_add_resized_copies_to_the_average_out_of_training_only():
+    from siamsearch.model import test_views
+
+    x = torch.rand(2, 3, 32, 32)
+    views = test_views(x, 0, (1.5, 0.5))
+    assert [tuple(v.shape[-2:]) for v in views] == [(32, 32), (48, 48), (16, 16)] and torch.equal(views[0], x)
+    assert len(test_views(x, 1, (2.0,))) == 6  # the five shifted views, then the resized one
+    torch.manual_seed(0)
+    model = build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32, test_scales=(1.5,)))
+    plain = build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32))
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        model.eval(), plain.eval()
+        expected = torch.stack([plain.pool(plain.backbone(v)) for v in views[:2]]).mean(0)
+        assert torch.allclose(model(x), torch.nn.functional.normalize(plain.head(expected), dim=1), atol=1e-5)
+        model.train(), plain.train()
+        assert torch.allclose(model(x), plain(x), atol=1e-5)  # SGD sees the image alone
+
+
+@pytest.mark.parametrize("scales", [(0.1,), (1.41, 5.0)])
+def test_test_scales_out_of_range_are_refused(scales):
+    with pytest.raises(ValueError, match="test_scales must lie between"):
+        EncoderConfig(test_scales=scales)

@@ -97,6 +97,7 @@ FLAGS = {  # flag and value → the field it sets and the value expected there
     ("--standardize",): ("standardize", True), ("--pooling", "gem"): ("pooling", "gem"),
     ("--gem-p", "4"): ("gem_p", 4.0), ("--head", "linear"): ("head", "linear"), ("--whiten", "32"): ("whiten", 32),
     ("--whiten-from", "head"): ("whiten_from", "head"), ("--test-shifts", "2"): ("test_shifts", 2),
+    ("--test-scales", "1.41,2"): ("test_scales", (1.41, 2.0)),
     ("--loss", "triplet"): ("loss", "triplet"), ("--hinge", "0.5"): ("hinge", 0.5),
     ("--temperature", "0.2"): ("temperature", 0.2), ("--koleo", "1"): ("koleo", 1.0),
     ("--max-minutes", "3"): ("max_minutes", 3.0), ("-P", "8"): ("ids_per_batch", 8), ("-K", "3"): ("images_per_id", 3),
