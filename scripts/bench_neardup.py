@@ -10,7 +10,7 @@ calibrate(group_depth=1) on labelled copies of the training photos whole and of 
 group per photo: about 490,000 pairs of distinct images across photos) writes thresholds and distance tails into
 the model file; the
 test folder is indexed and grouped by find_duplicates at commands.default_margin, the margin `siamsearch dedup`
-uses without --margin (expected false pairs within 1 per 1,000 indexed images), complete linkage; for
+uses without --margin (expected false pairs within 1 per 1,000 indexed images), kept linkage (the default); for
 comparison, also at the balanced calibrated margin (best F1 on the calibration pairs), which ignores the size of
 the index. The frozen-trunk row is the recipe's encoder before any training (ImageNet trunk, GeM with p = 3, the
 linear projection at its seeded random initialisation, which keeps distances roughly, as a random projection
@@ -224,7 +224,7 @@ def whitened_model(tiles: Path, model: Path, args: argparse.Namespace) -> None:
 
 def siamsearch_rows(method: str, folder: Path, index: Path, model: Path, photos: list[str],
                     balanced: bool = True) -> list[list[str]]:
-    """Index `folder`, find duplicates at the default margin (complete linkage) and score them; with `balanced`,
+    """Index `folder`, find duplicates at the default margin and linkage and score them; with `balanced`,
     also at the balanced calibrated margin (best F1 on the calibration pairs, capped), which ignores the index size."""
     store, _ = index_folder(folder, index, model, rebuild=True, runtime=Runtime(workers=0, device="cpu"))
     with store:

@@ -298,9 +298,10 @@ def dedup(
     false_pairs: Annotated[float, typer.Option(min=0.0, help="Wrong pairs per 1,000 images the default margin "
                                                              "may expect.")] = FALSE_PAIRS_PER_1000,
     review_margin: Annotated[Optional[float], typer.Option(help="Wider 'review' band; groups are formed with it.")] = None,
-    linkage: Annotated[str, typer.Option(help="complete (all members within the review margin of each other) "
-                                              "or single (pairs chain: members chained beyond --margin show "
-                                              "as review).")] = "complete",
+    linkage: Annotated[str, typer.Option(help="kept (complete, then a file in no group joins the nearest kept "
+                                              "file within the review margin), complete (all members within it "
+                                              "of each other) or single (pairs chain; beyond --margin: review).")
+                       ] = "kept",
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
     against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
     move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,

@@ -105,7 +105,7 @@ def _check_dedup_args(against: Path | str | None, move_to: Path | str | None, ht
 
 
 def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_margin: float | None = None,
-                linkage: str = "complete", keep: str = "largest", against: Path | str | None = None,
+                linkage: str = "kept", keep: str = "largest", against: Path | str | None = None,
                 move_to: Path | str | None = None, yes: bool = False, csv_file: Path | None = None,
                 html_file: Path | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000,
                 identical_only: bool = False, html_limit: int | None = None,

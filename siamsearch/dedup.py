@@ -7,8 +7,10 @@ calibration gives a collection of this size: siamsearch.calibration). A wider re
 
 Pairs come from FAISS range searches of the stored vectors against their own index, one block of
 queries at a time, so memory holds one block and the pairs found, never an N×N matrix. Pairs then
-become groups: complete linkage (every member within the margin of every other; the default) or
-single linkage (connected components, which chain). Each group keeps one file by a policy and lists
+become groups: kept linkage (the default: complete linkage, then a file left in no group joins the group whose
+kept file is nearest within the margin, so every duplicate lies within the margin of the file kept in its place),
+complete linkage (every member within the margin of every other) or single linkage (connected components, which
+chain). Each group keeps one file by a policy and lists
 the others with their distance to it. siamsearch.moves moves the duplicates out of the way and back.
 """
 
@@ -29,7 +31,7 @@ from .store import Store
 
 Status = Literal["duplicate", "review", "identical"]  # identical: the same bytes (content hash and size)
 MAX_DISTANCE = 2.0  # Euclidean distance of opposite unit vectors
-LINKAGES = ("single", "complete")
+LINKAGES = ("kept", "complete", "single")
 KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
     "largest": lambda r: (-r.width * r.height, -r.size, r.path),
     "smallest": lambda r: (r.width * r.height, r.size, r.path),
@@ -194,23 +196,30 @@ def max_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
     return float(np.sqrt(worst))
 
 
-def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float,
-          linkage: str = "complete") -> list[np.ndarray]:
+def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str = "kept",
+          rank: np.ndarray | None = None) -> list[np.ndarray]:
     """Turn pairs into groups of ids (each sorted; groups ordered by their first id).
 
     single: connected components, which chain (A~B and B~C put A and C together however far apart).
     complete: pairs are merged in ascending distance, and two clusters join only when every cross pair
     is within margin (computed from the vectors), so no two members of a group are farther apart.
+    kept: complete, then each id in no group joins the group whose kept id (the lowest rank) is nearest
+    within margin and ranks before it: a copy far from some other copy (a captioned crop and a grayscale
+    copy of one photo) still goes with the file kept in its place, and a tight group of its own never does.
 
     Args:
         pairs: (i, j, distances) as find_pairs returns them.
         ids, vectors: (M,) sorted int64 ids, covering every id in pairs, and their (M, D) vectors.
+        rank: (M,) for kept: each id's place in the keep order (keep_ranks), lowest kept.
     """
     _check_choice(linkage, LINKAGES, "linkage")
-    return _link(pairs, ids, vectors, margin, linkage)
+    if linkage == "kept" and rank is None:
+        raise ValueError("kept linkage needs each id's rank in the keep order")
+    return _link(pairs, ids, vectors, margin, linkage, rank)
 
 
-def _link(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str) -> list[np.ndarray]:
+def _link(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str,
+          rank: np.ndarray | None) -> list[np.ndarray]:
     """group() on checked arguments: union-find over pairs in ascending distance."""
     i, j, d = pairs
     a_all, b_all = np.searchsorted(ids, i), np.searchsorted(ids, j)
@@ -221,12 +230,38 @@ def _link(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, lin
         ra, rb = sorted((_root(parent, a), _root(parent, b)), key=lambda r: -len(members[r]))
         if ra == rb or (ra, rb) in refused or (rb, ra) in refused:
             continue
-        if linkage == "complete" and max_distance(vectors[members[ra]], vectors[members[rb]]) > margin:
+        if linkage != "single" and max_distance(vectors[members[ra]], vectors[members[rb]]) > margin:
             refused.add((ra, rb))
             continue
         parent[rb] = ra
         members[ra].extend(members.pop(rb))
+    if linkage == "kept":
+        _join_lone(parent, members, a_all, b_all, d, margin, rank)
     return _components(ids, parent)
+
+
+def _join_lone(parent: list[int], members: dict[int, list[int]], a_all: np.ndarray, b_all: np.ndarray,
+               d: np.ndarray, margin: float, rank: np.ndarray) -> None:
+    """Each position alone after complete linkage joins the cluster whose kept position is nearest within margin
+    and ranks before it (so that file stays kept); the union-find is changed in place."""
+    kept = {min(m, key=lambda x: rank[x]): root for root, m in members.items() if len(m) > 1}
+    nearest: dict[int, tuple[float, int]] = {}
+    for a, b, dist in zip(a_all.tolist(), b_all.tolist(), d.tolist()):
+        for lone, keeper in ((a, b), (b, a)):
+            if (dist <= margin and keeper in kept and len(members.get(lone, ())) == 1 and rank[keeper] < rank[lone]
+                    and (dist, keeper) < nearest.get(lone, (np.inf, -1))):
+                nearest[lone] = (dist, keeper)
+    for lone, (_, keeper) in nearest.items():
+        parent[lone] = kept[keeper]
+
+
+def keep_ranks(rows: Sequence[Row], keep: str) -> np.ndarray:
+    """Each row's place in the keep policy's order (0 is kept first): what kept linkage needs of the rows."""
+    _check_choice(keep, list(KEEP_ORDER), "keep policy")
+    order = sorted(range(len(rows)), key=lambda n: KEEP_ORDER[keep](rows[n]))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows))
+    return rank
 
 
 def choose_keep(rows: Sequence[Row], policy: str) -> Row:
@@ -269,7 +304,7 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 # ---- the two searches ----------------------------------------------------------------------------
 
 
-def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "complete",
+def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "kept",
                     keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None,
                     device: str | None = None) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; the biggest groups first (_by_size).
@@ -287,7 +322,7 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     found = close_pairs(store, review, block=block, progress=progress, device=device)
     rows = _rows_with_copies(store, found)
     groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
-                      for ids, vectors in _expanded_groups(found, review, linkage)])
+                      for ids, vectors in _expanded_groups(found, review, linkage, _rep_ranks(found, rows, keep))])
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
                        _hidden_pairs(found.pairs, margin, groups, rows), found.capped)
 
@@ -304,9 +339,16 @@ def _rows_with_copies(store: Store, found: ClosePairs) -> dict[int, Row]:
     return dict(zip(ids.tolist(), store.rows(ids)))
 
 
-def _expanded_groups(found: ClosePairs, margin: float, linkage: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _rep_ranks(found: ClosePairs, rows: dict[int, Row], keep: str) -> np.ndarray:
+    """Each representative's place in the keep order: that of the first of the copies it stands for."""
+    rank = dict(zip(rows, keep_ranks(list(rows.values()), keep).tolist()))
+    return np.array([min(rank[c] for c in found.copies.get(r, [r])) for r in found.ids.tolist()], np.int64)
+
+
+def _expanded_groups(found: ClosePairs, margin: float, linkage: str,
+                     rank: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, vectors) of each group: linked representatives, and lone ones with copies, each with its copies."""
-    linked = _link(found.pairs, found.ids, found.vectors, margin, linkage)
+    linked = _link(found.pairs, found.ids, found.vectors, margin, linkage, rank)
     grouped = set(np.concatenate([np.zeros(0, np.int64), *linked]).tolist())
     lone = [np.array([rep]) for rep in found.copies if rep not in grouped]
     for reps in [*linked, *lone]:

@@ -20,6 +20,7 @@ from siamsearch.dedup import (
     find_duplicates,
     find_duplicates_in,
     group,
+    keep_ranks,
     max_distance,
 )
 from siamsearch.errors import ModelMismatchError
@@ -129,6 +130,48 @@ def test_single_linkage_is_connected_components_and_complete_linkage_stays_withi
     assert len(members) == len(set(members))
 
 
+def test_kept_linkage_adds_lone_files_to_the_nearest_kept_file_and_never_merges_groups(tmp_path):
+    x = clustered(200, seed=3)
+    dist = pairwise(x)
+    radius = float(np.quantile(dist[np.triu_indices(200, 1)], 0.01))
+    store = make_store(tmp_path, x)
+    rows = list(store.iter_rows())
+    pairs = find_pairs(store, radius)
+    ids, vectors = store.vectors(np.unique(np.concatenate(pairs[:2])))
+    at = {r.id: n for n, r in enumerate(rows)}
+    rank = keep_ranks([rows[at[k]] for k in ids.tolist()], "largest")  # all one size: by path
+    of = lambda k: int(rank[np.searchsorted(ids, k)])  # noqa: E731
+    complete = [set(g.tolist()) for g in group(pairs, ids, vectors, radius, "complete")]
+    kept = [set(g.tolist()) for g in group(pairs, ids, vectors, radius, "kept", rank)]
+    assert sum(map(len, kept)) > sum(map(len, complete))  # lone files joined here
+    assert sorted(map(sorted, (g & c for g in kept for c in complete if g & c))) == sorted(map(sorted, complete))
+    keeper = {k: min(g, key=of) for g in kept for k in g}
+    for g in kept:
+        assert all(dist[index_of(rows[at[k]].path), index_of(rows[at[keeper[k]]].path)] <= radius + 1e-6 for k in g)
+    grouped = set().union(*kept)
+    for a, b, d in zip(*(c.tolist() for c in pairs)):  # a lone file left out is beside no kept file before it
+        for lone, other in ((a, b), (b, a)):
+            if lone not in grouped:
+                assert not (keeper.get(other) == other and of(other) < of(lone)), (lone, other, d)
+    with pytest.raises(ValueError, match="rank"):
+        group(pairs, ids, vectors, radius, "kept")
+
+
+def test_cli_keeps_a_copy_that_is_near_the_kept_file_but_far_from_another_copy(tmp_path):
+    # Kept file at 0 (first path), copies at -0.08 and +0.08: each within 0.1 of it, 0.16 from each other.
+    x = np.zeros((3, 8), np.float32)
+    x[:, 0] = [0.0, -0.08, 0.08]
+    store = make_store(tmp_path, x)
+    sizes = lambda res: sorted(len(g["members"]) + 1 for g in json.loads(res.stdout)["groups"])  # noqa: E731
+    kept = json.loads(run("dedup", "--index", store.path, "--margin", 0.1, "--keep", "first", "--json").stdout)
+    assert [(g["keep"], len(g["members"])) for g in kept["groups"]] == [("d0/v0000.png", 2)] and not kept["links"]
+    complete = run("dedup", "--index", store.path, "--margin", 0.1, "--keep", "first", "--linkage", "complete",
+                   "--json")
+    assert sizes(complete) == [2] and len(json.loads(complete.stdout)["links"]) == 1
+    largest = run("dedup", "--index", store.path, "--margin", 0.1, "--json")  # the centre is the smallest file
+    assert sizes(largest) == [2]  # the group keeps a copy, and the other copy is 0.16 from it: left as a link
+
+
 def test_cli_groups_by_complete_linkage_unless_told_to_chain(tmp_path):
     # Four points 0.08 apart on a line: each pair of neighbours is within 0.1, the ends are 0.24 apart.
     x = np.zeros((4, 8), np.float32)
@@ -141,7 +184,7 @@ def test_cli_groups_by_complete_linkage_unless_told_to_chain(tmp_path):
     assert {m["status"] for g in json.loads(chained.stdout)["groups"] for m in g["members"]} == {"duplicate", "review"}
 
 
-@pytest.mark.parametrize("linkage", ["single", "complete"])
+@pytest.mark.parametrize("linkage", ["single", "complete", "kept"])
 def test_groups_report_distances_and_statuses_from_the_vectors(tmp_path, linkage):
     x = clustered(120, seed=5)
     dist = pairwise(x)
@@ -276,7 +319,7 @@ def test_a_review_margin_never_hides_a_duplicate(tmp_path):
         assert frozenset(("d1/v0001.png", "d2/v0002.png")) in shown_duplicates(result), review
 
 
-@pytest.mark.parametrize("linkage", ["complete", "single"])
+@pytest.mark.parametrize("linkage", ["kept", "complete", "single"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_every_pair_within_the_margin_is_shown_against_brute_force(tmp_path, linkage, seed):
     x = unit(np.random.default_rng(seed).standard_normal((150, 3)))  # dense: many chains and refused merges

@@ -34,7 +34,7 @@ import ray
 from ..ann import new_index
 from ..atomic import write_json
 from ..closepairs import Pairs, Progress, find_pairs, unique_pairs
-from ..dedup import choose_keep, group
+from ..dedup import choose_keep, group, keep_ranks
 from ..errors import UsageError
 from ..rows import Row
 from ..store import Store
@@ -207,7 +207,7 @@ class CellDedupRun:
 
 
 def dedup_cells(folder: Path | str, out: Path | str, margin: float, *, cells: int | None = None,
-                probe: int | None = None, linkage: str = "complete", keep: str = "largest", seed: int = 0,
+                probe: int | None = None, linkage: str = "kept", keep: str = "largest", seed: int = 0,
                 progress: Progress | None = None) -> CellDedupRun:
     """Pairs within margin over an embeddings folder by cells, then groups; pairs and groups.json under out.
 
@@ -249,7 +249,7 @@ def _groups(folder: Path, manifest: dict[str, Any], pairs: Pairs, margin: float,
                 c["height"], c["sha256"]) for c in ({k: columns[k][n] for k in columns} for n in order)]
     ids = ids[order]
     groups = []
-    for members in group(pairs, ids, vectors, margin, linkage):
+    for members in group(pairs, ids, vectors, margin, linkage, keep_ranks(rows, keep)):
         at = np.searchsorted(ids, members)
         kept = choose_keep([rows[a] for a in at], keep)
         k = at[[rows[a].id for a in at].index(kept.id)]

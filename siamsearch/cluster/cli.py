@@ -77,7 +77,7 @@ def dedup(
     probe: Annotated[Optional[int], typer.Option(min=1, help="Approximate: search each vector's nearest PROBE "
                                                             "cells only, and measure the pair recall.")] = None,
     cells: Annotated[Optional[int], typer.Option(min=1, help="k-means cells (default: one per 1,000 vectors).")] = None,
-    linkage: Annotated[str, typer.Option(help="complete or single.")] = "complete",
+    linkage: Annotated[str, typer.Option(help="kept, complete or single (as in siamsearch dedup).")] = "kept",
     keep: Annotated[str, typer.Option(help="largest, smallest, newest, oldest or first.")] = "largest",
     address: Address = None,
     as_json: Json = False,
