@@ -244,15 +244,19 @@ def _join_lone(parent: list[int], members: dict[int, list[int]], a_all: np.ndarr
                d: np.ndarray, margin: float, rank: np.ndarray) -> None:
     """Each position alone after complete linkage joins the cluster whose kept position is nearest within margin
     and ranks before it (so that file stays kept); the union-find is changed in place."""
-    kept = {min(m, key=lambda x: rank[x]): root for root, m in members.items() if len(m) > 1}
-    nearest: dict[int, tuple[float, int]] = {}
-    for a, b, dist in zip(a_all.tolist(), b_all.tolist(), d.tolist()):
-        for lone, keeper in ((a, b), (b, a)):
-            if (dist <= margin and keeper in kept and len(members.get(lone, ())) == 1 and rank[keeper] < rank[lone]
-                    and (dist, keeper) < nearest.get(lone, (np.inf, -1))):
-                nearest[lone] = (dist, keeper)
-    for lone, (_, keeper) in nearest.items():
-        parent[lone] = kept[keeper]
+    alone = np.zeros(len(parent), bool)
+    alone[[root for root, m in members.items() if len(m) == 1]] = True
+    cluster_of_kept = np.full(len(parent), -1, np.int64)
+    for root, m in members.items():
+        if len(m) > 1:
+            cluster_of_kept[min(m, key=lambda x: rank[x])] = root
+    lone, kept, dist = np.concatenate([a_all, b_all]), np.concatenate([b_all, a_all]), np.concatenate([d, d])
+    fits = alone[lone] & (cluster_of_kept[kept] >= 0) & (rank[kept] < rank[lone]) & (dist <= margin)
+    lone, kept, dist = lone[fits], kept[fits], dist[fits]
+    order = np.lexsort((kept, dist, lone))  # by lone position, then nearest, then the lower kept position
+    first = np.unique(lone[order], return_index=True)[1]
+    for x, k in zip(lone[order][first].tolist(), kept[order][first].tolist()):
+        parent[x] = int(cluster_of_kept[k])
 
 
 def keep_ranks(rows: Sequence[Row], keep: str) -> np.ndarray:
