@@ -10,8 +10,7 @@ queries at a time, so memory holds one block and the pairs found, never an N×N 
 become groups: kept linkage (the default: complete linkage, then a file left in no group joins the group whose
 kept file is nearest within the margin, so every duplicate lies within the margin of the file kept in its place),
 complete linkage (every member within the margin of every other) or single linkage (connected components, which
-chain). Each group keeps one file by a policy and lists
-the others with their distance to it. siamsearch.moves moves the duplicates out of the way and back.
+chain). Each group keeps one file by a policy and lists the others with their distance to it. siamsearch.moves moves the duplicates out of the way and back.
 """
 
 from __future__ import annotations
