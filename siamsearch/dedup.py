@@ -7,10 +7,11 @@ calibration gives a collection of this size: siamsearch.calibration). A wider re
 
 Pairs come from FAISS range searches of the stored vectors against their own index, one block of
 queries at a time, so memory holds one block and the pairs found, never an N×N matrix. Pairs then
-become groups: kept linkage (the default: complete linkage, then a file left in no group joins the group whose
-kept file is nearest within the margin, so every duplicate lies within the margin of the file kept in its place),
-complete linkage (every member within the margin of every other) or single linkage (connected components, which
-chain). Each group keeps one file by a policy and lists the others with their distance to it. siamsearch.moves moves the duplicates out of the way and back.
+become groups: kept linkage (the default: complete linkage, then a file left in no group joins the group
+whose kept file is nearest within the margin, so every duplicate lies within the margin of the file kept
+in its place), complete linkage (every member within the margin of every other) or single linkage
+(connected components, which chain). Each group keeps one file by a policy and lists the others with
+their distance to it. siamsearch.moves moves the duplicates out of the way and back.
 """
 
 from __future__ import annotations
