@@ -30,7 +30,7 @@ NONE = type(None)
 # What each file kind must hold, and of which types; older model files may lack train, history, calibration.
 MODEL_ENTRIES: dict[str, tuple[type, ...]] = {
     "fingerprint": (str,), "encoder": (dict,), "preprocess": (dict,), "state_dict": (dict,),
-    "train": (dict, NONE), "history": (list,), "calibration": (dict,)}
+    "train": (dict, NONE), "history": (list,), "calibration": (dict,), "name": (str, NONE)}
 RESUME_ENTRIES: dict[str, tuple[type, ...]] = {
     "model": (dict,), "optimizer": (dict,), "encoder": (dict,), "train": (dict,), "epoch": (int,),
     "history": (list,), "elapsed": (int, float), "fingerprint": (str, NONE)}
@@ -51,6 +51,7 @@ class Checkpoint:
     train: TrainConfig | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None  # a shipped model's name and version (siamsearch.builtin); None for a trained one
 
 
 def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
@@ -81,15 +82,16 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def save_model(path: Path, model: Encoder, train: TrainConfig | None = None,
-               history: list[dict[str, Any]] | None = None, calibration: dict[str, Any] | None = None) -> str:
-    """Write a model file; returns its fingerprint."""
+               history: list[dict[str, Any]] | None = None, calibration: dict[str, Any] | None = None,
+               name: str | None = None) -> str:
+    """Write a model file; returns its fingerprint. name: a shipped model's name and version."""
     state = {k: v.detach().cpu() for k, v in _clean_state(model.state_dict()).items()}
     fp = fingerprint(state)
     atomic_save({
         "kind": KIND_MODEL, "format_version": FORMAT_VERSION, "fingerprint": fp,
         "encoder": to_dict(model.cfg), "preprocess": to_dict(model.cfg.preprocess()),
         "train": to_dict(train) if train else None, "history": history or [],
-        "calibration": calibration or {}, "state_dict": state,
+        "calibration": calibration or {}, "name": name, "state_dict": state,
     }, path)
     return fp
 
@@ -133,7 +135,7 @@ def _checked(path: Path, data: dict[str, Any], entries: dict[str, tuple[type, ..
 
 def _read_model(path: Path, mmap: bool = False) -> dict[str, Any]:
     """A model file's entries, checked; the ones older files lack are filled in."""
-    data = {"train": None, "history": [], "calibration": {}} | _read(path, KIND_MODEL, mmap)
+    data = {"train": None, "history": [], "calibration": {}, "name": None} | _read(path, KIND_MODEL, mmap)
     return _checked(path, data, MODEL_ENTRIES, "state_dict")
 
 
@@ -160,6 +162,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         train=_config(TrainConfig, path, data, "train") if data["train"] else None,
         history=data["history"],
         calibration=data["calibration"],
+        name=data["name"],
     )
 
 

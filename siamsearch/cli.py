@@ -15,17 +15,7 @@ from . import __version__
 from .calibration import FALSE_PAIRS_PER_1000
 from .cluster.cli import app as cluster_app
 from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths, train_folder
-from .config import (
-    AUGMENT_PRESETS,
-    BACKBONES,
-    HEADS,
-    LOSSES,
-    POOLINGS,
-    Runtime,
-    parse_scales,
-    parse_unfreeze,
-    with_overrides,
-)
+from .config import AUGMENT_PRESETS, BACKBONES, HEADS, LOSSES, POOLINGS, Runtime, parse_scales, parse_unfreeze, with_overrides
 from .device import resolve_device
 from .distributed import is_main, launched
 from .errors import SiamsearchError
@@ -197,7 +187,8 @@ def version() -> None:
 @app.command()
 def index(
     image_dir: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
-    model: Annotated[Optional[Path], typer.Option(help="Model file; an existing index remembers its own.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Model file (a new index: the built-in near-duplicate model; "
+                                                       "an existing one remembers its own).")] = None,
     index_dir: Annotated[Optional[Path], typer.Option("--index", help="Index folder (default indexes/NAME).")] = None,
     kind: Annotated[str, typer.Option(help="auto, flat, hnsw, ivf or ivfpq.")] = "auto",
     rebuild: Annotated[bool, typer.Option(help="Start over: embed every file again.")] = False,
@@ -284,7 +275,7 @@ def info(index_dir: IndexDir, as_json: Json = False) -> None:
         return print_json(data)
     table = Table("field", "value", show_header=False)
     for key in ("path", "root", "count", "identities", "index_kind", "approximate", "dim", "metric",
-                "fingerprint", "model", "created", "updated", "bytes"):
+                "fingerprint", "model", "model_name", "created", "updated", "bytes"):
         table.add_row(key, shown(data.get(key)))
     console.print(table)
 

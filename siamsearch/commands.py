@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, BinaryIO
 
 from . import report
 from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
-from .checkpoint import CheckpointError, read_calibration
+from .checkpoint import CheckpointError, read_calibration, update_model_file
 from .closepairs import Progress
 from .config import Runtime
 from .dedup import (
@@ -29,13 +30,14 @@ from .dedup import (
 )
 from .distributed import World
 from .errors import CorruptIndexError, NotFoundError, RefusedError, UsageError
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, calibrate, evaluate
 from .images import Failure, Selection, scan_images
 from .indexdir import ROWS, read_manifest
 from .indexing import found_model
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
 from .recipes import Choice, choose, with_options
 from .rows import RowTable
+from .samples import build_background
 from .search import QueryResult, Searcher
 from .store import Store
 from .train import Observer, TrainResult, train
@@ -279,6 +281,7 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
 
     options: TrainConfig and EncoderConfig fields by name; each one not None replaces the recipe's
     (recipes.with_options). The choice is the observer's first message, once train has checked `out`.
+    A near-duplicate model is then calibrated on the duplicate-free background (calibrate_on_background).
     """
     choice = choose(scan_images(data_dir, selection or Selection()).images, Path(data_dir), recipe,
                     bool(options.get("self_supervised")))
@@ -286,7 +289,26 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
     line = f"recipe: {choice.name} ({choice.survey.describe()}); the options given replace its fields"
     result = train(Path(data_dir), out, enc, cfg, runtime, weights_file=weights_file, resume=resume, force=force,
                    observer=_Headed(observer, line), world=world, selection=selection)
+    if cfg.self_supervised and result.calibration and world.main:
+        result.calibration = calibrate_on_background(out, runtime)
+        observer.message(f"calibrated on the background photos: {result.calibration['tails']['different_pairs']:,} "
+                         "pairs of distinct images, none of them from the folder trained on")
     return choice, result
+
+
+def calibrate_on_background(model: Path, runtime: Runtime = Runtime()) -> dict[str, Any]:
+    """Store in a near-duplicate model the calibration of the duplicate-free background (samples.build_background).
+
+    Its own folder cannot calibrate it: a folder worth deduplicating holds copies, which would count as
+    distinct images and put dedup's margin at 0. The background's photos are distinct by construction, and
+    their copies are the same pairs.
+    """
+    with tempfile.TemporaryDirectory(prefix="siamsearch-background-") as folder:
+        found = calibrate(build_background(Path(folder)), model, device=runtime.device, workers=runtime.workers,
+                          batch_size=runtime.batch_size, group_depth=1)
+    found["source"] = "background"  # the folder it was measured in is gone
+    update_model_file(model, calibration=found)
+    return found
 
 
 class _Headed:

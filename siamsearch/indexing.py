@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import builtin
 from .checkpoint import CheckpointError, load_encoder, model_with
 from .config import Runtime, to_dict
 from .device import amp_for, precision, resolve_device
@@ -101,10 +102,13 @@ def model_of(store: Store, model_path: Path | str | None) -> Path:
 
 def found_model(store: Store) -> Path | None:
     """The model that built an index: where its manifest says, else the file with its fingerprint next to the
-    index folder or one level up (an index that moved with its model); None when neither has it."""
+    index folder or one level up (an index that moved with its model); None when neither has it. An index of
+    the built-in model finds it in the cache, assembled again if need be."""
     recorded = store.info().get("model")
     if recorded and Path(recorded).is_file():
         return Path(recorded)
+    if store.info().get("model_name") == builtin.label() and store.fingerprint == builtin.fingerprint():
+        return builtin.builtin_model()  # its cache was cleared: assembled again, the same weights
     near = store.path.resolve().parent
     return model_with(store.fingerprint, [near, near.parent], [Path(recorded).name] if recorded else [])
 
@@ -115,6 +119,7 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
                  progress: Progress | None = None) -> tuple[Store, SyncReport]:
     """Create or update the index of a folder, embedding only new and changed files.
 
+    A new index with no model_path is made with the built-in near-duplicate model (siamsearch.builtin).
     rebuild starts over, even from a broken index; prune drops the rows of missing files however many;
     verify re-embeds files whose content changed under an unchanged size and mtime. selection replaces
     the patterns the index records; None keeps them (a rebuilt readable index keeps them too).
@@ -133,9 +138,10 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     if store is not None and not rebuild and store.root != image_dir:
         raise StoreError(f"{index_dir} indexes {store.root}, not {image_dir}; if the folder moved, run siamsearch "
                          f"relocate --index {index_dir} {image_dir}; else pass another --index or --rebuild")
-    model_file = model_of(store, model_path) if store is not None else model_path
-    if model_file is None:
-        raise CheckpointError("a new or rebuilt broken index needs a model: pass --model MODEL.pt")
+    if store is not None:
+        model_file = model_of(store, model_path)
+    else:  # a new index: the model given, else the built-in near-duplicate model
+        model_file = Path(model_path) if model_path is not None else builtin.builtin_model()
     model, ckpt = load_encoder(Path(model_file))
     device = resolve_device(runtime.device)
     if selection is None:
@@ -146,7 +152,7 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
         store = Store.create(index_dir, dim=ckpt.encoder.embedding_dim, fingerprint=ckpt.fingerprint,
                              encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
                              root=image_dir, index_kind=kind, overwrite=rebuild,
-                             precision=precision(device, runtime.amp))
+                             precision=precision(device, runtime.amp), model_name=ckpt.name)
     store.check_model(ckpt.fingerprint)
     embed = partial(embed_batches, model, ckpt.preprocess, batch_size=runtime.batch_size, workers=runtime.workers,
                     device=device, amp=index_amp(store, device, runtime.amp), decode=runtime.decode,

@@ -31,6 +31,10 @@ DIGIT_SIZE = 32
 PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "horse",
           "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
           "text")
+# The rest of scikit-image's photos, and scikit-learn's two: with PHOTOS, the duplicate-free background.
+EXTRA_PHOTOS = ("gravel", "colorwheel")
+SKLEARN_PHOTOS = ("china", "flower")
+BACKGROUND_GRIDS = (1, 2, 3)  # each background photo whole and cut 2x2 and 3x3: 14 identities a photo
 PHOTO_SIDE = 384  # originals are stored with this longer side: small files, fast to decode
 MIN_DETAIL = 10.0  # luminance standard deviation (of 255) below which a tile is near-blank
 
@@ -106,6 +110,39 @@ def sample_photo(name: str) -> Image.Image:
     import skimage.data
 
     return photo_from_array(np.asarray(getattr(skimage.data, name)()))
+
+
+def sklearn_photo(name: str) -> Image.Image:
+    """One of scikit-learn's two bundled sample photos (china, flower) as photo_from_array."""
+    from sklearn.datasets import load_sample_image
+
+    return photo_from_array(load_sample_image(f"{name}.jpg"))
+
+
+def background_photos() -> dict[str, Image.Image]:
+    """Every bundled photo by name: scikit-image's PHOTOS and EXTRA_PHOTOS, scikit-learn's SKLEARN_PHOTOS.
+
+    No two are copies of each other, so every pair across them is a pair of distinct images.
+    """
+    return ({name: sample_photo(name) for name in PHOTOS + EXTRA_PHOTOS}
+            | {name: sklearn_photo(name) for name in SKLEARN_PHOTOS})
+
+
+def build_background(folder: Path, grids: Sequence[int] = BACKGROUND_GRIDS) -> Path:
+    """The duplicate-free background a near-duplicate model is calibrated on, as a labelled folder.
+
+    Each background photo, whole and cut into each grid, is an identity of its original and one copy per
+    COPIES kind (build_copies): folder/<photo>/<photo>_g<grid>_<tile>/. With --group-depth 1 a photo is a
+    group, so the distinct pairs are the pairs across photos. A user's folder cannot stand in for it: it holds
+    the very copies dedup looks for, and they would count as distinct images.
+    """
+    for name, img in background_photos().items():
+        tiles = folder / ".tiles" / name
+        tiles.mkdir(parents=True, exist_ok=True)
+        for grid in grids:
+            save_tiles(img, f"g{grid}", tiles, grid)
+        build_copies(tile_files(tiles), folder / name, count=len(tile_files(tiles)))
+    return folder
 
 
 def save_tiles(img: Image.Image, stem: str, folder: Path, tiles: int) -> None:

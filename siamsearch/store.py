@@ -34,12 +34,7 @@ import numpy as np
 
 from .ann import KINDS, build_index, index_ids, kind_of, new_index, plan_kind, reconstruct
 from .atomic import write_json
-from .errors import (
-    CorruptIndexError,
-    IndexExistsError,
-    ModelMismatchError,
-    UsageError,
-)
+from .errors import CorruptIndexError, IndexExistsError, ModelMismatchError, UsageError
 from .images import Selection
 from .indexdir import (
     FORMAT_VERSION,
@@ -81,15 +76,15 @@ class Store:
 
     @classmethod
     def create(cls, path: Path | str, *, dim: int, fingerprint: str, encoder: dict[str, Any],
-               model_path: str | None, root: Path | str, index_kind: str = "auto",
-               overwrite: bool = False, precision: str | None = None) -> Store:
+               model_path: str | None, root: Path | str, index_kind: str = "auto", overwrite: bool = False,
+               precision: str | None = None, model_name: str | None = None) -> Store:
         """Make an empty index for dim-d vectors of one encoder; overwrite replaces an existing one, even a broken one.
 
         precision: what the vectors are embedded in (siamsearch.device.precision), kept for queries and updates.
 
         Raises:
-            IndexExistsError: path already holds an index and overwrite is False.
-            StoreLockedError: another process is writing to it.
+            IndexExistsError: path already holds an index and overwrite is False. StoreLockedError: another
+            process is writing to it.
         """
         if index_kind not in ("auto", *KINDS):
             raise UsageError(f"unknown index kind {index_kind!r}; choose one of auto, {', '.join(KINDS)}")
@@ -107,7 +102,8 @@ class Store:
             manifest = {"format_version": FORMAT_VERSION, "root": str(Path(root).resolve()), "model": model_path,
                         "fingerprint": fingerprint, "encoder": encoder, "metric": "l2", "dim": dim,
                         "index_kind": kind_of(index), "requested_kind": index_kind, "search": {},
-                        "count": 0, "created": stamp, "updated": stamp, "precision": precision}
+                        "count": 0, "created": stamp, "updated": stamp, "precision": precision,
+                        "model_name": model_name}  # a shipped model's name and version (siamsearch.builtin)
             write_json(path / MANIFEST, manifest)
         return cls(path)
 
