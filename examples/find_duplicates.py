@@ -1,18 +1,18 @@
-"""Index a folder, query it and list its duplicate groups from Python (the CLI's steps 2-4).
+"""Index a folder, query it and list its duplicate groups from Python (the CLI's steps 1-3).
 
-    python examples/find_duplicates.py ~/photos photos.pt [query.jpg]
+    python examples/find_duplicates.py ~/photos [--model photos.pt] [query.jpg]
 
-The model is any file written by `siamsearch train`; the index goes to indexes/<folder name>/ and a
-second run embeds only new and changed files.
+Without a model the built-in near-duplicate model is used; with one, any file written by `siamsearch
+train`. The index goes to indexes/<folder name>/ and a second run embeds only new and changed files.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 from siamsearch import Searcher, default_margin, find_duplicates, index_folder
 
 
-def main(folder: Path, model: Path, query: Path | None) -> None:
+def main(folder: Path, model: Path | None, query: Path | None) -> None:
     """Print what was indexed, the query's neighbours and each duplicate group with the file it keeps."""
     index_dir = Path("indexes") / folder.resolve().name
     store, report = index_folder(folder, index_dir, model)
@@ -28,4 +28,9 @@ def main(folder: Path, model: Path, query: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("query", type=Path, nargs="?")
+    parser.add_argument("--model", type=Path, help="a model file (default: the built-in near-duplicate model)")
+    args = parser.parse_intermixed_args()
+    main(args.folder, args.model, args.query)

@@ -393,18 +393,18 @@ def calibrate(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, models and reports.")] = Path("runs/demo"),
-    minutes: Annotated[float, typer.Option(help="Training time for both encoders together.")] = 2.0,
+    minutes: Annotated[float, typer.Option(help="Training time of the digits encoder and its evaluation.")] = 2.0,
     device: Device = "auto",
 ) -> None:
-    """The whole product on built-in data: train, evaluate, index, query, dedup, reports."""
+    """The whole product on built-in data: index and dedup with the built-in model, then train, evaluate, query."""
     from .demo import run_demo  # needs the demo extra (scikit-learn, scikit-image, matplotlib)
 
     s = run_demo(out, minutes, observer=TrainProgress(), device=device)
     console.print(f"demo finished in {s.minutes:.1f} min")
+    console.print("dedup of planted photo copies (built-in model): " + "  ".join(f"{k} {v}" for k, v in s.dedup.items()))
     console.print("digits model, held-out images: " + "  ".join(
         f"{k} {fmt(s.eval_metrics[k])}" for k in ("precision_at_1", "map_at_r", "roc_auc", "one_shot")
         if k in s.eval_metrics) + f"  query neighbour accuracy {s.query_accuracy:.3f}")
-    console.print("dedup of planted photo copies: " + "  ".join(f"{k} {v}" for k, v in s.dedup.items()))
     for note in s.notes:
         console.print(f"note: {note}")
     for name, path in s.files.items():

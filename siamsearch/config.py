@@ -16,6 +16,7 @@ LOSSES = ("contrastive", "triplet", "ntxent")
 POOLINGS = ("avg", "gem")
 HEADS = ("mlp", "linear", "none")
 WHITEN_FROM = ("head", "pool")  # what the learned whitening reads: the head's vectors, or the trunk's pooled features
+FRAMINGS = ("centre", "whole")  # how a picture becomes the square input (transforms.square_view)
 MIN_TEST_SCALE, MAX_TEST_SCALE = 0.25, 4.0  # test-time resize factors: a quarter of the input side to four times it
 
 # ImageNet statistics for torchvision backbones; a neutral grey for the small net and for EfficientNet-Lite,
@@ -78,6 +79,7 @@ class Preprocess:
     channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    framing: str = "centre"
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,14 @@ class EncoderConfig:
     # of these factors (one more trunk pass each); 1.41 shows the trunk a copy cropped to half the area at the scale
     # the original's matching part has (scripts/bench_neardup.py)
     test_scales: tuple[float, ...] = ()
+    # centre: the picture's centred square (identities: a face or object in the middle); whole: a plain border
+    # (letterbox bars, a mount, a canvas) cut off, then the whole picture squeezed into the square, so a copy that
+    # is framed, letterboxed, stretched or cropped at one side still shows what its original shows
+    framing: str = "centre"
 
     def __post_init__(self) -> None:
+        if self.framing not in FRAMINGS:
+            raise UsageError(f"framing must be one of {', '.join(FRAMINGS)}")
         if self.backbone not in BACKBONES:
             raise UsageError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.pooling not in POOLINGS or self.head not in HEADS:
@@ -137,7 +145,7 @@ class EncoderConfig:
             mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
         else:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
-        return Preprocess(self.image_size, self.channels, mean, std)
+        return Preprocess(self.image_size, self.channels, mean, std, self.framing)
 
 
 @dataclass(frozen=True)

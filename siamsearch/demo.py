@@ -1,14 +1,15 @@
 """The one-command demo: real images that ship inside Python packages, trained and searched on a CPU.
 
-Two small encoders (small backbone, about a minute each on two CPU cores):
-  * digits: scikit-learn's 1,797 handwritten digits (8x8, upscaled to 32 px PNGs), identities = the
-    ten digits. Trained on two thirds of each digit with two whole digits held out for validation,
-    evaluated on the other third, indexed and queried.
-  * photos: scikit-image's bundled sample photos with planted near-duplicate copies (resized,
-    cropped, JPEG-recompressed, brighter, grayscale, rotated). Trained self-supervised on the
-    originals and tiles of them (no labels, never the copies), calibrated on synthetic copies of the
-    tiles, then the collection is indexed and deduplicated and the groups are checked against the
-    copies that were planted.
+First what a user does first, with no training: scikit-image's bundled sample photos with planted
+near-duplicate copies (resized, cropped, JPEG-recompressed, brighter, grayscale, rotated, a captioned crop)
+are indexed with the built-in near-duplicate model (siamsearch.builtin) and deduplicated at its default
+margin, and the groups are checked against the copies that were planted. (The built-in model's whitening
+and calibration were fitted on these same sample photos, though not on these copies: scripts/bench_userflow.py
+measures it on photos it has never seen.)
+
+Then training, on identities: scikit-learn's 1,797 handwritten digits (8x8, upscaled to 32 px PNGs),
+identities = the ten digits, a small encoder trained on two thirds of each digit with two whole digits held
+out for validation (about a minute on two CPU cores), evaluated on the other third, indexed and queried.
 
 Needs the demo extra: pip install "siamsearch[demo]".
 """
@@ -27,19 +28,15 @@ from . import report
 from .checkpoint import load_checkpoint
 from .commands import dedup_index
 from .config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
-from .evaluate import calibrate, evaluate
-from .indexing import index_folder
-from .samples import DIGIT_SIZE, build_copies, build_digits, build_photos, tile_files
+from .evaluate import evaluate
+from .indexing import found_model, index_folder
+from .samples import DIGIT_SIZE, build_digits, build_photos
 from .search import Searcher
 from .train import Observer, Quiet, train
 
 DIGITS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=DIGIT_SIZE, channels=1)
 DIGITS_TRAINING = TrainConfig(epochs=30, ids_per_batch=8, images_per_id=12, lr=3e-3, hinge=1.0,
                               augment=AUGMENT_PRESETS["characters"], val_fraction=0.2, ways=10, episodes=200)
-PHOTOS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=32, channels=3, standardize=True)
-PHOTOS_TRAINING = TrainConfig(loss="ntxent", epochs=200, ids_per_batch=64, images_per_id=2, lr=3e-3,
-                              self_supervised=True, augment=AUGMENT_PRESETS["near-duplicates"],
-                              val_fraction=0.2, ways=20, episodes=200)
 
 
 def score_groups(groups: list[report.DupGroup], planted: dict[str, str]) -> dict[str, int]:
@@ -69,10 +66,10 @@ class DemoSummary:
     workdir: Path
     minutes: float
     models: dict[str, Path]
-    training: dict[str, dict[str, Any]]  # best validation epoch of each model
+    training: dict[str, dict[str, Any]]  # best validation epoch of each trained model
     eval_metrics: dict[str, float]  # digits model on the held-out third of every digit
     query_accuracy: float  # fraction of query neighbours showing the query's digit
-    calibration: dict[str, Any]  # photo model's duplicate thresholds, from synthetic copies of tiles
+    calibration: dict[str, Any]  # the built-in model's duplicate thresholds (siamsearch.builtin)
     dedup: dict[str, int]  # score_groups: planted copies found, files grouped wrongly
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -102,43 +99,35 @@ def _digits(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict
             "query_accuracy": float(np.mean(hits)) if hits else 0.0, "files": files}
 
 
-def _photos(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict[str, Any]:
-    """Train, calibrate, index and deduplicate the photos; DemoSummary fields as a dict."""
-    photos, tiles, planted = build_photos(work / "data")
-    copies = build_copies(tile_files(tiles), work / "data" / "photo_copies")
-    model = work / "models" / "photos.pt"
-    obs.message(f"training the photo encoder, self-supervised ({minutes:.1f} min)")
-    trained = train(tiles, model, PHOTOS_ENCODER,
-                    dataclasses.replace(PHOTOS_TRAINING, max_minutes=minutes),
-                    Runtime(device=runtime.device, amp=False), force=True, observer=obs)  # the demo's own folder
-    obs.message("calibrating it on synthetic copies of tiles, indexing the photos, finding duplicates")
-    calibration = calibrate(copies, model, target_precision=0.999, workers=0, device=runtime.device)
-    index_folder(photos, work / "indexes" / "photos", model, rebuild=True, runtime=runtime)[0].close()
-    run = dedup_index(work / "indexes" / "photos", html_file=work / "dedup.html")  # as `siamsearch dedup` does
+def _photos(work: Path, obs: Observer, runtime: Runtime) -> dict[str, Any]:
+    """Index and deduplicate the photos with the built-in model, as `siamsearch index` and `dedup` do with no
+    --model and no --margin; DemoSummary fields as a dict."""
+    photos, _, planted = build_photos(work / "data")
+    obs.message("indexing the photos with the built-in near-duplicate model (no training) and finding duplicates")
+    store = index_folder(photos, work / "indexes" / "photos", rebuild=True, runtime=runtime)[0]
+    model = found_model(store)
+    store.close()
+    run = dedup_index(work / "indexes" / "photos", html_file=work / "dedup.html")
     groups = run.result.to_dict()["groups"]
-    files = {"dedup_html": run.written[0]}
-    curves = report.plot_training(load_checkpoint(model).history, work / "report" / "training_photos.png")
-    files |= {"plot_training_photos": curves} if curves else {}
-    return {"best": trained.best or {}, "calibration": calibration, "dedup": score_groups(groups, planted)
-            | {"margin": round(run.result.margin, 4)},
-            "files": files}
+    return {"model": model, "calibration": load_checkpoint(model).calibration,
+            "dedup": score_groups(groups, planted) | {"margin": round(run.result.margin, 4)},
+            "files": {"dedup_html": run.written[0]}}
 
 
 def run_demo(workdir: Path | str, minutes: float = 2.0, observer: Observer | None = None,
              device: str = "auto") -> DemoSummary:
-    """Build the data, train both encoders within about `minutes`, evaluate, index, query, dedup, report.
+    """Index and dedup the photos with the built-in model, then train the digits encoder within about `minutes`,
+    evaluate, index, query, report.
 
-    Training takes 35% (digits) and 45% (photos) of the minutes; the rest goes to data, evaluation,
-    indexes and pages. Everything is written under workdir: data/, models/, indexes/, report/,
-    query.html, query_sheet.png and dedup.html.
+    Training takes 70% of the minutes; the rest goes to data, evaluation, indexes and pages. Everything is
+    written under workdir: data/, models/, indexes/, report/, query.html, query_sheet.png and dedup.html.
     """
     t0, obs, work = time.perf_counter(), observer or Quiet(), Path(workdir).expanduser().resolve()
     runtime = Runtime(workers=0, device=device)
     obs.message("building demo data from scikit-learn digits and scikit-image sample photos")
-    digits = _digits(work, 0.35 * minutes, obs, runtime)
-    photos = _photos(work, 0.45 * minutes, obs, runtime)
-    return DemoSummary(work, (time.perf_counter() - t0) / 60,
-                       {"digits": work / "models" / "digits.pt", "photos": work / "models" / "photos.pt"},
-                       {"digits": digits["best"], "photos": photos["best"]}, digits["eval_metrics"],
+    photos = _photos(work, obs, runtime)
+    digits = _digits(work, 0.7 * minutes, obs, runtime)
+    return DemoSummary(work, (time.perf_counter() - t0) / 60, {"digits": work / "models" / "digits.pt",
+                       "photos": photos["model"]}, {"digits": digits["best"]}, digits["eval_metrics"],
                        digits["query_accuracy"], photos["calibration"], photos["dedup"],
                        digits["files"] | photos["files"], digits["notes"])

@@ -44,11 +44,14 @@ class Decoded(NamedTuple):
 class DecodedImages(Dataset):
     """Decodes image i to square uint8 views at one or more sizes; a bad file yields its reason.
 
-    With jpeg=True (one size only), a plain JPEG is only read: the device decodes it (devicedecode).
+    With jpeg=True (one size only, centre framing), a plain JPEG is only read: the device decodes it (devicedecode).
+    framing: how a picture becomes a square (transforms.square_view).
     """
 
-    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], channels: int, jpeg: bool = False) -> None:
+    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], channels: int, jpeg: bool = False,
+                 framing: str = "centre") -> None:
         self.paths, self.sizes, self.channels, self.jpeg = list(paths), tuple(sizes), channels, jpeg
+        self.framing = framing
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,7 +64,8 @@ class DecodedImages(Dataset):
             img = load_image(self.paths[i], self.channels, draft_size=max(self.sizes))
         except BadImageError as exc:
             return Decoded(i, None, (0, 0), exc.reason)
-        return Decoded(i, tuple(square_view(img, s) for s in self.sizes), img.info.get(ORIGINAL_SIZE, img.size), "")
+        views = tuple(square_view(img, s, self.framing) for s in self.sizes)
+        return Decoded(i, views, img.info.get(ORIGINAL_SIZE, img.size), "")
 
 
 class JpegFile(NamedTuple):
@@ -118,8 +122,9 @@ def loader(images: DecodedImages, workers: int, pin: bool, batch_size: int | Non
 
 
 def decode_images(paths: Sequence[Path], sizes: Sequence[int], channels: int, workers: int = 0,
-                  progress: Progress | None = None) -> tuple[np.ndarray, tuple[torch.Tensor, ...], list[Failure]]:
-    """Decode every image once into memory (training cache).
+                  progress: Progress | None = None,
+                  framing: str = "centre") -> tuple[np.ndarray, tuple[torch.Tensor, ...], list[Failure]]:
+    """Decode every image once into memory (training cache), framed as the encoder frames its input.
 
     Returns:
         (kept indices into paths, one uint8 (N, C, s, s) tensor per size, failures).
@@ -127,7 +132,7 @@ def decode_images(paths: Sequence[Path], sizes: Sequence[int], channels: int, wo
     kept: list[int] = []
     chunks: list[tuple[torch.Tensor, ...]] = []
     failures: list[Failure] = []
-    for batch in loader(DecodedImages(paths, sizes, channels), workers, pin=False, batch_size=256):
+    for batch in loader(DecodedImages(paths, sizes, channels, framing=framing), workers, pin=False, batch_size=256):
         kept.extend(batch.indices)
         failures.extend(Failure(Path(paths[i]), why) for i, why in batch.failures)
         chunks.append(batch.views)
@@ -218,7 +223,8 @@ def embed_batches(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path]
     net = prepared(model, device, compile)
     workers = default_workers() if workers is None else workers
     chunk = chunk or (CHUNK_BATCHES if on_gpu else 1)
-    images = DecodedImages(paths, [pre.image_size], pre.channels, jpeg=decode == "device" or decode == "auto" and on_gpu)
+    on_device = pre.framing == "centre" and (decode == "device" or decode == "auto" and on_gpu)  # devicedecode centres
+    images = DecodedImages(paths, [pre.image_size], pre.channels, jpeg=on_device, framing=pre.framing)
     pending: list[tuple[list[int], torch.Tensor, list[tuple[int, int]], list[Failure]]] = []
     for batch in loader(images, workers, pin=on_gpu, batch_size=batch_size):
         idx, views, sizes, failures = _views(batch, paths, pre.image_size, pre.channels, device)

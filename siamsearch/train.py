@@ -337,7 +337,7 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             model.train()
             obs.epoch_start(epoch, len(sampler))
             loss_sum, batches, seen, shown, t0 = torch.zeros((), device=device), 0, 0, math.nan, time.perf_counter()
-            for batches, (images, labels) in enumerate(train_batches(data.train, sampler, load, enc.channels, workers,
+            for batches, (images, labels) in enumerate(train_batches(data.train, sampler, load, enc, workers,
                                                                      data.failures, device.type == "cuda"), 1):
                 x = augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen)
                 with autocast(device, amp):

@@ -37,10 +37,10 @@ class TrainData:
     failures: list[Failure] = field(default_factory=list)
 
 
-def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], channels: int, workers: int,
+def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], enc: EncoderConfig, workers: int,
             failures: list[Failure]) -> Split:
-    """Decode a split into memory, dropping (and recording) unreadable files."""
-    kept, views, bad = decode_images(paths, sizes, channels, workers)
+    """Decode a split into memory, framed as the encoder frames its input, dropping (and recording) unreadable files."""
+    kept, views, bad = decode_images(paths, sizes, enc.channels, workers, framing=enc.framing)
     failures.extend(bad)
     return Split([paths[i] for i in kept], labels[kept], views)
 
@@ -79,11 +79,11 @@ def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime
     failures: list[Failure] = list(scan.failures)
     train_paths = [paths[i] for i in tr]
     fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
-    train = (_decode(train_paths, labels[tr], [load], enc.channels, workers, failures) if fits
+    train = (_decode(train_paths, labels[tr], [load], enc, workers, failures) if fits
              else Split(train_paths, labels[tr]))
     train = turned(train, 1 if self_sup else cfg.rotations)
     val_sizes = [size, load] if self_sup else [size]
-    val = _decode([paths[i] for i in va], labels[va], val_sizes, enc.channels, workers, failures)
+    val = _decode([paths[i] for i in va], labels[va], val_sizes, enc, workers, failures)
     return TrainData(train, val, self_sup, failures)
 
 
@@ -94,14 +94,15 @@ def sampler_for(data: TrainData, cfg: TrainConfig) -> PKSampler:
                      min_images=1 if self_sup else 2, seed=cfg.seed)
 
 
-def train_batches(split: Split, sampler: PKSampler, load: int, channels: int, workers: int,
+def train_batches(split: Split, sampler: PKSampler, load: int, enc: EncoderConfig, workers: int,
                   failures: list[Failure], pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(uint8 images, labels) per P×K batch, from the memory cache or decoded on the fly (pinned for a GPU)."""
     if split.views:
         for idx in sampler:
             yield split.views[0][idx], torch.from_numpy(split.labels[idx])
         return
-    for batch in loader(DecodedImages(split.paths, [load], channels), workers, pin, batch_sampler=sampler):
+    images = DecodedImages(split.paths, [load], enc.channels, framing=enc.framing)
+    for batch in loader(images, workers, pin, batch_sampler=sampler):
         failures.extend(Failure(split.paths[i], why) for i, why in batch.failures)
         yield batch.views[0], torch.from_numpy(split.labels[batch.indices])
 

@@ -11,13 +11,16 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from .config import AugmentConfig, Preprocess
 from .images import REDUCING_GAP
 
 # Training images are cached a little larger than the input so random crops keep detail.
 TRAIN_OVERSIZE = 1.15
+BORDER_TOLERANCE = 24  # of 255: how far a pixel may be from the corner's colour and still belong to a plain border
+BORDER_PROBE = 256  # side of the thumbnail a border is looked for in
+MIN_INNER = 0.1  # share of the area a picture inside a border must keep; less, and the picture is mostly plain
 
 
 def train_load_size(image_size: int) -> int:
@@ -25,11 +28,33 @@ def train_load_size(image_size: int) -> int:
     return int(round(image_size * TRAIN_OVERSIZE))
 
 
-def square_view(img: Image.Image, size: int) -> torch.Tensor:
-    """Resize the shorter side to `size` and centre-crop: (C, size, size) uint8, the eval view."""
-    w, h = img.size
-    side = min(w, h)
-    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+def trim_plain_border(img: Image.Image) -> Image.Image:
+    """The picture inside a plain border of the top-left corner's colour (letterbox bars, a mount, a canvas),
+    or img itself when it has none, or when almost all of it is that colour."""
+    probe = img.copy()
+    probe.thumbnail((BORDER_PROBE, BORDER_PROBE), Image.Resampling.NEAREST)
+    far = np.asarray(ImageChops.difference(probe, Image.new(probe.mode, probe.size, probe.getpixel((0, 0)))))
+    content = (far.max(axis=2) if far.ndim == 3 else far) > BORDER_TOLERANCE
+    rows, cols = np.flatnonzero(content.mean(1) > 0.02), np.flatnonzero(content.mean(0) > 0.02)  # JPEG specks aside
+    if not rows.size or not cols.size:
+        return img
+    sx, sy = img.width / probe.width, img.height / probe.height
+    box = (int(cols[0] * sx), int(rows[0] * sy), math.ceil((cols[-1] + 1) * sx), math.ceil((rows[-1] + 1) * sy))
+    if (box[2] - box[0]) * (box[3] - box[1]) < MIN_INNER * img.width * img.height:
+        return img
+    return img.crop(box)
+
+
+def square_view(img: Image.Image, size: int, framing: str = "centre") -> torch.Tensor:
+    """(C, size, size) uint8, the eval view: the centred square resized, or with framing "whole" the picture
+    inside any plain border, resized whole (config.EncoderConfig.framing)."""
+    if framing == "whole":
+        img = trim_plain_border(img)
+        box = (0, 0, img.width, img.height)
+    else:
+        w, h = img.size
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:

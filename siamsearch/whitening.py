@@ -56,7 +56,8 @@ def _sample(split: Split, enc: EncoderConfig, gen: torch.Generator) -> tuple[tor
     pick = torch.randperm(len(split.labels), generator=gen)[:MAX_IMAGES].sort().values.numpy()
     if split.views:
         return split.views[0][pick], split.labels[pick]
-    kept, views, _ = decode_images([split.paths[i] for i in pick], [train_load_size(enc.image_size)], enc.channels)
+    kept, views, _ = decode_images([split.paths[i] for i in pick], [train_load_size(enc.image_size)], enc.channels,
+                                   framing=enc.framing)
     return views[0], split.labels[pick[kept]]
 
 

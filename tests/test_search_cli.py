@@ -93,8 +93,8 @@ def test_info_and_errors(identity_dir, model_file, tmp_path):
     assert data["count"] == 96 and data["identities"] == 16 and data["dim"] == 16
     res = run("info", "--index", tmp_path / "nothing")
     assert res.exit_code == 2 and "error:" in res.output
-    res = run("index", identity_dir, "--index", tmp_path / "new")
-    assert res.exit_code == 2 and "--model" in res.output
+    res = run("index", identity_dir, "--index", tmp_path / "new", "--model", tmp_path / "missing.pt")
+    assert res.exit_code == 2 and "no model file" in res.output and not (tmp_path / "new" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated index.faiss", "deleted rows.sqlite", "garbage manifest.json"])

@@ -57,10 +57,11 @@ def input_rows(item: dict[str, int], folder: str) -> list[dict[str, Any]]:
     return pq.read_table(shards.inputs_file(Path(folder), item["shard"])).to_pylist()
 
 
-def decode_batch(batch: dict[str, np.ndarray], root: str, size: int, channels: int) -> dict[str, Any]:
+def decode_batch(batch: dict[str, np.ndarray], root: str, size: int, channels: int,
+                 framing: str = "centre") -> dict[str, Any]:
     """CPU stage: decode, stat and hash a batch of input rows; a bad file keeps its row, with its reason."""
     paths = [Path(root) / p for p in batch["path"]]
-    images = DecodedImages(paths, [size], channels)
+    images = DecodedImages(paths, [size], channels, framing=framing)
     pixels = np.zeros((len(paths), channels, size, size), np.uint8)
     out: dict[str, list] = {name: [] for name in ROW_FIELDS}
     for i, path in enumerate(paths):
@@ -188,12 +189,13 @@ def embed_collection(source: Path | str, out: Path | str, model: Path | str, *, 
     for shard in todo:
         shards.clear_shard(out, shard)
     size, channels = manifest["preprocess"]["image_size"], manifest["preprocess"]["channels"]
+    framing = manifest["preprocess"].get("framing", "centre")  # manifests from before framing centred
     total = sum(manifest["shards"][s] for s in todo)
     if todo:
         ds = (ray.data.from_items([{"shard": s} for s in todo])
               .flat_map(input_rows, fn_kwargs={"folder": str(out)})
               .map_batches(decode_batch, batch_size=batch_size, fn_kwargs={"root": manifest["root"], "size": size,
-                                                                          "channels": channels})
+                                                                          "channels": channels, "framing": framing})
               .map_batches(Embedder, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
                            num_gpus=num_gpus,
                            fn_constructor_args=(load or ModelLoader(str(model), device),))
