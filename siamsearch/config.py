@@ -16,7 +16,7 @@ LOSSES = ("contrastive", "triplet", "ntxent")
 POOLINGS = ("avg", "gem")
 HEADS = ("mlp", "linear", "none")
 WHITEN_FROM = ("head", "pool")  # what the learned whitening reads: the head's vectors, or the trunk's pooled features
-FRAMINGS = ("centre", "whole")  # how a picture becomes the square input (transforms.square_view)
+FRAMINGS = ("centre", "trimmed")  # how a picture becomes the square input (transforms.square_view)
 MIN_TEST_SCALE, MAX_TEST_SCALE = 0.25, 4.0  # test-time resize factors: a quarter of the input side to four times it
 
 # ImageNet statistics for torchvision backbones; a neutral grey for the small net and for EfficientNet-Lite,
@@ -107,9 +107,8 @@ class EncoderConfig:
     # of these factors (one more trunk pass each); 1.41 shows the trunk a copy cropped to half the area at the scale
     # the original's matching part has (scripts/bench_neardup.py)
     test_scales: tuple[float, ...] = ()
-    # centre: the picture's centred square (identities: a face or object in the middle); whole: a plain border
-    # (letterbox bars, a mount, a canvas) cut off, then the whole picture squeezed into the square, so a copy that
-    # is framed, letterboxed, stretched or cropped at one side still shows what its original shows
+    # centre: the picture's centred square; trimmed: a plain border (letterbox bars, a mount, a canvas) cut off
+    # first, so a framed or letterboxed copy shows what its original shows (transforms.trim_plain_border)
     framing: str = "centre"
 
     def __post_init__(self) -> None:
@@ -228,14 +227,16 @@ class TrainConfig:
     ways: int = 20
     episodes: int = 2000  # validation one-shot episodes: with 400, the best epoch was the luckiest (SE 0.013 at 0.93)
     seed: int = 0
+    whiten_views: int = 2  # augmented views of each image beside its plain one that the learned whitening sees
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise UsageError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.images_per_id < 2 or self.ids_per_batch < 2:
             raise UsageError("a batch needs at least 2 identities with at least 2 images each")
-        if self.accumulate < 1 or self.epochs < 0:
-            raise UsageError("accumulate must be >= 1 and epochs >= 0 (0: no SGD, the learned whitening alone)")
+        if self.accumulate < 1 or self.epochs < 0 or self.whiten_views < 1:
+            raise UsageError("accumulate and whiten_views must be >= 1, epochs >= 0 (0: no SGD, the learned whitening "
+                             "alone)")
         if self.temperature <= 0:
             raise UsageError("temperature must be > 0")
         if self.koleo < 0:

@@ -46,15 +46,13 @@ def trim_plain_border(img: Image.Image) -> Image.Image:
 
 
 def square_view(img: Image.Image, size: int, framing: str = "centre") -> torch.Tensor:
-    """(C, size, size) uint8, the eval view: the centred square resized, or with framing "whole" the picture
-    inside any plain border, resized whole (config.EncoderConfig.framing)."""
-    if framing == "whole":
+    """(C, size, size) uint8, the eval view: the centred square resized; with framing "trimmed", the centred
+    square of the picture inside any plain border (config.EncoderConfig.framing)."""
+    if framing == "trimmed":
         img = trim_plain_border(img)
-        box = (0, 0, img.width, img.height)
-    else:
-        w, h = img.size
-        side = min(w, h)
-        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    w, h = img.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
     img = img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:

@@ -21,7 +21,6 @@ from .trainset import Split
 from .transforms import augment_batch, resize_batch, train_load_size
 
 SHRINK = 0.3  # the within-identity covariance is pulled this far towards its mean eigenvalue: few images, many axes
-VIEWS = 2  # augmented views of each training image beside its plain one
 MAX_IMAGES = 4000  # training images the fit looks at, drawn at random when there are more
 CHUNK = 256  # images embedded at once
 
@@ -74,7 +73,7 @@ def fit_whitening(model: Encoder, split: Split, enc: EncoderConfig, cfg: TrainCo
     for start in range(0, len(labels), CHUNK):
         batch = images[start:start + CHUNK]
         views = [resize_batch(batch, enc.image_size)]  # the plain view, already [0, 1]
-        views += [augment_batch(batch, enc.image_size, cfg.augment, gen) for _ in range(VIEWS)]
+        views += [augment_batch(batch, enc.image_size, cfg.augment, gen) for _ in range(cfg.whiten_views)]
         for view in views:
             vectors.append(embed_tensors(model.whitening_input, view, pre, device, amp))
             names.append(labels[start:start + CHUNK])

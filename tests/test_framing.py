@@ -1,4 +1,4 @@
-"""Framing "whole": a plain border is cut off and the whole picture resized, so framed copies look like their original."""
+"""Framing "trimmed": a plain border is cut off first, so framed and letterboxed copies look like their original."""
 
 import numpy as np
 import pytest
@@ -26,11 +26,11 @@ def _gap(a: Image.Image, b: Image.Image, framing: str) -> float:
     lambda im: ImageOps.pad(im, (160, 160), color=(0, 0, 0)),  # letterboxed
     lambda im: ImageOps.expand(im, border=14, fill=(240, 230, 200)),  # a mount
 ])
-def test_a_bordered_copy_frames_like_its_original_only_with_whole_framing(border):
+def test_a_bordered_copy_frames_like_its_original_only_when_trimmed(border):
     picture = _picture()
     framed = border(picture)
     assert trim_plain_border(framed).size == pytest.approx(picture.size, abs=3)
-    assert _gap(picture, framed, "whole") < 12 < _gap(picture, framed, "centre")
+    assert _gap(picture, framed, "trimmed") < 12 < _gap(picture, framed, "centre")
 
 
 def test_a_picture_without_a_border_or_almost_all_plain_is_left_whole():
@@ -39,11 +39,11 @@ def test_a_picture_without_a_border_or_almost_all_plain_is_left_whole():
     dot = Image.new("RGB", (100, 100), (255, 255, 255))
     dot.paste((0, 0, 0), (50, 50, 53, 53))  # 0.1% of the area: a plain picture, not a picture in a border
     assert trim_plain_border(dot).size == dot.size
-    assert square_view(picture, 24, "whole").shape == (3, 24, 24)
+    assert square_view(picture, 24, "trimmed").shape == (3, 24, 24)
 
 
 def test_framing_is_checked_and_travels_to_the_preprocessing():
-    assert EncoderConfig(framing="whole").preprocess().framing == "whole"
+    assert EncoderConfig(framing="trimmed").preprocess().framing == "trimmed"
     assert EncoderConfig().preprocess().framing == "centre"
     with pytest.raises(UsageError):
-        EncoderConfig(framing="stretch")
+        EncoderConfig(framing="whole")
