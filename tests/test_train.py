@@ -62,9 +62,9 @@ def test_resume_takes_the_runtime_given_now_not_the_stored_one(identity_dir, tmp
     import siamsearch.trainset as ts
     real, asked = ts.decode_images, []
 
-    def spy(paths, sizes, channels, workers):
+    def spy(paths, sizes, channels, workers, **options):
         asked.append(workers)
-        return real(paths, sizes, channels, 0)  # no process pool: only the request matters
+        return real(paths, sizes, channels, 0, **options)  # no process pool: only the request matters
 
     monkeypatch.setattr(ts, "decode_images", spy)
     out = tmp_path / "m.pt"
