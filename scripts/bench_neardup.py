@@ -1,5 +1,8 @@
 """Near-duplicate check on real photos: siamsearch's copies recipe at its default margin vs imagehash's phash.
 
+It trains on other photos than it scores; scripts/bench_userflow.py runs the user's own flow instead (the
+built-in model, and training on the very folder it then deduplicates).
+
 The sample photos that ship inside scikit-image (siamsearch.samples.PHOTOS plus gravel and colorwheel) are
 split by --seed into a training half and a test half; scikit-learn's china and flower join the test half.
 The test folder holds each test original and one copy of it per samples.COPIES kind (resized, cropped, JPEG,
@@ -54,6 +57,7 @@ from siamsearch.indexing import index_folder
 from siamsearch.model import build_encoder
 from siamsearch.samples import (
     COPIES,
+    EXTRA_PHOTOS,
     PHOTOS,
     build_copies,
     photo_from_array,
@@ -63,7 +67,6 @@ from siamsearch.samples import (
 )
 from siamsearch.train import train
 
-EXTRA_PHOTOS = ("gravel", "colorwheel")  # sample photos the demo leaves out, real material for a benchmark
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
 LEAVES = 1000  # procedural images (siamsearch.samples) beside the 300 photo tiles
 CALIBRATION_LEAVES = 90  # dead-leaves identities in the calibration for an index of dead-leaves distractors
