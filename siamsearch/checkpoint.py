@@ -134,9 +134,16 @@ def _checked(path: Path, data: dict[str, Any], entries: dict[str, tuple[type, ..
 
 
 def _read_model(path: Path, mmap: bool = False) -> dict[str, Any]:
-    """A model file's entries, checked; the ones older files lack are filled in."""
+    """A model file's entries, checked; the ones older files lack are filled in.
+
+    The fingerprint is computed again from the weights: a file found by lookup beside an index is trusted by
+    it, so the one it declares must not be believed (an edited file could pose as the index's model).
+    """
     data = {"train": None, "history": [], "calibration": {}, "name": None} | _read(path, KIND_MODEL, mmap)
-    return _checked(path, data, MODEL_ENTRIES, "state_dict")
+    data = _checked(path, data, MODEL_ENTRIES, "state_dict")
+    if fingerprint(_clean_state(data["state_dict"])) != data["fingerprint"]:
+        raise damaged(path, "its weights do not give the fingerprint it declares")
+    return data
 
 
 def _config(cls: type[T], path: Path, data: dict[str, Any], key: str) -> T:

@@ -118,3 +118,19 @@ def test_every_malformed_model_file_is_a_one_line_checkpoint_error(model_file, t
     with pytest.raises(CheckpointError, match="is damaged") as caught:
         load_encoder(tmp_path / "bad.pt")
     assert "\n" not in str(caught.value)
+
+
+def test_a_file_posing_as_another_model_by_its_declared_fingerprint_is_refused(tmp_path):
+    from siamsearch.checkpoint import model_with, read_calibration, read_fingerprint
+
+    enc = EncoderConfig(backbone="small", dim=8, image_size=24)
+    wanted = save_model(tmp_path / "real.pt", build_encoder(enc), calibration={"threshold_best_f1": 0.2})
+    (tmp_path / "real.pt").rename(tmp_path / "elsewhere.pt.bak")  # the index's own model is gone
+    save_model(tmp_path / "stray.pt", build_encoder(enc), calibration={"threshold_best_f1": 1.9})
+    data = torch.load(tmp_path / "stray.pt", weights_only=True)
+    data["fingerprint"] = wanted  # other weights claiming the index's fingerprint
+    torch.save(data, tmp_path / "stray.pt")
+    assert model_with(wanted, [tmp_path]) is None
+    for read in (load_checkpoint, read_fingerprint, read_calibration):
+        with pytest.raises(CheckpointError, match="do not give the fingerprint"):
+            read(tmp_path / "stray.pt")
