@@ -31,11 +31,16 @@ def write_atomic(path: Path | str, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    folder = os.open(path.parent, os.O_RDONLY)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path | str) -> None:
+    """fsync a folder: the names created or removed in it are on disk, not only in the page cache."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)
 
 
 def write_json(path: Path | str, data: Any) -> None:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json
+from .atomic import sync_folder, write_json
 from .dedup import DedupResult, Group
 from .errors import NotFoundError, RefusedError
 
@@ -165,6 +165,9 @@ def sha256(path: Path) -> str:
 def _move_file(src: Path, dst: Path) -> None:
     """Move one file without ever replacing another: a hard link then unlink, or an exclusive copy.
 
+    The new name (and a copy's bytes and times) reach the disk before the old name is removed: a crash in
+    between leaves two names of the file, never none.
+
     Raises:
         FileExistsError: something is already at dst.
     """
@@ -176,10 +179,12 @@ def _move_file(src: Path, dst: Path) -> None:
     except OSError:  # another filesystem, or one without hard links
         with open(src, "rb") as fin, open(dst, "xb") as fout:
             shutil.copyfileobj(fin, fout)
+            shutil.copystat(src, dst)
             fout.flush()
             os.fsync(fout.fileno())
-        shutil.copystat(src, dst)
+    sync_folder(dst.parent)
     os.unlink(src)
+    sync_folder(src.parent)
 
 
 def _try_move(src: Path, dst: Path) -> str | None:

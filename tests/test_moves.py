@@ -138,3 +138,25 @@ def test_content_replaced_under_the_same_stamp_is_caught_for_kept_files_and_dupl
     replace_keeping_stamp(copy2, b"BBBB")
     report = apply_moves(plan)
     assert report.done == [] and (root / "b_copy.jpg").read_bytes() == b"BBBB"
+
+
+def test_a_move_across_file_systems_is_on_disk_before_the_original_is_unlinked(tmp_path, monkeypatch):
+    import errno
+
+    import siamsearch.moves as moves
+
+    src, dst = tmp_path / "a" / "x.png", tmp_path / "b" / "sub" / "x.png"
+    src.parent.mkdir()
+    src.write_bytes(b"picture")
+    events = []
+
+    def cross_device(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    real_unlink = os.unlink
+    monkeypatch.setattr(moves.os, "link", cross_device)
+    monkeypatch.setattr(moves, "sync_folder", lambda folder: events.append(("sync", Path(folder))))
+    monkeypatch.setattr(moves.os, "unlink", lambda path: (events.append(("unlink", Path(path))), real_unlink(path)))
+    moves._move_file(src, dst)
+    assert dst.read_bytes() == b"picture" and not src.exists()
+    assert events == [("sync", dst.parent), ("unlink", src), ("sync", src.parent)]
