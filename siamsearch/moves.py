@@ -43,6 +43,7 @@ class Move:
     size: int
     mtime_ns: int
     sha256: str | None = None  # the content it was indexed with, when the index knows it
+    keep: str = ""  # the file kept in its place: checked again before the move, which needs it still there
 
 
 @dataclass
@@ -112,7 +113,7 @@ def _check_dest(dest: Path, root: Path) -> None:
         raise MoveError(f"{dest} holds the indexed folder {root}; choose a destination outside it")
 
 
-def _group_moves(group: Group, dest: Path) -> tuple[list[Move], list[Skipped]]:
+def _group_moves(group: Group, dest: Path, root: Path) -> tuple[list[Move], list[Skipped]]:
     """A group's duplicates to move, or none when its kept file is not there as indexed: then no copy would be left."""
     duplicates = [m.row for m in group.members if m.status in ("duplicate", "identical")]
     keep = group.keep
@@ -120,9 +121,18 @@ def _group_moves(group: Group, dest: Path) -> tuple[list[Move], list[Skipped]]:
     if kept_reason:
         why = f"the kept file {keep.path} is {kept_reason}; group left alone"
         return [], [Skipped(row.path, why) for row in duplicates]
+    if not _within(keep.abspath, root):
+        why = f"the kept file {keep.path} lies outside {root} (a symlinked folder); group left alone"
+        return [], [Skipped(row.path, why) for row in duplicates]
+    kept = _identity(keep.abspath)
     moves, skipped = [], []
     for row in duplicates:
         reason = _changed(row.abspath, row.size, row.mtime_ns)
+        if reason is None and _identity(row.abspath) == kept:
+            reason = (f"the kept file {keep.path} under another name (one folder shown twice: a bind mount, a share "
+                      "mounted twice); moving it would leave no copy")
+        if reason is None and not _within(row.abspath, root):
+            reason = f"it lies outside {root} (a symlinked folder): undo could not put it back"
         if reason is None and not _within((dest / row.path).parent, dest):
             reason = f"{dest / row.path} would lie outside {dest} (a symlinked folder)"
         if reason is None and os.path.lexists(dest / row.path):
@@ -130,8 +140,14 @@ def _group_moves(group: Group, dest: Path) -> tuple[list[Move], list[Skipped]]:
         if reason:
             skipped.append(Skipped(row.path, reason))
         else:
-            moves.append(Move(row.path, row.size, row.mtime_ns, row.sha256))
+            moves.append(Move(row.path, row.size, row.mtime_ns, row.sha256, keep.path))
     return moves, skipped
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of a file: two names of one file share it."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def plan_moves(result: DedupResult, dest: Path | str) -> MovePlan:
@@ -147,7 +163,7 @@ def plan_moves(result: DedupResult, dest: Path | str) -> MovePlan:
     _check_dest(dest, root)
     plan = MovePlan(result.root, dest)
     for group in result.groups:
-        moves, skipped = _group_moves(group, dest)
+        moves, skipped = _group_moves(group, dest, root)
         plan.moves.extend(moves)
         plan.skipped.extend(skipped)
     return plan
@@ -230,8 +246,12 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     data = {"root": str(plan.root), "dest": str(plan.dest), "created": datetime.now(timezone.utc).isoformat(
         timespec="seconds"), "moves": entries}
     write_json(report.manifest, data)  # first: an interrupted run can still be undone
-    moved = []
+    moved, keeps = [], {move.path: move.keep for move in plan.moves}
     for entry in entries:
+        kept = keeps[entry["from"]]
+        if kept and not (plan.root / kept).is_file():  # gone since planning, or with a move: this one stays
+            report.skipped.append(Skipped(entry["from"], f"the kept file {kept} is gone; not moved"))
+            continue
         reason = _try_move(plan.root / entry["from"], plan.dest / entry["to"])
         if reason == ALREADY_BACK:
             report.already.append(entry["from"])

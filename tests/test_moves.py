@@ -160,3 +160,36 @@ def test_a_move_across_file_systems_is_on_disk_before_the_original_is_unlinked(t
     moves._move_file(src, dst)
     assert dst.read_bytes() == b"picture" and not src.exists()
     assert events == [("sync", dst.parent), ("unlink", src), ("sync", src.parent)]
+
+
+def test_a_kept_file_shown_twice_or_a_file_outside_the_root_is_never_moved(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    keep = row(root, "a/x.png", b"photo")
+    (root / "b").symlink_to(root / "a", target_is_directory=True)  # one folder shown twice, as a bind mount does
+    twice = Row(1, "b/x.png", root / "b" / "x.png", None, keep.size, keep.mtime_ns, 8, 8)
+    linked = row(root, "c/x.png", b"")
+    linked.abspath.unlink()
+    os.link(keep.abspath, linked.abspath)  # a second name of the same file
+    linked = Row(2, "c/x.png", linked.abspath, None, keep.size, keep.mtime_ns, 8, 8)
+    outside = row(elsewhere, "y.png", b"other")
+    (root / "out").symlink_to(elsewhere, target_is_directory=True)
+    away = Row(3, "out/y.png", root / "out" / "y.png", None, outside.size, outside.mtime_ns, 8, 8)
+    plan = plan_moves(result(root, (keep, [twice, linked, away])), tmp_path / "dups")
+    assert plan.moves == []
+    reasons = {s.path: s.reason for s in plan.skipped}
+    assert "another name" in reasons["b/x.png"] and "another name" in reasons["c/x.png"]
+    assert "outside" in reasons["out/y.png"]
+    kept_outside = plan_moves(result(root, (away, [row(root, "d/z.png", b"other")])), tmp_path / "dups")
+    assert kept_outside.moves == [] and "outside" in kept_outside.skipped[0].reason
+    assert keep.abspath.read_bytes() == b"photo" and outside.abspath.read_bytes() == b"other"
+
+
+def test_duplicates_stay_when_their_kept_file_goes_before_they_move(tmp_path):
+    root = tmp_path / "root"
+    keep, a, b = row(root, "k.png", b"k"), row(root, "a.png", b"a"), row(root, "b.png", b"b")
+    plan = plan_moves(result(root, (keep, [a, b])), tmp_path / "dups")
+    assert len(plan.moves) == 2
+    keep.abspath.unlink()
+    done = apply_moves(plan)
+    assert done.done == [] and a.abspath.exists() and b.abspath.exists()
+    assert all("is gone" in s.reason for s in done.skipped)
