@@ -142,6 +142,7 @@ class Scan:
     images: list[Path] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     unread: list[Path] = field(default_factory=list)
+    listed: set[tuple[int, int]] = field(default_factory=set)  # (device, inode) of each image and folder met
 
 
 def find_images(root: Path | str, selection: Selection = Selection()) -> list[Path]:
@@ -156,7 +157,9 @@ def find_images(root: Path | str, selection: Selection = Selection()) -> list[Pa
 def scan_images(root: Path | str, selection: Selection = Selection()) -> Scan:
     """Regular image files under root, sorted; hidden entries are skipped, folder symlinks followed once.
 
-    A folder reached twice (two links to it) is read once; a link back to a folder above it, an unreadable
+    A folder reached twice (two links to it, or a bind mount showing it twice) is read once, and a file with two
+    names (a hard link) is listed once, by (device, inode): moving one name as a copy of the other would leave
+    none. A link back to a folder above it, an unreadable
     folder, a broken link and an image name that is not a regular file (a FIFO, a device) are failures.
     Files and folders the selection or root/.siamsearchignore leave out are not looked at: never failures.
 
@@ -170,6 +173,7 @@ def scan_images(root: Path | str, selection: Selection = Selection()) -> Scan:
         raise NotFoundError(f"no such folder: {root}")
     real, rules = os.path.realpath(root), _Rules(root, selection)
     scan, folders, seen = Scan(), [(root, (real,))], {real}
+    _met(root, scan)
     while folders:
         _scan_folder(*folders.pop(), scan, folders, seen, rules)
     scan.images.sort()
@@ -213,10 +217,23 @@ def _new_folder(path: Path, chain: tuple[str, ...], seen: set[str], scan: Scan) 
     real = os.path.realpath(path)
     if real in chain:
         scan.failures.append(Failure(path, "symbolic link loop (it leads to a folder above it)"))
-    if real in seen:
+    if real in seen or _met(path, scan):
         return []
     seen.add(real)
     return [(path, (*chain, real))]
+
+
+def _met(path: Path, scan: Scan) -> bool:
+    """True when the file or folder at path was met before under another name (the same device and inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key in scan.listed:
+        return True
+    scan.listed.add(key)
+    return False
 
 
 def _check_file(path: Path, scan: Scan) -> None:
@@ -231,7 +248,8 @@ def _check_file(path: Path, scan: Scan) -> None:
     if not is_image_path(path):
         return
     if stat.S_ISREG(mode):
-        scan.images.append(path)
+        if not _met(path, scan):
+            scan.images.append(path)
     else:
         scan.failures.append(Failure(path, "not a regular file"))
 

@@ -132,3 +132,12 @@ def test_the_original_size_survives_reduced_decoding_and_exif_turns(tmp_path):
     big = load_image(tmp_path / "big.jpg", draft_size=32)
     assert big.width < 3000 and big.info[ORIGINAL_SIZE] == (3000, 2000)
     assert load_image(tmp_path / "turned.jpg").info[ORIGINAL_SIZE] == (200, 300)
+
+
+def test_a_file_with_two_names_is_listed_once(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    os.link(tmp_path / "a" / "x.png", tmp_path / "b" / "x.png")  # one file, two names: as a bind mount shows it
+    Image.new("RGB", (8, 8)).save(tmp_path / "b" / "y.png")
+    assert scan_images(tmp_path).images == [tmp_path / "a" / "x.png", tmp_path / "b" / "y.png"]
