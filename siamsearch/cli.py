@@ -23,7 +23,7 @@ from .evaluate import calibrate as calibrate_model
 from .images import Selection
 from .indexing import index_folder
 from .metrics import TARGET_RECALL
-from .moves import undo_moves
+from .moves import undo_folders, undo_moves
 from .options import Amp, DecodeWorkers, Device, Exclude, Include, IndexDir, Json, Seed, TargetPrecision
 from .relocation import relocate as relocate_index
 from .terminal import (
@@ -323,6 +323,8 @@ def dedup(
 def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")],
          as_json: Json = False) -> None:
     """Move files back where dedup --move-to took them from; never overwrites, checks each file's hash."""
+    root, dest = undo_folders(manifest)
+    (err if as_json else console).print(f"putting files back from {shown(dest)} into {shown(root)}")
     done = undo_moves(manifest)
     note_skipped(len(done.skipped))
     if as_json:

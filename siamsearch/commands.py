@@ -134,7 +134,7 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
         run.written.append(report.dedup_page(run.result.to_dict()["groups"], html_file, root=run.result.root,
                                              limit=html_limit))
     if move_to is not None:
-        run.plan = plan_moves(run.result, move_to)
+        run.plan = plan_moves(run.result, move_to, index=index_dir)
         run.moved = apply_moves(run.plan) if yes else None
     return run
 

@@ -20,7 +20,9 @@ from typing import Any
 
 from .atomic import sync_folder, write_json
 from .dedup import DedupResult, Group
-from .errors import NotFoundError, RefusedError
+from .errors import NotFoundError, RefusedError, SiamsearchError
+from .images import is_image_path
+from .indexdir import read_manifest
 
 
 class MoveError(RefusedError):
@@ -54,6 +56,7 @@ class MovePlan:
     dest: Path
     moves: list[Move] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    index: Path | None = None  # the index whose groups these are: its manifest vouches for root at undo
 
 
 @dataclass
@@ -150,7 +153,7 @@ def _identity(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def plan_moves(result: DedupResult, dest: Path | str) -> MovePlan:
+def plan_moves(result: DedupResult, dest: Path | str, index: Path | str | None = None) -> MovePlan:
     """The duplicates (not the files to review) that would move to dest; touches nothing.
 
     A group moves only when its kept file is still there, a regular file unchanged since indexing;
@@ -161,7 +164,7 @@ def plan_moves(result: DedupResult, dest: Path | str) -> MovePlan:
     """
     dest, root = Path(dest).expanduser().resolve(), result.root.resolve()
     _check_dest(dest, root)
-    plan = MovePlan(result.root, dest)
+    plan = MovePlan(result.root, dest, index=Path(index).resolve() if index is not None else None)
     for group in result.groups:
         moves, skipped = _group_moves(group, dest, root)
         plan.moves.extend(moves)
@@ -199,7 +202,11 @@ def _move_file(src: Path, dst: Path) -> None:
             fout.flush()
             os.fsync(fout.fileno())
     sync_folder(dst.parent)
-    os.unlink(src)
+    try:
+        os.unlink(src)
+    except OSError:
+        os.unlink(dst)  # the file stays where it was: no copy in dest that the manifest does not know
+        raise
     sync_folder(src.parent)
 
 
@@ -215,12 +222,16 @@ def _try_move(src: Path, dst: Path) -> str | None:
 
 
 def _new_manifest_path(dest: Path) -> Path:
-    """A manifest name in dest that no file has yet."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path, n = dest / f"siamsearch-moves-{stamp}.json", 1
-    while path.exists():
-        path, n = dest / f"siamsearch-moves-{stamp}-{n}.json", n + 1
-    return path
+    """A manifest name in dest that no file has yet, reserved by creating it exclusively: two runs within a
+    second never share one."""
+    stamp, n = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"), 0
+    while True:
+        path = dest / (f"siamsearch-moves-{stamp}.json" if n == 0 else f"siamsearch-moves-{stamp}-{n}.json")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def apply_moves(plan: MovePlan) -> MoveReport:
@@ -244,7 +255,7 @@ def apply_moves(plan: MovePlan) -> MoveReport:
     plan.dest.mkdir(parents=True, exist_ok=True)
     report.manifest = _new_manifest_path(plan.dest)
     data = {"root": str(plan.root), "dest": str(plan.dest), "created": datetime.now(timezone.utc).isoformat(
-        timespec="seconds"), "moves": entries}
+        timespec="seconds"), "moves": entries} | ({"index": str(plan.index)} if plan.index else {})
     write_json(report.manifest, data)  # first: an interrupted run can still be undone
     moved, keeps = [], {move.path: move.keep for move in plan.moves}
     for entry in entries:
@@ -265,11 +276,13 @@ def apply_moves(plan: MovePlan) -> MoveReport:
 
 
 def _relative(value: Any) -> bool:
-    """A manifest path that stays inside its folder: a relative string with no '..' part."""
+    """A manifest path that stays inside its folder and names an image: a relative string with no '..' and no
+    hidden part (a planted manifest must not write ~/.config/autostart/x.desktop)."""
     if not isinstance(value, str) or not value:
         return False
     parts = Path(value).parts
-    return not Path(value).is_absolute() and ".." not in parts and not value.startswith(("/", "\\"))
+    return (not Path(value).is_absolute() and ".." not in parts and not value.startswith(("/", "\\"))
+            and not any(part.startswith(".") for part in parts) and is_image_path(Path(value)))
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -292,11 +305,33 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise MoveError(f"{path} is not a siamsearch move manifest")
     bad = [e for e in data["moves"] if not (_relative(e.get("from")) and _relative(e.get("to")))]
     if bad:
-        raise MoveError(f"{path} names a path that is absolute or leaves its folder ({bad[0].get('from')!r} → "
-                        f"{bad[0].get('to')!r}); refused")
+        raise MoveError(f"{path} names a path that is absolute, leaves its folder, is hidden or is no image "
+                        f"({bad[0].get('from')!r} → {bad[0].get('to')!r}); refused")
     if Path(path).resolve().parent != Path(data["dest"]).resolve():
         raise MoveError(f"{path} does not sit in the folder it says files were moved to ({data['dest']}); refused")
+    _check_root(path, data)
     return data
+
+
+def _check_root(path: Path, data: dict[str, Any]) -> None:
+    """The folder files go back to must exist and, when the manifest names its index, be the one it indexes.
+
+    Raises:
+        MoveError: root is not a folder, or the named index is missing, unreadable or indexes another folder.
+    """
+    root = Path(data["root"])
+    if not root.is_dir():
+        raise MoveError(f"{path} puts files back into {root}, which is not a folder; refused")
+    if "index" not in data:
+        return  # manifests from before the index was recorded
+    try:
+        indexed = Path(read_manifest(Path(str(data["index"])))["root"]).resolve()
+    except SiamsearchError as exc:
+        raise MoveError(f"{path} names the index {data['index']}, which cannot vouch for {root} ({exc}); "
+                        "refused") from None
+    if indexed != root.resolve():
+        raise MoveError(f"{path} puts files back into {root}, but its index {data['index']} indexes {indexed}; "
+                        "refused")
 
 
 ALREADY_BACK = "already back"  # _restore's answer for a file an earlier undo restored
@@ -315,6 +350,12 @@ def _restore(src: Path, back: Path, dest: Path, root: Path, digest: str) -> str 
     if sha256(src) != digest:
         return f"{src} changed since it was moved"
     return _try_move(src, back)
+
+
+def undo_folders(manifest: Path | str) -> tuple[Path, Path]:
+    """(root, destination) of a manifest, after every check undo makes: what a person sees before files move."""
+    data = _read_manifest(Path(manifest))
+    return Path(data["root"]), Path(data["dest"])
 
 
 def undo_moves(manifest: Path | str) -> MoveReport:

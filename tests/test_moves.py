@@ -193,3 +193,69 @@ def test_duplicates_stay_when_their_kept_file_goes_before_they_move(tmp_path):
     done = apply_moves(plan)
     assert done.done == [] and a.abspath.exists() and b.abspath.exists()
     assert all("is gone" in s.reason for s in done.skipped)
+
+
+def test_undo_refuses_a_planted_manifest_that_writes_outside_images_or_into_another_folder(tmp_path):
+    home, downloads = tmp_path / "home", tmp_path / "downloads"
+    home.mkdir()
+    downloads.mkdir()
+    (downloads / "evil.desktop").write_text("[Desktop Entry]")
+    planted = {"root": str(home), "dest": str(downloads), "moves": [
+        {"from": ".config/autostart/evil.desktop", "to": "evil.desktop", "sha256": "0" * 64}]}
+    (downloads / "siamsearch-moves-1.json").write_text(json.dumps(planted))
+    with pytest.raises(MoveError, match="leaves its folder"):
+        undo_moves(downloads / "siamsearch-moves-1.json")
+    assert not (home / ".config").exists()
+    for root, why in ((tmp_path / "nowhere", "not a folder"), (home, "cannot vouch")):
+        planted |= {"root": str(root), "index": str(tmp_path / "no-index"),
+                    "moves": [{"from": "x.png", "to": "x.png", "sha256": "0" * 64}]}
+        (downloads / "siamsearch-moves-1.json").write_text(json.dumps(planted))
+        with pytest.raises(MoveError, match=why):
+            undo_moves(downloads / "siamsearch-moves-1.json")
+
+
+def test_a_manifest_names_its_index_and_undo_checks_it_indexes_the_root(tmp_path, new_store):
+    root, dest = tmp_path / "root", tmp_path / "dups"
+    keep, copy = row(root, "a.png", b"same"), row(root, "a_copy.png", b"same")
+    new_store(root).close()  # an index of root at tmp_path/index
+    plan = plan_moves(result(root, (keep, [copy])), dest, index=tmp_path / "index")
+    manifest = apply_moves(plan).manifest
+    assert json.loads(manifest.read_text())["index"] == str((tmp_path / "index").resolve())
+    other = tmp_path / "other"
+    other.mkdir()
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"root": str(other)}))
+    with pytest.raises(MoveError, match="indexes"):
+        undo_moves(manifest)
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"root": str(root)}))
+    assert undo_moves(manifest).done == ["a_copy.png"]
+
+
+def test_manifest_names_are_reserved_so_two_runs_never_share_one(tmp_path):
+    from siamsearch.moves import _new_manifest_path
+
+    first, second = _new_manifest_path(tmp_path), _new_manifest_path(tmp_path)
+    assert first != second and first.exists() and second.exists()
+
+
+def test_a_failed_unlink_leaves_no_copy_the_manifest_does_not_know(tmp_path, monkeypatch):
+    import errno
+
+    import siamsearch.moves as moves
+
+    src, dst = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
+    src.parent.mkdir()
+    src.write_bytes(b"picture")
+    real_unlink = os.unlink
+
+    def refuse_source(path):
+        if Path(path) == src:
+            raise OSError(errno.EACCES, "Permission denied")
+        real_unlink(path)
+
+    def cross_device(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(moves.os, "link", cross_device)
+    monkeypatch.setattr(moves.os, "unlink", refuse_source)
+    assert "Permission denied" in moves._try_move(src, dst)
+    assert src.read_bytes() == b"picture" and not dst.exists()
