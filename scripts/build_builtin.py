@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "parts.pt" if args.check else builtin.PARTS
+        out = Path(tmp) / builtin.PARTS.name if args.check else builtin.PARTS  # torch.save records the name
         fp = build(out, Path(tmp) / "work")
         digest = hashlib.sha256(out.read_bytes()).hexdigest()[:16]
         print(f"{out}: {out.stat().st_size / 1e6:.2f} MB, sha256 {digest}, fingerprint {fp}, "
