@@ -52,7 +52,8 @@ def relocate(index_dir: Path | str, new_root: Path | str, model_path: Path | str
     model_path: the model, when it is neither where the manifest says nor next to the index.
 
     Raises:
-        NotFoundError: no such folder. RelocateRefusedError: the sample does not match.
+        NotFoundError: no such folder. RelocateRefusedError: the sample does not match, or the old folder
+        still holds the files (the new one is a copy).
         ModelMismatchError: model_path is not the model that built the index. StoreLockedError.
     """
     root = Path(new_root).expanduser().resolve()
@@ -62,13 +63,22 @@ def relocate(index_dir: Path | str, new_root: Path | str, model_path: Path | str
         old_root, rows = store.root, _sample(store, sample)
         by_content = _compared_by_content(rows)
         misses = [(row.path, why) for row, why in zip(rows, _check(root, rows, by_content)) if why]
-        if len(rows) - len(misses) < MATCH_SHARE * len(rows):
+        if not _holds(root, rows, by_content):
             raise RelocateRefusedError(
                 f"{root} does not hold the files {store.path} indexed: {len(rows) - len(misses)} of {len(rows)} "
                 f"sampled files match ({misses[0][0]}: {misses[0][1]}); pass the folder they moved to")
+        if root != old_root and old_root.is_dir() and _holds(old_root, rows, by_content):
+            raise RelocateRefusedError(
+                f"{old_root} still holds the files {store.path} indexed, so {root} is a copy, not where they moved; "
+                f"index the copy with its own --index, or relocate once the old folder is gone")
         model = _model(store, model_path)
         store.repoint(root, str(model.resolve()) if model else store.info().get("model"))
     return Relocation(root, old_root, len(rows), len(rows) - len(misses), len(by_content), model)
+
+
+def _holds(root: Path, rows: list[Row], by_content: set[str]) -> bool:
+    """True when at least MATCH_SHARE of the sampled rows' files under root are the ones indexed."""
+    return sum(not why for why in _check(root, rows, by_content)) >= MATCH_SHARE * len(rows)
 
 
 def _sample(store: Store, size: int) -> list[Row]:

@@ -86,3 +86,17 @@ def test_a_moved_model_is_found_by_fingerprint_next_to_the_index(tmp_path, photo
     assert res.exit_code == 2 and "neither where its manifest says nor next to the index; pass --model" in res.stderr
     res = run("relocate", "--index", lib / "indexes/photos", lib / "photos", "--model", tmp_path / "nothing.pt")
     assert res.exit_code == 2 and "no model file" in res.stderr, res.output
+
+
+def test_relocate_refuses_a_copy_while_the_indexed_folder_is_still_there(tmp_path, photos, model_file):
+    import shutil
+
+    lib = indexed_library(tmp_path, photos, model_file)
+    copy = tmp_path / "copy"
+    shutil.copytree(lib / "photos", copy, copy_function=shutil.copy2)  # same bytes, sizes and times
+    before = (lib / "indexes/photos/manifest.json").read_text()
+    res = run("relocate", "--index", lib / "indexes/photos", copy)
+    assert res.exit_code == 3 and "still holds the files" in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and (lib / "indexes/photos/manifest.json").read_text() == before
+    shutil.rmtree(lib / "photos")  # now it is a move
+    assert run("relocate", "--index", lib / "indexes/photos", copy).exit_code == 0
