@@ -5,6 +5,7 @@ siamsearch.store keeps the folder's three files in agreement; this module says h
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ from typing import Any
 import faiss
 
 from .atomic import LockedError, exclusive_lock, write_atomic
-from .errors import CorruptIndexError, NotAnIndexError, StoreLockedError, StoreWriteError, UnsupportedFormatError
+from .errors import (CorruptIndexError, NotAnIndexError, StoreError, StoreLockedError, StoreWriteError,
+                     UnsupportedFormatError)
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
@@ -39,6 +41,9 @@ def disk_writes(folder: Path) -> Iterator[None]:
                               "free some space and run again") from None
 
 
+UNLOCKABLE = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)  # a file system with no flock: FUSE, some NFS and SMB
+
+
 @contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """Hold the index's exclusive write lock, or fail at once if another process has it."""
@@ -47,6 +52,11 @@ def locked(folder: Path) -> Iterator[None]:
             yield
     except LockedError:
         raise StoreLockedError(f"{folder}: another siamsearch process is writing to this index") from None
+    except OSError as exc:
+        if exc.errno not in UNLOCKABLE:
+            raise
+        raise StoreError(f"{folder}: its file system cannot lock files ({exc.strerror}); put the index on a local "
+                         "disk with --index (an index on NFS or SMB is not safe to share between hosts)") from None
 
 
 def now() -> str:

@@ -137,3 +137,19 @@ def test_a_reader_keeps_its_snapshot_while_a_writer_commits(tmp_path, new_store,
     assert [r.id for r in reader.rows(found[0])] == list(found[0])  # every id the reader found has its row
     assert len(reader) == 20 == len(list(reader.iter_rows()))
     assert len(Store.open(store.path)) == 11  # and a new reader sees the writer's commit
+
+
+def test_a_file_system_that_cannot_lock_is_one_line_naming_the_index(tmp_path, monkeypatch):
+    import errno
+
+    import siamsearch.atomic as atomic
+    from siamsearch.errors import StoreError
+    from siamsearch.store import Store
+
+    def no_flock(self, *args, **kwargs):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(atomic.FileLock, "acquire", no_flock)
+    with pytest.raises(StoreError, match="cannot lock files.*--index") as caught:
+        Store.create(tmp_path / "idx", dim=4, fingerprint="a" * 16, encoder={}, model_path=None, root=tmp_path)
+    assert str(tmp_path / "idx") in str(caught.value) and "\n" not in str(caught.value)
