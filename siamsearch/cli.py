@@ -275,7 +275,7 @@ def info(index_dir: IndexDir, as_json: Json = False) -> None:
         return print_json(data)
     table = Table("field", "value", show_header=False)
     for key in ("path", "root", "count", "identities", "index_kind", "approximate", "dim", "metric",
-                "fingerprint", "model", "model_name", "created", "updated", "bytes"):
+                "fingerprint", "model", "model_name", "include", "exclude", "created", "updated", "bytes"):
         table.add_row(key, shown(data.get(key)))
     console.print(table)
 

@@ -212,7 +212,8 @@ def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool
 
     embed is called once, with every file to embed; rebuild=True embeds every file again; prune=True drops
     the rows of missing files even when they may only be out of sight; verify=True also compares contents;
-    selection, when given, is recorded in the manifest first (files it leaves out lose their rows).
+    selection, when given, chooses the files and is recorded in the manifest once the run may go on (files it
+    leaves out lose their rows); a selection refused for pruning is not recorded.
 
     Raises:
         NotFoundError: the root folder is gone. StoreLockedError: another process is writing to this index.
@@ -225,17 +226,16 @@ def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool
     if commit_every < 1:
         raise ValueError("commit_every must be >= 1")
     with store.writing():
-        if selection is not None:
-            store.select(selection)
-        report = _sync(store, embed, rebuild, prune, verify, commit_every, progress or (lambda done, total: None))
+        report = _sync(store, embed, selection, rebuild, prune, verify, commit_every,
+                       progress or (lambda done, total: None))
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _sync(store: Store, embed: EmbedStream, rebuild: bool, prune: bool, verify: bool, commit_every: int,
-          progress: Progress) -> SyncReport:
+def _sync(store: Store, embed: EmbedStream, selection: Selection | None, rebuild: bool, prune: bool, verify: bool,
+          commit_every: int, progress: Progress) -> SyncReport:
     """The body of sync, run under the store's write lock."""
-    scan = scan_images(store.root, store.selection)
+    scan = scan_images(store.root, selection or store.selection)
     files, failures = _stamps(scan, store.root)
     known = {row.path: row for row in store.iter_rows()}
     keep = set() if rebuild else _unchanged(files, known, verify)
@@ -244,6 +244,8 @@ def _sync(store: Store, embed: EmbedStream, rebuild: bool, prune: bool, verify: 
     report = SyncReport(removed=len(known) - len(keep) - len(changed), unchanged=len(keep), failures=failures)
     if report.removed and not prune:
         _check_pruning(report.removed, len(known), scan, files, store.root)
+    if selection is not None:  # only now: a mistyped pattern refused above must not stay for the next runs
+        store.select(selection)
     store.remove([row.id for path, row in known.items() if path not in keep])
     work = Todo(files, changed, _hashes(todo, files, kept))
     pending, embed_now = _plan_copies(store, todo, work, kept)

@@ -76,6 +76,18 @@ def test_cli_index_include_exclude_and_remembered(tmp_path, model_file):
     assert Store.open(idx).selection == Selection(("*.jpg",), ("raw/deep/**",))
 
 
+def test_a_pattern_refused_for_pruning_is_not_kept_and_info_shows_the_patterns(tmp_path, model_file):
+    root = _tree(tmp_path / "photos", NAMES)
+    idx = tmp_path / "idx"
+    assert run_cli("index", root, "--model", model_file, "--index", idx, "--exclude", "raw/**").exit_code == 0
+    typo = run_cli("index", root, "--index", idx, "--exclude", "*")  # would drop every row
+    assert typo.exit_code != 0 and Store.open(idx).selection == Selection((), ("raw/**",))
+    again = run_cli("index", root, "--index", idx, "--json")  # a plain run is not refused by the typo
+    assert again.exit_code == 0 and json.loads(again.output)["count"] == 3
+    assert json.loads(run_cli("info", "--index", idx, "--json").output)["exclude"] == ["raw/**"]
+    assert "raw/**" in run_cli("info", "--index", idx).output
+
+
 @pytest.mark.parametrize("ext", [".jfif", ".jpe"])
 def test_jfif_and_jpe_are_jpeg_images(tmp_path, model_file, ext):
     root = tmp_path / "photos"
