@@ -178,10 +178,10 @@ def _page(title: str, summary: str, body: Sequence[str], size: int) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
-    """Write a page as UTF-8, creating its folder."""
+    """Write a page as UTF-8, creating its folder; a file name that is not UTF-8 shows its odd bytes escaped."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-8", errors="backslashreplace")
     return path
 
 
@@ -269,7 +269,7 @@ def _csv_cell(value: Any) -> Any:
 
 def write_csv(path: Path | str, fields: Sequence[str], records: Sequence[Mapping[str, Any]]) -> Path:
     """One row per record under a header (written even when there are none); file names cannot become formulas."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:  # names not UTF-8
         writer = csv.DictWriter(f, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows({k: _csv_cell(v) for k, v in r.items()} for r in records)

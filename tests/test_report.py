@@ -68,6 +68,20 @@ def test_query_page_is_self_contained_escaped_and_survives_missing_files(results
     assert "d = 0.5000" in page and "id01/missing.png" in page
 
 
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_in_pages_and_csv(identity_dir, tmp_path):
+    import os
+
+    from siamsearch.report import write_csv
+
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes on disk: a lone surrogate once decoded
+    (identity_dir / "id02" / name).write_bytes((identity_dir / "id02" / "0.png").read_bytes())
+    result = QueryResult(identity_dir / "id02" / name, [Neighbor(1, f"id02/{name}", 0.0, "id02", 1)])
+    page = query_page([result], identity_dir, tmp_path / "q.html").read_text(encoding="utf-8")
+    assert "caf\\udce9.png" in page and page.count("<img") == 2
+    table = write_csv(tmp_path / "d.csv", ["path"], [{"path": name}]).read_text(encoding="utf-8")
+    assert "caf\\udce9.png" in table
+
+
 def test_dedup_page_marks_the_kept_file_and_sets_review_apart(identity_dir, tmp_path):
     groups = [{"keep": "id00/0.png", "max_distance": 0.4, "members": [
                   {"path": "id00/1.png", "distance": 0.1, "status": "duplicate"},
