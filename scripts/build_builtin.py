@@ -3,14 +3,14 @@
 From data anyone can install (scikit-image's and scikit-learn's bundled photos; the EfficientNet-Lite0 wheel):
 1. the background photos whole and cut 2x2 and 3x3 (samples.BACKGROUND_GRIDS) into an unlabelled folder, on
    which `train` fits the learned whitening with --epochs 0 (no SGD): every image an identity of its plain view
-   and two views under the `copies` augmentation;
-2. `calibrate --group-depth 1` on the labelled background (samples.build_background: each tile and its copies
-   an identity, each photo a group), which stores dedup's thresholds and distance tails;
+   and six views under a stronger `copies` augmentation (RECIPE);
+2. commands.calibrate_on_background, as for every `train --self-supervised` model: `calibrate --group-depth 1`
+   on samples.build_background (each tile and its copies an identity, each photo a group);
 3. the parts the trunk lacks (builtin.save_parts) and siamsearch/data/builtin-copies-v1.json, the dataset card.
 
 Seeded throughout; on one machine it makes the same bytes again (--check compares with the shipped file).
 
-    .venv/bin/python scripts/build_builtin.py           # about a minute on 2 CPU cores
+    .venv/bin/python scripts/build_builtin.py           # about two minutes on 2 CPU cores
     .venv/bin/python scripts/build_builtin.py --check   # build into a temporary folder and compare
 """
 
@@ -29,9 +29,8 @@ import torch
 
 from siamsearch import builtin
 from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
-from siamsearch.evaluate import calibrate
-from siamsearch.samples import BACKGROUND_GRIDS, EXTRA_PHOTOS, PHOTOS, SKLEARN_PHOTOS, background_photos, \
-    build_background, save_tiles
+from siamsearch.commands import calibrate_on_background
+from siamsearch.samples import BACKGROUND_GRIDS, EXTRA_PHOTOS, PHOTOS, SKLEARN_PHOTOS, background_photos, save_tiles
 from siamsearch.train import train
 
 # The built-in encoder: the frozen ImageNet trunk at 128 px and at 1.41 times that (a half-area crop meets the
@@ -81,13 +80,9 @@ def build(out: Path, work: Path) -> str:
     model = work / "builtin.pt"
     torch.manual_seed(0)
     train(tiles, model, ENCODER, RECIPE, Runtime(workers=0))
-    calibration = calibrate(build_background(work / "background"), model, group_depth=1, workers=0)
+    calibration = calibrate_on_background(model, Runtime(workers=0))  # as train --self-supervised calibrates
     print(f"calibrated: {calibration['tails']['different_pairs']:,} distinct pairs, "
           f"best-F1 distance {calibration['threshold_best_f1']:.4f} (F1 {calibration['best_f1']:.4f})")
-    calibration["source"] = "background"
-    from siamsearch.checkpoint import update_model_file
-
-    update_model_file(model, calibration=calibration)
     return builtin.save_parts(model, out)["fingerprint"]
 
 

@@ -104,10 +104,11 @@ def found_model(store: Store) -> Path | None:
     """The model that built an index: where its manifest says, else the file with its fingerprint next to the
     index folder or one level up (an index that moved with its model); None when neither has it. An index of
     the built-in model finds it in the cache, assembled again if need be."""
-    recorded = store.info().get("model")
+    info = store.info()
+    recorded = info.get("model")
     if recorded and Path(recorded).is_file():
         return Path(recorded)
-    if store.info().get("model_name") == builtin.label() and store.fingerprint == builtin.fingerprint():
+    if info.get("model_name") == builtin.label() and store.fingerprint == builtin.fingerprint():
         return builtin.builtin_model()  # its cache was cleared: assembled again, the same weights
     near = store.path.resolve().parent
     return model_with(store.fingerprint, [near, near.parent], [Path(recorded).name] if recorded else [])
