@@ -6,7 +6,8 @@ queries at a time. Two things keep memory bounded when a collection holds many c
   * vectors with the same bytes are collapsed: one representative searches for all of them, and the
     copies come back as one group at distance 0 (siamsearch.dedup expands them). A vector's bytes are
     known by a 128-bit key computed with numpy as its block is read: every vector is read once, and
-    only a hit in a block not read yet is read early (its key kept);
+    only a hit in a block not read yet is read early (its key kept); at the end each copy's bytes are
+    compared with its representative's, so a key collision can cost a pair but never make a false copy;
   * each query keeps at most MAX_NEIGHBOURS nearest hits (the rest are counted as capped), and the
     block shrinks when hits are dense, so one search never returns more than about HITS_PER_BLOCK.
 
@@ -138,6 +139,19 @@ class _Keys:
         first = np.repeat(order[starts], np.diff(np.r_[starts, len(keys)]))
         reps = np.empty_like(self.ids)
         reps[order] = self.ids[first]
+        return self._verified(reps)
+
+    def _verified(self, reps: np.ndarray) -> np.ndarray:
+        """reps with every copy's bytes compared to its representative's, a block at a time: a key collision
+        (a chance like a 128-bit digest's) makes the vector its own representative, so it can cost a pair but
+        never report two different vectors as copies at distance 0."""
+        copies = np.flatnonzero(reps != self.ids)
+        for start in range(0, len(copies), self.block):
+            part = copies[start:start + self.block]
+            firsts, which = np.unique(reps[part], return_inverse=True)
+            mine, theirs = self.store.vectors(self.ids[part])[1], self.store.vectors(firsts)[1][which]
+            differ = (mine.view(np.uint32) != theirs.view(np.uint32)).any(axis=1)
+            reps[part[differ]] = self.ids[part[differ]]
         return reps
 
 
