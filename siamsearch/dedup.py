@@ -166,6 +166,12 @@ def _same_bytes(a: Row, b: Row) -> bool:
     return a.sha256 is not None and (a.sha256, a.size) == (b.sha256, b.size)
 
 
+def multiframe(row: Row) -> bool:
+    """True for a file of several frames or pages: it is embedded by its first, so two scans with one cover
+    or two animations with one first frame meet at distance 0; it is a duplicate of its own bytes only."""
+    return (row.frames or 1) > 1
+
+
 # ---- groups --------------------------------------------------------------------------------------
 
 
@@ -281,13 +287,13 @@ def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) ->
     """One group: the kept file, the others by distance to it with their status, the largest inner distance.
 
     A member with the kept file's bytes is "identical" at distance 0, whatever its vector (an older index embedded
-    each copy itself)."""
+    each copy itself); otherwise a member is for review at any distance when it or the kept file is multi-frame."""
     kept = min(rows, key=KEEP_ORDER[keep])
     k = rows.index(kept)
     distances = np.linalg.norm(vectors.astype(np.float64) - vectors[k], axis=1)
     members = [Member(row, 0.0, "identical") if _same_bytes(row, kept) else
-               Member(row, dist, _status(dist, margin)) for n, (row, dist) in enumerate(zip(rows, distances.tolist()))
-               if n != k]
+               Member(row, dist, "review" if multiframe(row) or multiframe(kept) else _status(dist, margin))
+               for n, (row, dist) in enumerate(zip(rows, distances.tolist())) if n != k]
     members.sort(key=lambda m: (m.distance, m.path))
     distinct = np.unique(vectors, axis=0)  # copies of one vector add nothing to the diameter
     return Group(kept, max_distance(distinct, distinct), members)
@@ -299,7 +305,8 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
     for n, g in enumerate(groups):
         shown[g.keep.id] = n
         shown.update((m.row.id, n) for m in g.members if m.status != "review")
-    hidden = [CrossPair(rows[a].path, rows[b].path, float(d), "duplicate")
+    hidden = [CrossPair(rows[a].path, rows[b].path, float(d),
+                        "review" if multiframe(rows[a]) or multiframe(rows[b]) else "duplicate")
               for a, b, d in zip(*(column.tolist() for column in pairs))
               if d <= margin and (shown.get(a, -1) != shown.get(b, -2))]
     return sorted(hidden, key=lambda p: (p.distance, p.path, p.other_path))

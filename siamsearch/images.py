@@ -313,6 +313,18 @@ def _reduced(img: Image.Image, side: int) -> Image.Image:
     return img.reduce(factor) if factor > 1 and reducible else img
 
 
+def frame_count(path: Path) -> int | None:
+    """Frames or pages a file holds (an animated GIF, a multi-page TIFF), read from its headers: an image of many
+    is embedded by its first alone, so it is a duplicate only of its own bytes. None when it cannot be read now."""
+    _register_plugins()
+    try:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")
+            return int(getattr(img, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def load_image(path: Path | str, channels: int = 3, draft_size: int | None = None) -> Image.Image:
     """Decode one image: EXIF orientation applied, converted to L (channels=1) or RGB (channels=3).
 

@@ -40,7 +40,7 @@ from .config import Runtime, to_dict
 from .device import amp_for, precision, resolve_device
 from .embed import EmbedResult, Progress, embed_batches
 from .errors import ModelMismatchError, NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
-from .images import Failure, Scan, Selection, identity_of, scan_images
+from .images import Failure, Scan, Selection, frame_count, identity_of, scan_images
 from .indexdir import INDEX, LOCK, MANIFEST, ROWS
 from .rows import NewRow, Row
 from .store import Store
@@ -374,7 +374,8 @@ def _commit(store: Store, chunk: list[Embedded], work: Todo, report: SyncReport)
     good = [(path, vector, wh) for path, vector, wh, failure in chunk if failure is None]
     report.failures.extend(failure for *_, failure in chunk if failure is not None)
     rows = [NewRow(path, identity_of(work.files[path][0], store.root), *work.files[path][1:], *wh,
-                   work.hashes[path] if path in work.hashes else file_sha256(work.files[path][0]))
+                   work.hashes[path] if path in work.hashes else file_sha256(work.files[path][0]),
+                   frame_count(work.files[path][0]))
             for path, _, wh in good]
     vectors = np.stack([vector for _, vector, _ in good]) if good else np.zeros((0, store.dim), np.float32)
     for row, row_id in zip(rows, store.add(rows, vectors)):

@@ -21,8 +21,9 @@ from typing import Any
 from .atomic import sync_folder, write_json
 from .dedup import DedupResult, Group
 from .errors import NotFoundError, RefusedError, SiamsearchError
-from .images import is_image_path
+from .images import frame_count, is_image_path
 from .indexdir import read_manifest
+from .rows import Row
 
 
 class MoveError(RefusedError):
@@ -119,6 +120,7 @@ def _check_dest(dest: Path, root: Path) -> None:
 def _group_moves(group: Group, dest: Path, root: Path) -> tuple[list[Move], list[Skipped]]:
     """A group's duplicates to move, or none when its kept file is not there as indexed: then no copy would be left."""
     duplicates = [m.row for m in group.members if m.status in ("duplicate", "identical")]
+    near = {m.row.path for m in group.members if m.status == "duplicate"}  # not known to hold the kept file's bytes
     keep = group.keep
     kept_reason = _changed(keep.abspath, keep.size, keep.mtime_ns) or _content_changed(keep.abspath, keep.sha256)
     if kept_reason:
@@ -136,6 +138,8 @@ def _group_moves(group: Group, dest: Path, root: Path) -> tuple[list[Move], list
                       "mounted twice); moving it would leave no copy")
         if reason is None and not _within(row.abspath, root):
             reason = f"it lies outside {root} (a symlinked folder): undo could not put it back"
+        if reason is None and row.path in near and _multiframe(row, keep):
+            reason = "a multi-frame file (or its kept file is): only a byte-identical copy of one is moved"
         if reason is None and not _within((dest / row.path).parent, dest):
             reason = f"{dest / row.path} would lie outside {dest} (a symlinked folder)"
         if reason is None and os.path.lexists(dest / row.path):
@@ -145,6 +149,12 @@ def _group_moves(group: Group, dest: Path, root: Path) -> tuple[list[Move], list
         else:
             moves.append(Move(row.path, row.size, row.mtime_ns, row.sha256, keep.path))
     return moves, skipped
+
+
+def _multiframe(row: Row, keep: Row) -> bool:
+    """True when either file holds several frames; a row that does not know (an older index) asks the file."""
+    frames = lambda r: r.frames if r.frames is not None else frame_count(r.abspath)  # noqa: E731
+    return (frames(row) or 1) > 1 or (frames(keep) or 1) > 1
 
 
 def _identity(path: Path) -> tuple[int, int]:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = "id, path, identity, size, mtime_ns, width, height, sha256"
+COLUMNS = "id, path, identity, size, mtime_ns, width, height, sha256, frames"
+ADDED = {"sha256": "TEXT", "frames": "INTEGER"}  # columns an older table lacks: NULL (unknown) until upgraded
 PLACEHOLDERS = ", ".join("?" * len(COLUMNS.split(", ")))
 SCHEMA = """
 CREATE TABLE images (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, identity TEXT,
                      size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, width INTEGER NOT NULL,
-                     height INTEGER NOT NULL, sha256 TEXT);
+                     height INTEGER NOT NULL, sha256 TEXT, frames INTEGER);
 PRAGMA journal_mode = WAL;
 """
 QUERY_CHUNK = 500  # ids per SELECT ... IN (...): under SQLite's variable limit
@@ -41,6 +42,7 @@ class Row:
     width: int
     height: int
     sha256: str | None = None  # hex digest of the content it was embedded from; None = unknown (an older index)
+    frames: int | None = None  # frames or pages the file holds (a multi-page TIFF, an animated GIF); None = unknown
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class NewRow:
     width: int
     height: int
     sha256: str | None = None
+    frames: int | None = None
 
 
 class RowTable:
@@ -77,14 +80,16 @@ class RowTable:
 
     def upgrade(self) -> None:
         """Add the columns an older table lacks (unknown values), committed; only the writer calls this."""
-        if "sha256" not in self._columns:
-            self._db.execute("ALTER TABLE images ADD COLUMN sha256 TEXT")
+        missing = [c for c in ADDED if c not in self._columns]
+        for column in missing:
+            self._db.execute(f"ALTER TABLE images ADD COLUMN {column} {ADDED[column]}")
+        if missing:
             self._db.commit()
-            self._columns.add("sha256")
+            self._columns.update(missing)
 
     def _select(self) -> str:
-        """COLUMNS as this table can give them: an older table's unknown hashes read as NULL."""
-        return COLUMNS if "sha256" in self._columns else COLUMNS.replace("sha256", "NULL")
+        """COLUMNS as this table can give them: an older table's unknown hashes and frame counts read as NULL."""
+        return ", ".join(c if c in self._columns else "NULL" for c in COLUMNS.split(", "))
 
     @staticmethod
     def create(path: Path) -> None:

@@ -22,7 +22,7 @@ from .calibration import calibrated_margin, collection_margin
 from .closepairs import MAX_NEIGHBOURS
 from .commands import DedupRun, EvalRun
 from .config import RECIPE_HELP, RECIPES
-from .dedup import CrossResult, DedupResult
+from .dedup import CrossResult, DedupResult, multiframe
 from .embed import Progress as EmbedProgress
 from .images import Failure
 from .moves import MovePlan, MoveReport
@@ -181,6 +181,11 @@ def print_dedup(run: DedupRun) -> None:
         f": {chosen.expected_false_pairs:.2g} false pair(s) expected" if chosen.expected_false_pairs is not None
         else "") + (f", {chosen.expected_recall:.0%} of calibration copies within" if chosen.expected_recall
                     is not None else "") + ")"
+    held = sum(m.status == "review" and m.distance <= result.margin and (multiframe(m.row) or multiframe(g.keep))
+               for g in result.groups for m in g.members)
+    if held:
+        console.print(f"{held} file(s) of several frames or pages held for review: a multi-frame file is embedded "
+                      "by its first frame, so only its byte-identical copies are duplicates")
     console.print(f"margin {result.margin:.4f}{how}, review margin {result.review_margin:.4f}"
                   + ("; approximate index: a few duplicates may be missed" if result.approximate else "")
                   + (f"; {result.capped} image(s) had over {MAX_NEIGHBOURS} others within the margin: their "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from conftest import clustered
 from conftest import run_cli as run
 
@@ -17,6 +18,9 @@ from siamsearch.closepairs import find_pairs
 from siamsearch.config import EncoderConfig
 from siamsearch.dedup import (
     DedupError,
+    DedupResult,
+    Group,
+    Member,
     choose_keep,
     find_duplicates,
     find_duplicates_in,
@@ -506,3 +510,34 @@ def test_a_key_collision_never_makes_two_different_vectors_copies(tmp_path, monk
     dist = pairwise(x)
     names = {r.id: index_of(r.path) for r in store.iter_rows()}
     assert all(abs(dist[names[a], names[b]] - dd) < 1e-5 for a, b, dd in zip(i, j, d))  # no pair at a false 0.0
+
+
+def test_multi_frame_files_with_one_first_frame_are_for_review_and_never_move(tmp_path, new_store, sync_vectors):
+    root = tmp_path / "v"
+    root.mkdir()
+    pages = [Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue")]
+    pages[0].save(root / "v0000.gif", save_all=True, append_images=pages[1:])  # two scans with one cover page
+    pages[0].save(root / "v0001.gif", save_all=True, append_images=pages[:0:-1])
+    pages[0].save(root / "v0002.png")  # two single-frame copies: a plain near duplicate
+    pages[0].save(root / "v0003.png", compress_level=1)
+    x = clustered(4)
+    x[1], x[3] = x[0], x[2]  # each pair meets at distance 0, as first frames do
+    store = new_store(root)
+    sync_vectors(store, x)
+    assert [r.frames for r in store.iter_rows()] == [3, 3, 1, 1]
+    result = find_duplicates(store, 0.1)
+    status = {m.path: m.status for g in result.groups for m in g.members}
+    assert sorted(status.values()) == ["duplicate", "review"] and status.get("v0001.gif", status.get("v0000.gif")) == "review"
+    assert [m.path for m in plan_moves(result, tmp_path / "dups").moves] == [next(p for p in status if p.endswith(".png"))]
+
+
+def test_a_multi_frame_file_an_older_index_knows_nothing_of_is_checked_before_it_moves(tmp_path):
+    root = tmp_path / "v"
+    root.mkdir()
+    pages = [Image.new("RGB", (8, 8), c) for c in ("red", "green")]
+    pages[0].save(root / "a.gif", save_all=True, append_images=pages[1:])
+    pages[1].save(root / "b.gif", save_all=True, append_images=pages[:1])
+    a, b = (Row(0, p.name, p, None, p.stat().st_size, p.stat().st_mtime_ns, 8, 8) for p in sorted(root.iterdir()))
+    result = DedupResult(root, 0.1, 0.1, False, [Group(a, 0.0, [Member(b, 0.0, "duplicate")])], 1)
+    plan = plan_moves(result, tmp_path / "dups")
+    assert not plan.moves and "multi-frame" in plan.skipped[0].reason
