@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import report
+from . import report, standins
 from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .checkpoint import CheckpointError, read_calibration, update_model_file
 from .closepairs import Progress
@@ -89,7 +89,8 @@ class DedupRun:
             out |= self.chosen.to_dict()
         if self.plan is not None:
             moves = self.moved or MoveReport(None, [m.path for m in self.plan.moves], self.plan.skipped)
-            out["moves"] = {"dest": str(self.plan.dest), "dry_run": self.moved is None, **moves.to_dict()}
+            out["moves"] = {"dest": str(self.plan.dest), "dry_run": self.moved is None, **moves.to_dict(),
+                            "wide_groups": [{"keep": keep, "max_distance": round(d, 6)} for keep, d in self.plan.wide]}
         return out
 
 
@@ -134,9 +135,18 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
         run.written.append(report.dedup_page(run.result.to_dict()["groups"], html_file, root=run.result.root,
                                              limit=html_limit))
     if move_to is not None:
-        run.plan = plan_moves(run.result, move_to, index=index_dir)
-        run.moved = apply_moves(run.plan) if yes else None
+        _move(run, index_dir, move_to, yes)
     return run
+
+
+def _move(run: DedupRun, index_dir: Path | str, move_to: Path | str, yes: bool) -> None:
+    """Plan the moves (holding files kept for earlier moves that would drift), apply them with yes, and remember
+    which file stood in for each moved one."""
+    with Store.open(index_dir) as store:
+        run.plan = plan_moves(run.result, move_to, index=index_dir, held=standins.held(store, run.result))
+        run.moved = apply_moves(run.plan) if yes else None
+        if run.moved is not None:
+            standins.remember(store, run.plan, run.moved, run.result)
 
 
 def identical_files(index_dir: Path | str, keep: str = "largest") -> DedupResult:

@@ -58,6 +58,8 @@ class MovePlan:
     moves: list[Move] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     index: Path | None = None  # the index whose groups these are: its manifest vouches for root at undo
+    wide: list[tuple[str, float]] = field(default_factory=list)  # (kept file, largest inner distance) of each
+    #     group with moves whose files lie farther apart than the margin: only each to the kept file is within it
 
 
 @dataclass
@@ -117,7 +119,7 @@ def _check_dest(dest: Path, root: Path) -> None:
         raise MoveError(f"{dest} holds the indexed folder {root}; choose a destination outside it")
 
 
-def _group_moves(group: Group, dest: Path, root: Path) -> tuple[list[Move], list[Skipped]]:
+def _group_moves(group: Group, dest: Path, root: Path, held: dict[str, str]) -> tuple[list[Move], list[Skipped]]:
     """A group's duplicates to move, or none when its kept file is not there as indexed: then no copy would be left."""
     duplicates = [m.row for m in group.members if m.status in ("duplicate", "identical")]
     near = {m.row.path for m in group.members if m.status == "duplicate"}  # not known to hold the kept file's bytes
@@ -138,6 +140,7 @@ def _group_moves(group: Group, dest: Path, root: Path) -> tuple[list[Move], list
                       "mounted twice); moving it would leave no copy")
         if reason is None and not _within(row.abspath, root):
             reason = f"it lies outside {root} (a symlinked folder): undo could not put it back"
+        reason = reason or held.get(row.path)
         if reason is None and row.path in near and _multiframe(row, keep):
             reason = "a multi-frame file (or its kept file is): only a byte-identical copy of one is moved"
         if reason is None and not _within((dest / row.path).parent, dest):
@@ -163,11 +166,14 @@ def _identity(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def plan_moves(result: DedupResult, dest: Path | str, index: Path | str | None = None) -> MovePlan:
+def plan_moves(result: DedupResult, dest: Path | str, index: Path | str | None = None,
+               held: dict[str, str] | None = None) -> MovePlan:
     """The duplicates (not the files to review) that would move to dest; touches nothing.
 
     A group moves only when its kept file is still there, a regular file unchanged since indexing;
-    symlinks are never moved.
+    symlinks are never moved, nor the files `held` names (path → why; siamsearch.standins). A group whose
+    files lie farther apart than the margin is listed in the plan's `wide` (each moved file is within it of the
+    kept file).
 
     Raises:
         MoveError: dest is the index root, inside it, or an ancestor of it.
@@ -176,7 +182,9 @@ def plan_moves(result: DedupResult, dest: Path | str, index: Path | str | None =
     _check_dest(dest, root)
     plan = MovePlan(result.root, dest, index=Path(index).resolve() if index is not None else None)
     for group in result.groups:
-        moves, skipped = _group_moves(group, dest, root)
+        moves, skipped = _group_moves(group, dest, root, held or {})
+        if moves and group.max_distance > result.margin:
+            plan.wide.append((group.keep.path, group.max_distance))
         plan.moves.extend(moves)
         plan.skipped.extend(skipped)
     return plan

@@ -226,6 +226,9 @@ def print_moves(plan: MovePlan, moved: MoveReport | None, out: Console) -> None:
                   f"{shown(moved.manifest)}")
     for skip in plan.skipped if moved is None else moved.skipped:
         out.print(f"  skipped {shown(skip.path)}: {skip.reason}")
+    for keep, spread in plan.wide:
+        out.print(f"  the group kept as {shown(keep)} spans {spread:.4f}, beyond the margin: each file moved is "
+                  "within it of the kept file, not of every other")
 
 
 # (title, metric keys) of the eval table, in the order a reader wants them

@@ -14,6 +14,7 @@ from conftest import run_cli as run
 
 from siamsearch.checkpoint import save_model
 from siamsearch import closepairs
+from siamsearch.commands import dedup_index
 from siamsearch.closepairs import find_pairs
 from siamsearch.config import EncoderConfig
 from siamsearch.dedup import (
@@ -541,3 +542,41 @@ def test_a_multi_frame_file_an_older_index_knows_nothing_of_is_checked_before_it
     result = DedupResult(root, 0.1, 0.1, False, [Group(a, 0.0, [Member(b, 0.0, "duplicate")])], 1)
     plan = plan_moves(result, tmp_path / "dups")
     assert not plan.moves and "multi-frame" in plan.skipped[0].reason
+
+
+def star(step: float, arms: int) -> np.ndarray:
+    """Unit vectors: the first at e0, then one at angle step from it towards each of +e1, -e1, +e2, -e2, ... in
+    turn (2 sin(step/2) from the first; arms towards other axes sqrt(2) sin(step) from each other)."""
+    x = np.zeros((arms + 1, clustered(1).shape[1]), np.float32)
+    x[:, 0] = [1.0] + [np.cos(step)] * arms
+    for n in range(arms):
+        x[n + 1, 1 + n // 2] = np.sin(step) * (1 if n % 2 == 0 else -1)
+    return x
+
+
+def test_a_hub_group_moves_each_file_within_the_margin_of_its_kept_file_and_the_plan_says_it_spans_more(
+        tmp_path, new_store, sync_vectors, vector_folder):
+    store = new_store(vector_folder(tmp_path / "v", 5))
+    sync_vectors(store, star(2 * np.arcsin(0.28 / 2), 4))  # 0.28 from the kept file, 0.39 or more from each other
+    run = dedup_index(store.path, margin=0.3, keep="first", move_to=tmp_path / "dups")
+    assert len(run.plan.moves) == 4 and all(m.keep == "v0000.png" for m in run.plan.moves)
+    assert [k for k, _ in run.plan.wide] == ["v0000.png"] and run.plan.wide[0][1] > 0.39
+    assert run.to_dict()["moves"]["wide_groups"][0]["keep"] == "v0000.png"
+
+
+def test_a_file_kept_for_an_earlier_move_is_not_moved_for_one_beyond_the_margin_of_what_it_stood_for(
+        tmp_path, new_store, sync_vectors, vector_folder):
+    angle = 2 * np.arcsin(0.25 / 2)
+    x = np.zeros((3, clustered(1).shape[1]), np.float32)
+    x[:, 0], x[:, 1] = np.cos([0, angle, 2 * angle]), np.sin([0, angle, 2 * angle])  # A - 0.25 - B - 0.25 - C
+    root = vector_folder(tmp_path / "v", 3)
+    aside = (root / "v0000.png").rename(tmp_path / "v0000.png")  # A arrives after the first run
+    store = new_store(root)
+    sync_vectors(store, x)
+    first = dedup_index(store.path, margin=0.3, keep="first", move_to=tmp_path / "dups", yes=True)
+    assert first.moved.done == ["v0002.png"]  # C, kept B
+    aside.rename(root / "v0000.png")
+    sync_vectors(store, x, prune=True)
+    second = dedup_index(store.path, margin=0.3, keep="first", move_to=tmp_path / "dups", yes=True)
+    assert second.moved.done == [] and (root / "v0001.png").is_file()  # B stays: A is 0.48 from C
+    assert "v0002.png" in second.moved.skipped[0].reason and "beyond the margin" in second.moved.skipped[0].reason

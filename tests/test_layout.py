@@ -12,7 +12,7 @@ import siamsearch
 # The README's order: foundations, then folder → images → tensors → encoder → vectors → store → groups → report.
 ORDER = ("errors", "atomic", "config", "device", "images", "recipes", "samples", "transforms", "pairs", "distributed", "devicedecode", "embed", "trainset",
          "model", "whitening", "losses", "metrics", "calibration", "validation", "checkpoint", "builtin", "train", "evaluate", "ann", "rows", "indexdir", "store", "indexing",
-         "relocation", "search", "closepairs", "dedup", "moves", "report", "commands", "demo", "terminal", "options", "cluster", "cli")
+         "relocation", "search", "closepairs", "dedup", "moves", "standins", "report", "commands", "demo", "terminal", "options", "cluster", "cli")
 CLUSTER_ORDER = ("runtime", "shards", "embedding", "building", "cells", "cli")
 PACKAGE = Path(siamsearch.__file__).parent
 
