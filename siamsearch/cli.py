@@ -27,6 +27,7 @@ from .moves import undo_folders, undo_moves
 from .options import Amp, DecodeWorkers, Device, Exclude, Include, IndexDir, Json, Seed, TargetPrecision
 from .relocation import relocate as relocate_index
 from .terminal import (
+    literal_help,
     Skipped,
     TrainProgress,
     calibration_line,
@@ -49,6 +50,10 @@ from .terminal import (
 
 class Commands(TyperGroup):
     """Where every command ends: its errors in one line, and the exit code (errors.py lists them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        literal_help(self)
 
     def invoke(self, ctx: typer.Context) -> Any:
         Skipped.count = 0

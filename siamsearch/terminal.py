@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -256,3 +258,16 @@ def print_eval(run: EvalRun) -> None:
         console.print(f"note: {note}")
     for path in run.plots:
         console.print(f"wrote {shown(path)}")
+
+
+def literal_help(command: click.Command) -> None:
+    """Escape rich markup in the help of a command, its options and its subcommands: the [cluster] of
+    `pip install 'siamsearch[cluster]'` is a word to read, not a style to drop."""
+    for attr in ("help", "short_help", "epilog"):
+        if getattr(command, attr, None):
+            setattr(command, attr, escape(getattr(command, attr)))
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        literal_help(sub)

@@ -135,3 +135,27 @@ def test_reports_come_before_moves_so_a_failing_one_moves_nothing(identity_dir, 
               "--html", tmp_path / "d.html")
     assert res.exit_code == 0 and "undo with: siamsearch undo" in res.stdout
     assert "file not found" not in (tmp_path / "d.html").read_text()  # drawn while every file was in place
+
+
+def all_commands(command, path=()):
+    """(path, command) of every command and group under command, itself first."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from all_commands(sub, (*path, name))
+
+
+def test_every_help_keeps_the_bracketed_words_its_source_holds():
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from siamsearch.cli import app
+
+    root = typer.main.get_command(app)
+    for path, command in all_commands(root):
+        out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).output
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for word in (w for text in texts for w in re.findall(r"\w+\[\w+\]", text.replace("\\[", "["))):
+            assert word in out, (path, word)
+    assert "siamsearch[cluster]" in CliRunner().invoke(app, ["cluster", "--help"], env={"COLUMNS": "400"}).output
