@@ -326,11 +326,13 @@ def dedup(
 
 @app.command()
 def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")],
+         root: Annotated[Optional[Path], typer.Option(help="The folder the files go back into: needed for a "
+                                                         "manifest that names no index.")] = None,
          as_json: Json = False) -> None:
     """Move files back where dedup --move-to took them from; never overwrites, checks each file's hash."""
-    root, dest = undo_folders(manifest)
-    (err if as_json else console).print(f"putting files back from {shown(dest)} into {shown(root)}")
-    done = undo_moves(manifest)
+    back_to, dest = undo_folders(manifest, root)
+    (err if as_json else console).print(f"putting files back from {shown(dest)} into {shown(back_to)}")
+    done = undo_moves(manifest, root)
     note_skipped(len(done.skipped))
     if as_json:
         return print_json(done.to_dict())

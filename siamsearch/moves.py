@@ -303,7 +303,7 @@ def _relative(value: Any) -> bool:
             and not any(part.startswith(".") for part in parts) and is_image_path(Path(value)))
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path, root: Path | None = None) -> dict[str, Any]:
     """A move manifest, checked field by field: a hostile or edited file is refused before anything moves.
 
     Raises:
@@ -327,21 +327,26 @@ def _read_manifest(path: Path) -> dict[str, Any]:
                         f"({bad[0].get('from')!r} → {bad[0].get('to')!r}); refused")
     if Path(path).resolve().parent != Path(data["dest"]).resolve():
         raise MoveError(f"{path} does not sit in the folder it says files were moved to ({data['dest']}); refused")
-    _check_root(path, data)
+    _check_root(path, data, root)
     return data
 
 
-def _check_root(path: Path, data: dict[str, Any]) -> None:
-    """The folder files go back to must exist and, when the manifest names its index, be the one it indexes.
+def _check_root(path: Path, data: dict[str, Any], stated: Path | None) -> None:
+    """The folder files go back to must exist and be the one the manifest's index indexes; a manifest that names
+    no index (from before one was recorded, or written by hand) needs the person to state that folder.
 
     Raises:
-        MoveError: root is not a folder, or the named index is missing, unreadable or indexes another folder.
+        MoveError: root is not a folder, the named index is missing, unreadable or indexes another folder, or no
+        index is named and the stated root is not the manifest's.
     """
     root = Path(data["root"])
     if not root.is_dir():
         raise MoveError(f"{path} puts files back into {root}, which is not a folder; refused")
     if "index" not in data:
-        return  # manifests from before the index was recorded
+        if stated is None or Path(stated).expanduser().resolve() != root.resolve():
+            raise MoveError(f"{path} names no index that vouches for {root}; if the files came from there, run "
+                            f"again with --root {root}")
+        return
     try:
         indexed = Path(read_manifest(Path(str(data["index"])))["root"]).resolve()
     except SiamsearchError as exc:
@@ -370,25 +375,26 @@ def _restore(src: Path, back: Path, dest: Path, root: Path, digest: str) -> str 
     return _try_move(src, back)
 
 
-def undo_folders(manifest: Path | str) -> tuple[Path, Path]:
+def undo_folders(manifest: Path | str, root: Path | None = None) -> tuple[Path, Path]:
     """(root, destination) of a manifest, after every check undo makes: what a person sees before files move."""
-    data = _read_manifest(Path(manifest))
+    data = _read_manifest(Path(manifest), root)
     return Path(data["root"]), Path(data["dest"])
 
 
-def undo_moves(manifest: Path | str) -> MoveReport:
+def undo_moves(manifest: Path | str, root: Path | None = None) -> MoveReport:
     """Move the files a manifest lists back where they were, when their hash still matches.
 
     A file already back at its old place is never overwritten; one that an earlier undo brought back (gone from
     the destination, its old place holding the bytes moved) is listed as already back; each other file not
     restored is skipped with a reason.
     Every path must stay inside the manifest's root (going back) and its destination folder (coming from).
+    root: the folder the files go back into, as the person states it: needed when the manifest names no index.
 
     Raises:
         MoveError: the manifest is missing, unreadable, or unsafe (see _read_manifest).
     """
     manifest = Path(manifest)
-    data = _read_manifest(manifest)
+    data = _read_manifest(manifest, root)
     root, dest = Path(data["root"]), Path(data["dest"])
     report = MoveReport(manifest)
     for entry in data["moves"]:

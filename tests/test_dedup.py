@@ -270,7 +270,7 @@ def test_dry_run_moves_nothing_and_move_then_undo_restores_every_byte(tmp_path):
     assert {m["from"]: m["size"] for m in manifest["moves"]} == {p: len(before[p]) for p in report.done}
 
     changed.write_bytes(before["d2/v0002.png"])
-    undone = undo_moves(report.manifest)
+    undone = undo_moves(report.manifest, root)
     assert sorted(undone.done) == sorted(report.done) and not undone.skipped
     assert snapshot(root) == before
 
@@ -282,7 +282,7 @@ def test_undo_refuses_to_overwrite_and_skips_changed_files(tmp_path):
     first, second, *_ = sorted(report.done)
     (store.root / first).write_bytes(b"a new file in the old place")
     (dest / second).write_bytes(b"edited after the move")
-    undone = undo_moves(report.manifest)
+    undone = undo_moves(report.manifest, store.root)
     assert {s.path: s.reason.split()[-1] for s in undone.skipped} == {first: "overwritten", second: "moved"}
     assert (store.root / first).read_bytes() == b"a new file in the old place"
     assert (dest / first).exists() and (dest / second).exists() and len(undone.done) == len(report.done) - 2

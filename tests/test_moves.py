@@ -105,14 +105,17 @@ def test_undo_does_not_put_back_a_symlink_planted_in_the_destination(tmp_path):
     secret.write_bytes(b"same")
     (dest / "sub/a_copy.jpg").unlink()
     os.symlink(secret, dest / "sub/a_copy.jpg")
-    report = undo_moves(manifest)
+    report = undo_moves(manifest, root)
     assert report.done == [] and "not a regular file" in report.skipped[0].reason
     assert not (root / "sub/a_copy.jpg").exists()
 
 
-def test_undo_puts_the_file_back(tmp_path):
-    root, dest, manifest = moved(tmp_path)
-    assert undo_moves(manifest).done == ["sub/a_copy.jpg"]
+def test_undo_puts_the_file_back_into_the_folder_the_person_states_when_no_index_vouches_for_it(tmp_path):
+    root, dest, manifest = moved(tmp_path)  # planned with no index: its manifest names none
+    for stated in (None, tmp_path):
+        with pytest.raises(MoveError, match="names no index"):
+            undo_moves(manifest, stated)
+    assert undo_moves(manifest, root).done == ["sub/a_copy.jpg"]
     assert (root / "sub/a_copy.jpg").read_bytes() == b"same" and not (dest / "sub/a_copy.jpg").exists()
 
 
