@@ -8,7 +8,6 @@ undo_moves) are called directly.
 from __future__ import annotations
 
 import os
-import sqlite3
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,14 +28,13 @@ from .dedup import (
     find_identical,
 )
 from .distributed import World
-from .errors import CorruptIndexError, NotFoundError, RefusedError, UsageError
+from .errors import NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, calibrate, evaluate
 from .images import Failure, Selection, scan_images
-from .indexdir import ROWS, read_manifest
+from .indexdir import open_rows, read_manifest
 from .indexing import found_model
 from .moves import MovePlan, MoveReport, apply_moves, plan_moves
 from .recipes import Choice, choose, with_options
-from .rows import RowTable
 from .samples import build_background
 from .search import QueryResult, Searcher
 from .store import Store
@@ -157,12 +155,7 @@ def identical_files(index_dir: Path | str, keep: str = "largest") -> DedupResult
     """
     folder = Path(index_dir)
     manifest = read_manifest(folder)
-    if not (folder / ROWS).is_file():
-        raise CorruptIndexError(f"{folder / ROWS} is missing; rebuild the index with --rebuild")
-    try:
-        table = RowTable(folder / ROWS, Path(manifest["root"]))
-    except sqlite3.DatabaseError:
-        raise CorruptIndexError(f"{folder / ROWS} is unreadable; rebuild the index with --rebuild") from None
+    table = open_rows(folder, Path(manifest["root"]))
     try:
         return find_identical(table, table.root, keep)
     finally:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .config import Preprocess
 from .device import autocast, default_workers
@@ -29,6 +29,7 @@ from .transforms import normalize, square_view
 Progress = Callable[[int, int], None]  # (done, total): files finished so far, of all there are to do
 DECODES = ("auto", "pil", "device")  # auto: JPEGs on the device when it is a GPU, PIL in the workers otherwise
 CHUNK_BATCHES = 16  # on a GPU, batches whose embeddings stay there before one copy back to the host
+SHARED_MEMORY_FULL = ("</torch_", "shared memory")  # torch's words when a worker cannot hand a batch over
 
 
 class Decoded(NamedTuple):
@@ -102,23 +103,41 @@ class Batch:
 def collate(items: list[Decoded], sizes: tuple[int, ...], channels: int) -> Batch:
     """Stack a batch's views and join its JPEGs' bytes in the worker; failures go apart."""
     good = [it for it in items if it.views is not None]
-    views = tuple(torch.stack([it.views[j] for it in good]) if good else torch.empty(0, channels, s, s, dtype=torch.uint8)
-                  for j, s in enumerate(sizes))
+    views = tuple(handed_over(torch.stack([it.views[j] for it in good])) if good
+                  else torch.empty(0, channels, s, s, dtype=torch.uint8) for j, s in enumerate(sizes))
     jpegs = [it for it in items if it.jpeg is not None]
     batch = Batch([it.index for it in good], views, [it.size for it in good],
                   [(it.index, it.reason) for it in items if it.reason])
     if jpegs:
         batch.jpegs = [JpegFile(it.index, it.jpeg.size, it.jpeg.orientation, len(it.jpeg.data)) for it in jpegs]
-        batch.blob = torch.cat([it.jpeg.data for it in jpegs])
+        batch.blob = handed_over(torch.cat([it.jpeg.data for it in jpegs]))
     return batch
 
 
+def handed_over(tensor: torch.Tensor) -> torch.Tensor:
+    """In a worker, the tensor moved to shared memory now: a full /dev/shm then fails in the worker, which reports
+    it, not in its queue's feeder thread, which only prints it while the main process waits for the batch forever."""
+    return tensor.share_memory_() if get_worker_info() is not None else tensor
+
+
 def loader(images: DecodedImages, workers: int, pin: bool, batch_size: int | None = None,
-           batch_sampler: Sampler | None = None) -> DataLoader:
-    """Batches of `images`, collated in the workers, pinned by the DataLoader for an asynchronous copy to a GPU."""
-    return DataLoader(images, batch_size=batch_size, batch_sampler=batch_sampler, num_workers=workers,
-                      collate_fn=partial(collate, sizes=images.sizes, channels=images.channels), pin_memory=pin,
-                      prefetch_factor=4 if workers else None)
+           batch_sampler: Sampler | None = None) -> Iterator[Batch]:
+    """Batches of `images`, collated in the workers, pinned by the DataLoader for an asynchronous copy to a GPU.
+
+    Raises:
+        UsageError: a worker could not hand a batch over (shared memory or the file-size limit ran out).
+    """
+    batches = DataLoader(images, batch_size=batch_size, batch_sampler=batch_sampler, num_workers=workers,
+                         collate_fn=partial(collate, sizes=images.sizes, channels=images.channels), pin_memory=pin,
+                         prefetch_factor=4 if workers else None)
+    try:
+        yield from batches
+    except RuntimeError as exc:
+        if not any(words in str(exc) for words in SHARED_MEMORY_FULL):
+            raise
+        reason = str(exc).strip().splitlines()[-1]
+        raise UsageError(f"decode workers could not hand a batch over ({reason}); use fewer --workers, or --workers 0, "
+                         "or give /dev/shm more room (docker run --shm-size=1g)") from None
 
 
 def decode_images(paths: Sequence[Path], sizes: Sequence[int], channels: int, workers: int = 0,

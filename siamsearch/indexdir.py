@@ -19,6 +19,7 @@ import faiss
 from .atomic import LockedError, exclusive_lock, write_atomic
 from .errors import (CorruptIndexError, NotAnIndexError, StoreError, StoreLockedError, StoreWriteError,
                      UnsupportedFormatError)
+from .rows import RowTable
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
@@ -30,15 +31,44 @@ def write_index(folder: Path, index: faiss.Index) -> None:
     write_atomic(folder / INDEX, lambda tmp: faiss.write_index(index, tmp))
 
 
+def _reason(exc: BaseException) -> str:
+    """The last line of an error's message (its type's name when it has none): what a one-line message quotes."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+
+
 @contextmanager
 def disk_writes(folder: Path) -> Iterator[None]:
     """A full disk or a failed write ends in one line: the commit order leaves what is on disk consistent."""
     try:
         yield
     except (sqlite3.OperationalError, RuntimeError, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise StoreWriteError(f"cannot write the index {folder} ({reason}); what is on disk is consistent: "
+        raise StoreWriteError(f"cannot write the index {folder} ({_reason(exc)}); what is on disk is consistent: "
                               "free some space and run again") from None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for SQLite's SQLITE_FULL and the OS's ENOSPC or EDQUOT: the disk has no room, the index may be intact."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def no_room(folder: Path, exc: BaseException) -> StoreWriteError:
+    """The one line for a full disk met opening an index: not --rebuild, which would only embed everything again."""
+    return StoreWriteError(f"the disk holding the index {folder} is full ({_reason(exc)}); free some space and "
+                           "run again")
+
+
+def open_rows(folder: Path, root: Path) -> RowTable:
+    """The index's rows table, or one line saying why not: a full disk, or a missing or damaged rows.sqlite."""
+    if not (folder / ROWS).is_file():
+        raise CorruptIndexError(f"{folder / ROWS} is missing; rebuild the index with --rebuild")
+    try:
+        return RowTable(folder / ROWS, root)
+    except sqlite3.DatabaseError as exc:
+        if disk_full(exc):
+            raise no_room(folder, exc) from None
+        raise CorruptIndexError(f"{folder / ROWS} is unreadable; rebuild the index with --rebuild") from None
 
 
 UNLOCKABLE = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)  # a file system with no flock: FUSE, some NFS and SMB
@@ -53,6 +83,8 @@ def locked(folder: Path) -> Iterator[None]:
     except LockedError:
         raise StoreLockedError(f"{folder}: another siamsearch process is writing to this index") from None
     except OSError as exc:
+        if disk_full(exc):
+            raise no_room(folder, exc) from None
         if exc.errno not in UNLOCKABLE:
             raise
         raise StoreError(f"{folder}: its file system cannot lock files ({exc.strerror}); put the index on a local "

@@ -39,9 +39,10 @@ from .checkpoint import CheckpointError, load_encoder, model_with
 from .config import Runtime, to_dict
 from .device import amp_for, precision, resolve_device
 from .embed import EmbedResult, Progress, embed_batches
-from .errors import ModelMismatchError, NotAnIndexError, NotFoundError, PruneRefusedError, StoreError
+from .errors import (ModelMismatchError, NotAnIndexError, NotFoundError, PruneRefusedError, StoreError,
+                     StoreWriteError)
 from .images import Failure, Scan, Selection, frame_count, identity_of, scan_images
-from .indexdir import INDEX, LOCK, MANIFEST, ROWS
+from .indexdir import INDEX, LOCK, MANIFEST, ROWS, read_manifest
 from .rows import NewRow, Row
 from .store import Store
 
@@ -93,25 +94,50 @@ def model_of(store: Store, model_path: Path | str | None) -> Path:
     Raises:
         CheckpointError: none given, and none found.
     """
-    found = Path(model_path) if model_path is not None else found_model(store)
+    return _given_or_recorded(store.path, store.info(), model_path)
+
+
+def _given_or_recorded(folder: Path, manifest: dict[str, Any], model_path: Path | str | None) -> Path:
+    """model_path, else the model the manifest of the index at folder names (recorded_model).
+
+    Raises:
+        CheckpointError: none given, and none found.
+    """
+    found = Path(model_path) if model_path is not None else recorded_model(folder, manifest)
     if found is None:
-        raise CheckpointError(f"the model that built {store.path} is neither where its manifest says nor next to "
+        raise CheckpointError(f"the model that built {folder} is neither where its manifest says nor next to "
                               "the index; pass --model")
     return found
 
 
 def found_model(store: Store) -> Path | None:
-    """The model that built an index: where its manifest says, else the file with its fingerprint next to the
-    index folder or one level up (an index that moved with its model); None when neither has it. An index of
-    the built-in model finds it in the cache, assembled again if need be."""
-    info = store.info()
-    recorded = info.get("model")
+    """The model that built an index (recorded_model)."""
+    return recorded_model(store.path, store.info())
+
+
+def recorded_model(folder: Path, manifest: dict[str, Any]) -> Path | None:
+    """The model that built the index at folder: where its manifest says, else the file with its fingerprint next
+    to the index folder or one level up (an index that moved with its model); None when neither has it. An index
+    of the built-in model finds it in the cache, assembled again if need be. The manifest alone tells, so a broken
+    index's model is found too."""
+    recorded, fingerprint = manifest.get("model"), manifest["fingerprint"]
     if recorded and Path(recorded).is_file():
         return Path(recorded)
-    if info.get("model_name") == builtin.label() and store.fingerprint == builtin.fingerprint():
+    if manifest.get("model_name") == builtin.label() and fingerprint == builtin.fingerprint():
         return builtin.builtin_model()  # its cache was cleared: assembled again, the same weights
-    near = store.path.resolve().parent
-    return model_with(store.fingerprint, [near, near.parent], [Path(recorded).name] if recorded else [])
+    near = folder.resolve().parent
+    return model_with(fingerprint, [near, near.parent], [Path(recorded).name] if recorded else [])
+
+
+def _model_file(index_dir: Path, store: Store | None, model_path: Path | str | None) -> Path:
+    """The model index_folder embeds with: the one given; else the index's own, which even a broken index's
+    manifest names (a rebuild keeps its model); else, for a new index, the built-in near-duplicate model."""
+    if store is not None:
+        return model_of(store, model_path)
+    try:
+        return _given_or_recorded(index_dir, read_manifest(index_dir), model_path)
+    except StoreError:  # a new index, or one whose manifest is too damaged to name its model
+        return Path(model_path) if model_path is not None else builtin.builtin_model()
 
 
 def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path | str | None = None, *,
@@ -139,11 +165,8 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     if store is not None and not rebuild and store.root != image_dir:
         raise StoreError(f"{index_dir} indexes {store.root}, not {image_dir}; if the folder moved, run siamsearch "
                          f"relocate --index {index_dir} {image_dir}; else pass another --index or --rebuild")
-    if store is not None:
-        model_file = model_of(store, model_path)
-    else:  # a new index: the model given, else the built-in near-duplicate model
-        model_file = Path(model_path) if model_path is not None else builtin.builtin_model()
-    model, ckpt = load_encoder(Path(model_file))
+    model_file = _model_file(index_dir, store, model_path)
+    model, ckpt = load_encoder(model_file)
     device = resolve_device(runtime.device)
     if selection is None:
         selection = store.selection if store is not None else Selection()
@@ -185,6 +208,8 @@ def _existing(index_dir: Path, rebuild: bool) -> Store | None:
         return None
     try:
         return Store.open(index_dir)
+    except StoreWriteError:  # a full disk: the index may be intact, and a rebuild could not write either
+        raise
     except StoreError:
         if rebuild:  # _check_folder then checks that the folder holds only an index's files
             return None

@@ -23,7 +23,6 @@ when the collection has doubled or halved since (HNSW also on any deletion: it c
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +43,7 @@ from .indexdir import (
     disk_writes,
     locked,
     now,
+    open_rows,
     read_manifest,
     write_index,
 )
@@ -124,12 +124,7 @@ class Store:
         if index.d != manifest.get("dim"):
             raise CorruptIndexError(f"{self.path / INDEX} holds {index.d}-d vectors, the manifest says "
                                     f"{manifest.get('dim')}; rebuild the index with --rebuild")
-        if not (self.path / ROWS).is_file():
-            raise CorruptIndexError(f"{self.path / ROWS} is missing; rebuild the index with --rebuild")
-        try:
-            rows = RowTable(self.path / ROWS, Path(manifest["root"]))
-        except sqlite3.DatabaseError:
-            raise CorruptIndexError(f"{self.path / ROWS} is unreadable; rebuild the index with --rebuild") from None
+        rows = open_rows(self.path, Path(manifest["root"]))
         self.close()
         self._manifest, self._index, self._rows = manifest, index, rows
         if self._writing:

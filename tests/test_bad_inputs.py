@@ -35,11 +35,17 @@ Any skipped file makes the exit code 1; each is listed once with a one-line reas
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import shutil
+import sqlite3
 import struct
+import subprocess
+import sys
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +409,69 @@ def test_eval_needs_two_identities_with_two_images(world, tmp_path):
         (singles / f"id{i}").mkdir(parents=True)
         shutil.copy(world["good"][i * 6], singles / f"id{i}" / "0.png")
     one_line_error(run_cli("eval", singles, "--model", world["model"], "--workers", 0), 2, "2+ readable images")
+
+
+# ---- the machine: shared memory, a full disk; a broken index rebuilt ------------------------------------------
+
+
+def contents(index: Path) -> tuple[list[tuple[int, str]], np.ndarray]:
+    """What an index holds: its rows' ids and paths, and its vectors."""
+    from siamsearch.store import Store
+
+    with Store.open(index) as store:
+        return [(row.id, row.path) for row in store.iter_rows()], store.vectors()[1]
+
+
+def small_index(model: Path, root: Path) -> tuple[Path, Path]:
+    """(a folder of 4 images, its index under root made with model)."""
+    data, index = make_identities(root / "data", n_ids=2, per_id=2, size=32), root / "index"
+    assert run_cli("index", data, "--model", model, "--index", index, "--workers", 0).exit_code == 0
+    return data, index
+
+
+def test_workers_out_of_shared_memory_end_the_run_in_one_line_and_leave_the_index(model_file, tmp_path):
+    data, index = small_index(model_file, tmp_path)
+    rows, vectors = contents(index)
+    make_identities(data / "new", n_ids=1, per_id=30, size=32, seed=1)  # one batch of 90 KB to hand over
+    limit = 64 * 1024  # the file-size limit stops a worker writing a batch to /dev/shm, as a full one does
+    done = subprocess.run([sys.executable, "-m", "siamsearch", "index", str(data), "--index", str(index),
+                           "--workers", "2"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=partial(resource.setrlimit, resource.RLIMIT_FSIZE, (limit, limit)))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert "--workers 0" in lines[0] and "/dev/shm" in lines[0], lines[0]
+    assert contents(index)[0] == rows and np.array_equal(contents(index)[1], vectors)
+
+
+@pytest.mark.parametrize("full", [sqlite3.OperationalError("database or disk is full"),
+                                  OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))], ids=["sqlite", "enospc"])
+def test_a_full_disk_is_said_and_the_index_is_not_called_unreadable(model_file, tmp_path, monkeypatch, full):
+    from siamsearch import indexdir
+
+    data, index = small_index(model_file, tmp_path)
+    (data / "id00" / "new.png").write_bytes((data / "id01" / "0.png").read_bytes() + b"\0")
+
+    def refuse(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(*(sqlite3, "connect") if isinstance(full, sqlite3.Error) else (indexdir, "exclusive_lock"),
+                        refuse)
+    runs = [run_cli("index", data, "--index", index, "--workers", 0)]
+    if isinstance(full, sqlite3.Error):  # a query takes no lock: only opening the rows can meet a full disk
+        runs.append(run_cli("query", data / "id00" / "0.png", "--index", index))
+    for res in runs:
+        one_line_error(res, 2, f"the disk holding the index {index} is full")
+        assert "--rebuild" not in res.stderr and "unreadable" not in res.stderr, res.stderr
+    monkeypatch.undo()
+    assert len(contents(index)[0]) == 4
+
+
+def test_rebuilding_a_truncated_index_uses_the_model_its_manifest_names(model_file, tmp_path):
+    data, index = small_index(model_file, tmp_path / "far" / "from" / "the model")
+    fingerprint = json.loads((index / "manifest.json").read_text())["fingerprint"]
+    (index / "index.faiss").write_bytes((index / "index.faiss").read_bytes()[:100])
+    res = run_cli("index", data, "--index", index, "--rebuild", "--workers", 0, "--json")
+    no_traceback(res)
+    assert res.exit_code == 0 and json.loads(res.stdout)["count"] == 4, res.output
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["fingerprint"] == fingerprint and manifest["model"] == str(model_file.resolve())
