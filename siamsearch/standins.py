@@ -4,7 +4,8 @@ Moving C (kept B), then in a later run B (kept A), leaves A alone for C however 
 was within the margin, the two together are not. When files move, the index's rows.sqlite remembers, by the
 kept file's content hash, the vector of each file moved in its favour (a table of its own, made on first use;
 an older index simply has none). A later plan moves a kept file of an earlier move only when its new kept file
-lies within the margin of every file it stood for.
+lies within the margin of every file it stood for. `index --rebuild` makes a new rows.sqlite and so forgets
+them, as it must: their vectors are the old index's, which a new model's distances cannot be compared with.
 """
 
 from __future__ import annotations
