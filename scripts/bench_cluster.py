@@ -14,7 +14,7 @@
 The script re-runs itself inside a network namespace with loopback alone (`unshare -n`, root), so no Ray
 traffic leaves the machine.
 
-    nice -n 10 .venv/bin/python scripts/bench_cluster.py              # the figures in the README
+    nice -n 10 .venv/bin/python scripts/bench_cluster.py              # the figures in docs/scaling.md
     nice -n 10 .venv/bin/python scripts/bench_cluster.py --n 100000   # a quick look
 """
 
