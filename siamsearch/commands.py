@@ -18,7 +18,7 @@ from . import report, standins
 from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .checkpoint import CheckpointError, read_calibration, update_model_file
 from .closepairs import Progress
-from .config import Runtime
+from .config import EncoderConfig, Runtime, TrainConfig
 from .dedup import (
     CrossResult,
     DedupError,
@@ -286,9 +286,7 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
     (recipes.with_options). The choice is the observer's first message, once train has checked `out`.
     A near-duplicate model is then calibrated on the duplicate-free background (calibrate_on_background).
     """
-    choice = choose(scan_images(data_dir, selection or Selection()).images, Path(data_dir), recipe,
-                    bool(options.get("self_supervised")))
-    enc, cfg = with_options(choice, options)
+    choice, enc, cfg = chosen_recipe(data_dir, options, recipe, selection)
     line = f"recipe: {choice.name} ({choice.survey.describe()}); the options given replace its fields"
     result = train(Path(data_dir), out, enc, cfg, runtime, weights_file=weights_file, resume=resume, force=force,
                    observer=_Headed(observer, line), world=world, selection=selection)
@@ -297,6 +295,15 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
         observer.message(f"calibrated on the background photos: {result.calibration['tails']['different_pairs']:,} "
                          "pairs of distinct images, none of them from the folder trained on")
     return choice, result
+
+
+def chosen_recipe(data_dir: Path, options: dict[str, Any], recipe: str = "auto",
+                  selection: Selection | None = None) -> tuple[Choice, EncoderConfig, TrainConfig]:
+    """The recipe train would run on this folder (chosen from a sample of it, or the one named, fitted to it),
+    with the options given in place of its fields: what `train --show` prints, and what train runs."""
+    choice = choose(scan_images(data_dir, selection or Selection()).images, Path(data_dir), recipe,
+                    bool(options.get("self_supervised")))
+    return (choice, *with_options(choice, options))
 
 
 def calibrate_on_background(model: Path, runtime: Runtime = Runtime()) -> dict[str, Any]:

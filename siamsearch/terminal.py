@@ -132,6 +132,14 @@ def print_recipes() -> None:
     console.print(table)
 
 
+def print_recipe_fields(name: str, fields: dict[str, Any]) -> None:
+    """train --show: every field of the recipe a run would use, the names --set and --config take."""
+    table = Table("field", "value", title=f"recipe {name}: set any field with --set FIELD=VALUE", title_justify="left")
+    for field, value in fields.items():
+        table.add_row(field, str(value))
+    console.print(table)
+
+
 def print_training(result: TrainResult) -> None:
     """How the run ended, the best epoch, its calibration and the file written."""
     if result.stopped == "interrupted":

@@ -10,7 +10,7 @@ from pathlib import Path
 import siamsearch
 
 # The README's order: foundations, then folder → images → tensors → encoder → vectors → store → groups → report.
-ORDER = ("errors", "atomic", "config", "device", "images", "recipes", "samples", "transforms", "pairs", "distributed", "devicedecode", "embed", "trainset",
+ORDER = ("errors", "atomic", "config", "settings", "device", "images", "recipes", "samples", "transforms", "pairs", "distributed", "devicedecode", "embed", "trainset",
          "model", "whitening", "losses", "metrics", "calibration", "validation", "checkpoint", "builtin", "train", "evaluate", "ann", "rows", "indexdir", "store", "indexing",
          "relocation", "search", "closepairs", "dedup", "moves", "standins", "report", "commands", "demo", "terminal", "options", "cluster", "cli")
 CLUSTER_ORDER = ("runtime", "shards", "embedding", "building", "cells", "cli")
