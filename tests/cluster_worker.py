@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 
 from siamsearch.cluster import shards
@@ -27,6 +28,7 @@ SHARD_SIZE, BATCH = 7, 4  # images: several shards, several batches each
 INDEX_N, INDEX_DIM, INDEX_SHARDS = 20_000, 16, 4
 DEDUP_N, DEDUP_DIM, DEDUP_SHARDS, MARGIN = 200_000, 8, 4, 0.05
 KILLED_SHARD = 1  # the shard a second run finds unfinished, as after a driver killed mid-job
+UNREACHABLE = "127.0.0.1:1"  # nothing listens there in the namespace: the test's RAY_ADDRESS, and an --address
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -81,6 +83,30 @@ class DyingLoader(ModelLoader):
         return Dies(model, Path(self.marker)), pre, device
 
 
+class Interrupted(Exception):
+    """The driver of a build stopped, as if killed."""
+
+
+def interrupted_build(folder: Path, out: Path) -> int:
+    """build_cluster_index stopped once every block is written, before the merge (a driver killed there).
+
+    Returns:
+        the blocks it built (0 when it built none: then it was not stopped, and finished).
+    """
+    built = []
+
+    def stop(done: int, total: int) -> None:
+        built.append(done)
+        if done == total:
+            raise Interrupted
+
+    try:
+        build_cluster_index(folder, out, progress=stop)
+    except Interrupted:
+        pass
+    return max(built, default=0)
+
+
 def cli(*args: object) -> dict:
     """`siamsearch cluster ARGS --json` in this process: its exit code and JSON summary (or its output)."""
     from typer.testing import CliRunner
@@ -92,8 +118,8 @@ def cli(*args: object) -> dict:
 
 
 def main(work: Path) -> None:
-    connect(num_cpus=2, object_store_memory=300 * 2**20)
-    results = {}
+    connect(num_cpus=2, object_store_memory=300 * 2**20)  # a local Ray of its own, RAY_ADDRESS notwithstanding
+    results = {"ray": {"joined": ray.get_runtime_context().gcs_address, "RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}}
     emb, model = work / "embeddings", work / "model.pt"
     first = embed_collection(work / "images", emb, model, shard_size=SHARD_SIZE, batch_size=BATCH,
                              load=DyingLoader(str(model), "cpu", str(work / "killed")))
@@ -107,15 +133,27 @@ def main(work: Path) -> None:
     results["cli"] = {name: cli(*args) for name, args in (  # the sub-app on the Ray this process joined
         ("embed", ("embed", work / "images", "--model", model, "--out", emb)),
         ("index", ("index", emb, "--index", work / "cli_index")),
-        ("dedup", ("dedup", emb, "--out", work / "cli_dedup", "--margin", 0.5, "--probe", 1)))}
+        ("dedup", ("dedup", emb, "--out", work / "cli_dedup", "--margin", 0.5, "--probe", 1)),
+        # a second dedup into the same --out, with fewer cells (so fewer pair parts) and a narrower margin
+        ("wide", ("dedup", emb, "--out", work / "redo", "--margin", 2, "--cells", 4)),
+        ("narrow", ("dedup", emb, "--out", work / "redo", "--margin", 1e-4, "--cells", 1)),
+        ("fresh", ("dedup", emb, "--out", work / "fresh", "--margin", 1e-4, "--cells", 1)),
+        ("index_again", ("index", emb, "--index", work / "image_index")))}
 
     shards.write_embeddings(work / "vectors", unit(np.random.default_rng(1).standard_normal((INDEX_N, INDEX_DIM))),
                             INDEX_SHARDS)
+    interrupted_build(emb, work / "index")  # another collection's build left its quantizer and blocks there ...
+    results["interrupted_blocks"] = interrupted_build(work / "vectors", work / "index")  # ... then this one's stopped
     results["index"] = build_cluster_index(work / "vectors", work / "index").to_dict()
 
     shards.write_embeddings(work / "planted", planted(DEDUP_N, DEDUP_DIM), DEDUP_SHARDS)
     results["exact"] = dedup_cells(work / "planted", work / "exact", MARGIN).to_dict()
     results["approximate"] = dedup_cells(work / "planted", work / "approximate", MARGIN, probe=1).to_dict()
+    results["refused"] = {name: cli(*args) for name, args in (  # last: the code before the refusals destroyed emb
+        ("dedup_other_embeddings", ("dedup", work / "vectors", "--out", work / "redo", "--margin", 0.1)),
+        ("dedup_into_embeddings", ("dedup", emb, "--out", emb, "--margin", 0.1)),
+        ("index_into_embeddings", ("index", emb, "--index", emb)),
+        ("index_into_pairs", ("index", emb, "--index", work / "redo")))}
     (work / "results.json").write_text(json.dumps(results, indent=2))
 
 

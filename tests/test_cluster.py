@@ -2,8 +2,8 @@
 
 All Ray work runs once, in tests/cluster_worker.py, inside a network namespace with loopback alone (one local
 Ray: 2 CPUs, a small object store, no dashboard); the tests here compare what it wrote with the single-process
-oracles, computed in this process while it runs. Skipped with the reason when the cluster extra is missing or
-`unshare -n` is not possible.
+oracles, computed in this process while it runs; an unreachable --address is tried in such a namespace too.
+Skipped with the reason when the cluster extra is missing or `unshare -n` is not possible.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import faiss
@@ -30,6 +31,15 @@ def test_without_the_extra_each_command_says_how_to_install_it(monkeypatch):
                                                "pip install 'siamsearch[cluster]'"]
 
 
+def loopback_ray() -> None:
+    """Skip, with the reason, where the cluster extra is missing or a loopback-only namespace cannot be made."""
+    pytest.importorskip("ray.data", reason="the cluster extra is not installed: pip install 'siamsearch[cluster]'")
+    pytest.importorskip("pyarrow", reason="the cluster extra is not installed: pip install 'siamsearch[cluster]'")
+    reason = loopback_only()
+    if reason:
+        pytest.skip(f"the Ray tests keep to loopback in their own network namespace; {reason}")
+
+
 def test_importing_the_cli_imports_neither_ray_nor_pyarrow():
     code = "import sys, siamsearch.cli; print(sorted({'ray', 'pyarrow'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
@@ -40,12 +50,9 @@ def test_importing_the_cli_imports_neither_ray_nor_pyarrow():
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder the worker filled: embeddings, indexes and pairs (module-wide: Ray starts once)."""
-    pytest.importorskip("ray.data", reason="the cluster extra is not installed: pip install 'siamsearch[cluster]'")
-    pytest.importorskip("pyarrow", reason="the cluster extra is not installed: pip install 'siamsearch[cluster]'")
-    reason = loopback_only()
-    if reason:
-        pytest.skip(f"the Ray tests keep to loopback in their own network namespace; {reason}")
+    loopback_ray()
     import torch
+    from cluster_worker import UNREACHABLE
 
     from siamsearch.checkpoint import save_model
     from siamsearch.config import EncoderConfig
@@ -57,7 +64,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     save_model(folder / "model.pt", build_encoder(EncoderConfig(backbone="small", dim=16, image_size=32)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": "", "RAY_USAGE_STATS_ENABLED": "0"}
+           "CUDA_VISIBLE_DEVICES": "", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": UNREACHABLE}
     worker = subprocess.Popen(in_loopback_namespace([sys.executable, str(ROOT / "tests" / "cluster_worker.py"),
                                                      str(folder)]), cwd=folder, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -227,3 +234,54 @@ def test_cell_dedup_finds_exactly_the_pairs_of_find_pairs_and_reports_the_approx
           f"{results['approximate']['pair_recall']:.4f} measured by the run on the "
           f"{results['approximate']['recall_pairs']} true pairs of 1,000 sampled queries")
     assert 0.5 < recall < 1 and 0.5 < results["approximate"]["pair_recall"] <= 1
+
+
+def test_without_an_address_a_local_ray_is_started_whatever_ray_address_says(results):
+    from cluster_worker import UNREACHABLE
+
+    assert results["ray"]["RAY_ADDRESS"] == UNREACHABLE and results["ray"]["joined"] != UNREACHABLE
+
+
+def test_an_unreachable_address_fails_in_one_line_within_seconds(tmp_path):
+    loopback_ray()
+    from cluster_worker import UNREACHABLE
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    start = time.monotonic()
+    done = subprocess.run(in_loopback_namespace([sys.executable, "-m", "siamsearch", "cluster", "index", "emb",
+                                                 "--index", "out", "--address", UNREACHABLE]),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    assert done.returncode == 2 and took < 30, (took, done.stderr[-2000:])
+    assert done.stderr.strip().splitlines() == [f"error: no Ray cluster answers at {UNREACHABLE} (Connection refused "
+                                                "within 5 s); start one there with `ray start --head`, or leave out "
+                                                "--address to start a local one"]
+
+
+def test_a_second_dedup_into_its_out_replaces_the_first_and_other_folders_are_refused(work, results):
+    wide, narrow, fresh = (results["cli"][name] for name in ("wide", "narrow", "fresh"))
+    assert [wide["exit_code"], narrow["exit_code"], fresh["exit_code"]] == [0, 0, 0], results["cli"]
+    assert wide["summary"]["pairs"] > narrow["summary"]["pairs"] == fresh["summary"]["pairs"]
+    assert wide["summary"]["buckets"] > narrow["summary"]["buckets"]  # the first run's extra parts are gone
+    assert (json.loads((work / "redo" / "groups.json").read_text())
+            == json.loads((work / "fresh" / "groups.json").read_text()))
+    for name in ("dedup_other_embeddings", "dedup_into_embeddings"):
+        refused = results["refused"][name]
+        assert refused["exit_code"] == 3 and len(refused["summary"].strip().splitlines()) == 1, refused
+    assert "other embeddings" in results["refused"]["dedup_other_embeddings"]["summary"]
+
+
+def test_an_interrupted_build_of_other_embeddings_is_started_over_and_one_of_the_same_resumed(results):
+    from cluster_worker import INDEX_N, INDEX_SHARDS
+
+    assert results["interrupted_blocks"] == INDEX_SHARDS  # none of the other collection's blocks was taken
+    assert results["index"]["count"] == INDEX_N and results["index"]["reused_blocks"] == INDEX_SHARDS
+
+
+def test_cluster_index_refuses_a_folder_it_did_not_make_and_rebuilds_its_own(work, results):
+    for name in ("index_into_embeddings", "index_into_pairs"):
+        refused = results["refused"][name]
+        assert refused["exit_code"] == 3 and len(refused["summary"].strip().splitlines()) == 1, refused
+        assert "not made by `siamsearch cluster index`" in refused["summary"]
+    assert (work / "embeddings" / "manifest.json").is_file() and not (work / "embeddings" / "blocks").exists()
+    assert results["cli"]["index_again"]["exit_code"] == 0 and results["cli"]["index_again"]["summary"]["count"] == 30

@@ -2,7 +2,8 @@
 
 1. Train the quantizer (and PQ codebooks) on a uniform random sample drawn across all shards, not the first N.
 2. Add each shard into its own small index with that trained quantizer (add_with_ids, one Ray task a shard):
-   blocks/NNNNN.faiss, written atomically and kept until the merge, so a re-run only builds the missing ones.
+   blocks/NNNNN.faiss, written atomically and kept until the merge, so a re-run only builds the missing ones;
+   only a re-run over the same embeddings with the same kind and seed (made_by.json's key): another starts over.
 3. faiss.contrib.ondisk.merge_ondisk the blocks into index.ivfdata (inverted lists, read through mmap), tune
    nprobe against exact neighbours found shard by shard, and write an ordinary index folder beside it:
    index.faiss, rows.sqlite and manifest.json. `siamsearch query --index DIR` opens it as any other index.
@@ -38,6 +39,7 @@ from . import shards
 
 BLOCKS, TRAINED, IVFDATA = "blocks", "trained.faiss", "index.ivfdata"
 KINDS = ("ivf", "ivfpq")
+COMMAND = "cluster index"
 TUNE_K = 10
 
 
@@ -154,6 +156,7 @@ def build_cluster_index(folder: Path | str, out: Path | str, *, kind: str = "ivf
 
     Raises:
         UsageError: an unknown kind, or shards not embedded yet. NotFoundError: not an embeddings folder.
+        RefusedError: out is not empty and not an index (or interrupted build) of `siamsearch cluster index`.
     """
     start = time.perf_counter()
     if kind not in KINDS:
@@ -162,6 +165,7 @@ def build_cluster_index(folder: Path | str, out: Path | str, *, kind: str = "ivf
     manifest = shards.read_manifest(folder)
     done = finished_shards(folder, manifest)
     count = sum(manifest["finished"][str(s)]["rows"] for s in done)
+    claim_index_folder(out, shards.output_key(folder, manifest, kind=kind, seed=seed))
     index = trained_index(folder, out, manifest, kind, count, seed)
     trained = faiss.serialize_index(index).tobytes()
     targets = {s: out / BLOCKS / f"{s:05d}.faiss" for s in done}
@@ -182,6 +186,17 @@ def build_cluster_index(folder: Path | str, out: Path | str, *, kind: str = "ivf
     shutil.rmtree(out / BLOCKS)
     return BuildRun(out, kind, int(index.ntotal), int(index.nlist), len(done), len(done) - len(missing), tuning,
                     time.perf_counter() - start)
+
+
+def claim_index_folder(out: Path, key: str) -> None:
+    """Make out this build's: blocks an interrupted build left are kept only when made from the same key.
+
+    Raises:
+        RefusedError: out holds files `cluster index` did not make (an embeddings folder, another index).
+    """
+    if shards.made_key(out, COMMAND) != key:
+        shutil.rmtree(out / BLOCKS, ignore_errors=True)
+        shards.mark_made(out, COMMAND, key)
 
 
 def _write_rows(folder: Path, out: Path, manifest: dict[str, Any], done: list[int], kind: str) -> None:

@@ -19,6 +19,7 @@ then groups on the driver with today's linkage rules (siamsearch.dedup.group).
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..ann import new_index
 from ..atomic import write_json
 from ..closepairs import Pairs, Progress, find_pairs, unique_pairs
 from ..dedup import choose_keep, group, keep_ranks
-from ..errors import UsageError
+from ..errors import RefusedError, UsageError
 from ..rows import Row
 from ..store import Store
 from . import shards
@@ -45,7 +46,8 @@ CELL_SIZE = 1_000  # vectors per cell by default: cells about as fine as the clu
 TRAIN_PER_CELL = 50  # k-means sample per centroid
 EPS = 1e-5  # float32 slack on the exactness bound
 RECALL_QUERIES = 1_000  # sampled queries that measure the approximate mode's pair recall
-PAIRS = "pairs"
+PAIRS, GROUPS = "pairs", "groups.json"
+COMMAND = "cluster dedup"
 
 
 class CellStore(Store):
@@ -135,15 +137,15 @@ def cell_pairs(folder: Path, out: Path, manifest: dict[str, Any], margin: float,
     routed = [_route_shard.options(num_returns=buckets).remote(str(folder), s, centroids, margin, probe, buckets)
               for s in done]
     routed = [r if isinstance(r, list) else [r] for r in routed]
-    pending = [_search_bucket.remote(str(out / PAIRS / f"{b:05d}.parquet"), margin, *(r[b] for r in routed))
-               for b in range(buckets)]
+    targets = [out / PAIRS / f"{b:05d}.parquet" for b in range(buckets)]
+    pending = [_search_bucket.remote(str(t), margin, *(r[b] for r in routed)) for b, t in enumerate(targets)]
     stats, total = [], len(pending)
     while pending:
         ready, pending = ray.wait(pending)
         stats.extend(ray.get(ready))
         if progress:
             progress(total - len(pending), total)
-    table = pa.concat_tables([pq.read_table(p) for p in sorted((out / PAIRS).glob("*.parquet"))])
+    table = pa.concat_tables([pq.read_table(t) for t in targets])
     pairs = unique_pairs(table["i"].to_numpy(), table["j"].to_numpy(), table["d"].to_numpy())
     count = sum(manifest["finished"][str(s)]["rows"] for s in done)
     return pairs, {"cells": cells, "buckets": buckets,
@@ -212,13 +214,15 @@ def dedup_cells(folder: Path | str, out: Path | str, margin: float, *, cells: in
     """Pairs within margin over an embeddings folder by cells, then groups; pairs and groups.json under out.
 
     Raises:
-        UsageError: a margin outside (0, 2], probe < 1, or shards not embedded yet.
+        UsageError: a margin outside (0, 2], probe < 1, or shards not embedded yet. RefusedError: out is not
+        empty and not `cluster dedup`'s output, or holds the pairs of other embeddings.
     """
     start = time.perf_counter()
     if not 0 < margin <= 2 or (probe is not None and probe < 1):
         raise UsageError("--margin must be in (0, 2] and --probe >= 1")
     folder, out = Path(folder).expanduser().resolve(), Path(out).expanduser().resolve()  # tasks elsewhere read them
     manifest = shards.read_manifest(folder)
+    claim_pairs_folder(out, folder, shards.output_key(folder, manifest))
     count = sum(v["rows"] for v in manifest["finished"].values())
     cells = cells or max(1, count // CELL_SIZE)
     pairs, routing = cell_pairs(folder, out, manifest, margin, cells=cells, probe=probe, seed=seed, progress=progress)
@@ -228,9 +232,24 @@ def dedup_cells(folder: Path | str, out: Path | str, margin: float, *, cells: in
         recall, run.recall_pairs = pair_recall(folder, manifest, pairs, margin, seed)
         run.pair_recall = round(recall, 4)
     run.groups = _groups(folder, manifest, pairs, margin, linkage, keep)
-    write_json(out / "groups.json", run.groups)
+    write_json(out / GROUPS, run.groups)
     run.seconds = time.perf_counter() - start
     return run
+
+
+def claim_pairs_folder(out: Path, folder: Path, key: str) -> None:
+    """Make out this run's: an earlier run's pairs and groups over the same embeddings go first, so none mix in.
+
+    Raises:
+        RefusedError: out holds files `cluster dedup` did not make, or the pairs of other embeddings.
+    """
+    made = shards.made_key(out, COMMAND)
+    if made not in (None, key):
+        raise RefusedError(f"{out} holds the pairs of other embeddings than {folder} (or of them before they "
+                           "changed); choose a new or empty --out")
+    shutil.rmtree(out / PAIRS, ignore_errors=True)
+    (out / GROUPS).unlink(missing_ok=True)
+    shards.mark_made(out, COMMAND, key)
 
 
 def _groups(folder: Path, manifest: dict[str, Any], pairs: Pairs, margin: float, linkage: str,

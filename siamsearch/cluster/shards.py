@@ -9,10 +9,15 @@ Every part is written atomically, and a shard counts as finished only when the m
 the driver does once every row of the shard is in its parts. A re-run removes the parts of unfinished
 shards and embeds them again, and skips finished ones. Ids come from (shard, row), so a retried batch
 writes the same ids again; readers treat ids as a set (Ray's task retries are at-least-once).
+
+The folders the later stages write (an index, pairs) hold made_by.json: the command that made them and a key,
+the hash of the embeddings folder, its manifest and the parameters. A stage resumes or replaces only its own
+parts, made from the same key; a folder it did not make is refused, so nothing else is overwritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -25,9 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import write_atomic, write_json
-from ..errors import NotFoundError, UsageError
+from ..errors import NotFoundError, RefusedError, UsageError
 
-MANIFEST, INPUTS, VECTORS = "manifest.json", "inputs", "vectors"
+MANIFEST, INPUTS, VECTORS, MADE_BY = "manifest.json", "inputs", "vectors", "made_by.json"
 FORMAT = "siamsearch-embeddings"
 FORMAT_VERSION = 1
 ROW_BITS = 32  # id = shard << ROW_BITS | row: deterministic, unique, and under SQLite's int64
@@ -65,6 +70,35 @@ def new_manifest(*, root: str, model: str | None, fingerprint: str, encoder: dic
     """A manifest for planned shards (shards[n] = how many input rows shard n has), none finished."""
     return {"format": FORMAT, "version": FORMAT_VERSION, "root": root, "model": model, "fingerprint": fingerprint,
             "encoder": encoder, "dim": dim, "shards": [int(n) for n in shards], "finished": {}}
+
+
+def output_key(folder: Path, manifest: dict[str, Any], **params: Any) -> str:
+    """The key of what a stage makes from an embeddings folder: its path, manifest and the parameters, hashed."""
+    text = json.dumps({"embeddings": str(folder), "manifest": manifest, "params": params}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def made_key(out: Path, command: str) -> str | None:
+    """The key command recorded in out when it made it; None for a missing or empty folder.
+
+    Raises:
+        RefusedError: out holds files command did not make (an embeddings folder, another index, anything else).
+    """
+    try:
+        made = json.loads((out / MADE_BY).read_text())
+        if made["command"] == command:
+            return str(made["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RefusedError(f"{out} is not empty and was not made by `siamsearch {command}`; choose a new or "
+                           "empty folder")
+    return None
+
+
+def mark_made(out: Path, command: str, key: str) -> None:
+    """Record that command makes out from the embeddings and parameters key names (before any part is written)."""
+    write_json(out / MADE_BY, {"command": command, "key": key})
 
 
 def finished(manifest: dict[str, Any]) -> list[int]:
