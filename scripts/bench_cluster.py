@@ -33,15 +33,15 @@ import numpy as np
 from bench_dedup import MARGIN, build_store, index_of, make_data, plant
 from PIL import Image
 
-from siamsearch.closepairs import find_pairs
+from siamsearch.duplicates.closepairs import find_pairs
 from siamsearch.cluster import shards
 from siamsearch.cluster.building import build_cluster_index
 from siamsearch.cluster.cells import dedup_cells
 from siamsearch.cluster.embedding import embed_collection
 from siamsearch.cluster.runtime import connect
-from siamsearch.config import EncoderConfig, Runtime
-from siamsearch.dedup import find_duplicates
-from siamsearch.store import Store
+from siamsearch.core.config import EncoderConfig, Runtime
+from siamsearch.duplicates.dedup import find_duplicates
+from siamsearch.index.store import Store
 
 LOOPBACK = "SIAMSEARCH_BENCH_LOOPBACK"
 
@@ -131,9 +131,9 @@ def embed_bench(work: Path, images: int, seed: int) -> None:
     """Part 2: the same small images through `siamsearch index` and through `cluster embed`."""
     import torch
 
-    from siamsearch.checkpoint import save_model
-    from siamsearch.indexing import index_folder
-    from siamsearch.model import build_encoder
+    from siamsearch.core.checkpoint import save_model
+    from siamsearch.index.indexing import index_folder
+    from siamsearch.core.model import build_encoder
 
     rng = np.random.default_rng(seed)
     folder = work / "images"

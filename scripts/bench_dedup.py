@@ -1,10 +1,10 @@
-"""Dedup at scale: siamsearch.dedup over a 1,000,000-vector store, and blocked range search vs a dense N×N matrix.
+"""Dedup at scale: siamsearch.duplicates.dedup over a 1,000,000-vector store, and blocked range search vs a dense N×N matrix.
 
 Vectors are bench_search's clustered unit vectors (about 1,000 per cluster) in which groups of 2-4
 near-duplicates are planted: copies of one vector with noise of norm 0.02-0.1, so their distances stay
 below the margin while unrelated neighbours in a cluster sit above 0.5.
 
-The store is built through the real code path: Store.create, then siamsearch.indexing.sync over one tiny
+The store is built through the real code path: Store.create, then siamsearch.index.indexing.sync over one tiny
 placeholder file per vector (its number as content: byte-identical files would be embedded once) with an
 embedding stream that returns that vector (no image is decoded). The sync commits in growing chunks and
 lays out the kind `auto` picks at that size (ivf from 200,000 vectors), tuned as usual. The build runs
@@ -30,11 +30,11 @@ import faiss
 import numpy as np
 from bench_search import make_data
 
-from siamsearch.closepairs import find_pairs
-from siamsearch.dedup import find_duplicates
-from siamsearch.embed import EmbedResult
-from siamsearch.indexing import sync
-from siamsearch.store import Store
+from siamsearch.duplicates.closepairs import find_pairs
+from siamsearch.duplicates.dedup import find_duplicates
+from siamsearch.core.embed import EmbedResult
+from siamsearch.index.indexing import sync
+from siamsearch.index.store import Store
 
 MARGIN, REVIEW_MARGIN = 0.2, 0.25
 PER_FOLDER = 1000

@@ -8,8 +8,8 @@ ground-truth duplicates. The full wallpaper itself is not in the folder: it woul
 neither a copy nor distinct from them.
 
 A seeded share of the files has a copy: chosen shots get one to three copies each, of the kinds in
-siamsearch.samples.COPIES and in EDITS below (what users ask about), dealt so that every kind appears once
-enough copies are made. Dead-leaves images (siamsearch.samples.write_dead_leaves) fill the folder up to its
+siamsearch.core.samples.COPIES and in EDITS below (what users ask about), dealt so that every kind appears once
+enough copies are made. Dead-leaves images (siamsearch.core.samples.write_dead_leaves) fill the folder up to its
 size, so the copy rate is set by the filler. Originals are PNG or JPEG at random; copies are JPEG quality 90.
 
     .venv/bin/python scripts/bench_edits.py runs/edits --rate 0.2 --seed 0   # writes one folder, prints a summary
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from siamsearch.samples import COPIES, write_dead_leaves
+from siamsearch.core.samples import COPIES, write_dead_leaves
 
 PACKAGES = ("gnome-backgrounds", "ukui-wallpapers")
 RASTER = (".jpg", ".jpeg", ".png", ".webp")
@@ -89,7 +89,7 @@ def _screenshot(img: Image.Image) -> Image.Image:
     return page
 
 
-# The edits users ask about, beside siamsearch.samples.COPIES; each returns a new image.
+# The edits users ask about, beside siamsearch.core.samples.COPIES; each returns a new image.
 EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "rotated90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
     "mirrored": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),

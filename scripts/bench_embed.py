@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from siamsearch.config import EncoderConfig, Preprocess
-from siamsearch.device import autocast, default_workers, resolve_device
-from siamsearch.embed import embed_paths
-from siamsearch.images import find_images
-from siamsearch.model import build_encoder
+from siamsearch.core.config import EncoderConfig, Preprocess
+from siamsearch.core.device import autocast, default_workers, resolve_device
+from siamsearch.core.embed import embed_paths
+from siamsearch.core.images import find_images
+from siamsearch.core.model import build_encoder
 
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
                    "retina", "motorcycle_left", "colorwheel", "cat", "logo")

@@ -33,15 +33,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from siamsearch.checkpoint import load_checkpoint, save_model
+from siamsearch.core.checkpoint import load_checkpoint, save_model
 from siamsearch.commands import train_folder
-from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
+from siamsearch.core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from siamsearch.evaluate import evaluate
-from siamsearch.images import identity_of, load_image, scan_images
-from siamsearch.model import build_encoder
-from siamsearch.pairs import split_folder
-from siamsearch.recipes import choose
-from siamsearch.train import Quiet
+from siamsearch.core.images import identity_of, load_image, scan_images
+from siamsearch.core.model import build_encoder
+from siamsearch.training.sampling import split_folder
+from siamsearch.training.recipes import choose
+from siamsearch.training.loop import Quiet
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPLITS = {"omniglot": {"val_group_depth": 1, "val_fraction": 0.2}, "faces": {"val_fraction": 0.25}}  # the test split

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from siamsearch.checkpoint import save_model
-from siamsearch.config import EncoderConfig, Runtime
-from siamsearch.device import autocast, default_workers, precision, resolve_device
-from siamsearch.embed import embed_paths, prepared
-from siamsearch.images import find_images
-from siamsearch.indexing import index_folder
-from siamsearch.model import WEIGHTS_PACKAGES, build_encoder
-from siamsearch.store import Store
+from siamsearch.core.checkpoint import save_model
+from siamsearch.core.config import EncoderConfig, Runtime
+from siamsearch.core.device import autocast, default_workers, precision, resolve_device
+from siamsearch.core.embed import embed_paths, prepared
+from siamsearch.core.images import find_images
+from siamsearch.index.indexing import index_folder
+from siamsearch.core.model import WEIGHTS_PACKAGES, build_encoder
+from siamsearch.index.store import Store
 
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")  # bundled, no download
 PAIRS = 20_000  # sampled pairs for the error of distances
@@ -97,7 +97,7 @@ def model_file(backbone: str, image_size: int, folder: Path) -> Path | None:
 @torch.inference_mode()
 def model_only(path: Path, args: argparse.Namespace, device: torch.device, amp: bool) -> float:
     """Images/s of the encoder on ready tensors on the device, waiting for it once at the end."""
-    from siamsearch.checkpoint import load_encoder
+    from siamsearch.core.checkpoint import load_encoder
 
     model = prepared(load_encoder(path, device)[0], device, args.compile)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
@@ -116,7 +116,7 @@ def model_only(path: Path, args: argparse.Namespace, device: torch.device, amp: 
 def end_to_end(paths: list[Path], folder: Path, path: Path, index: Path, args: argparse.Namespace,
                device: torch.device, amp: bool) -> dict:
     """`index` of the whole folder from scratch, after a warm-up on two batches; images/s as stored."""
-    from siamsearch.checkpoint import load_encoder
+    from siamsearch.core.checkpoint import load_encoder
 
     model, ckpt = load_encoder(path, device)
     embed_paths(model, ckpt.preprocess, paths[:2 * args.batch_size], batch_size=args.batch_size, workers=0,

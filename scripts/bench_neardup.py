@@ -3,7 +3,7 @@
 It trains on other photos than it scores; scripts/bench_userflow.py runs the user's own flow instead (the
 built-in model, and training on the very folder it then deduplicates).
 
-The sample photos that ship inside scikit-image (siamsearch.samples.PHOTOS plus gravel and colorwheel) are
+The sample photos that ship inside scikit-image (siamsearch.core.samples.PHOTOS plus gravel and colorwheel) are
 split by --seed into a training half and a test half; scikit-learn's china and flower join the test half.
 The test folder holds each test original and one copy of it per samples.COPIES kind (resized, cropped, JPEG,
 brighter, grayscale, rotated, a half-area crop with a caption): groups of 8. The copies recipe
@@ -47,15 +47,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from siamsearch.calibration import calibrated_margin
-from siamsearch.checkpoint import load_checkpoint, save_model
+from siamsearch.core.calibration import calibrated_margin
+from siamsearch.core.checkpoint import load_checkpoint, save_model
 from siamsearch.commands import default_margin
-from siamsearch.config import RECIPES, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
-from siamsearch.dedup import DedupResult, find_duplicates
+from siamsearch.core.config import RECIPES, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
+from siamsearch.duplicates.dedup import DedupResult, find_duplicates
 from siamsearch.evaluate import calibrate
-from siamsearch.indexing import index_folder
-from siamsearch.model import build_encoder
-from siamsearch.samples import (
+from siamsearch.index.indexing import index_folder
+from siamsearch.core.model import build_encoder
+from siamsearch.core.samples import (
     COPIES,
     EXTRA_PHOTOS,
     PHOTOS,
@@ -65,10 +65,10 @@ from siamsearch.samples import (
     save_tiles,
     write_dead_leaves,
 )
-from siamsearch.train import train
+from siamsearch.training.loop import train
 
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
-LEAVES = 1000  # procedural images (siamsearch.samples) beside the 300 photo tiles
+LEAVES = 1000  # procedural images (siamsearch.core.samples) beside the 300 photo tiles
 CALIBRATION_LEAVES = 90  # dead-leaves identities in the calibration for an index of dead-leaves distractors
 CALIBRATION_GRIDS = (1, 2, 3)  # calibration identities: each training photo whole and cut 2x2 and 3x3, 14 each
 PHASH_BITS = 10  # imagededup's default max_distance_threshold for its phash

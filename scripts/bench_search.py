@@ -1,6 +1,6 @@
 """Speed and recall of the store's index kinds on synthetic clustered embeddings.
 
-Builds flat, hnsw and ivf with the store's own factory, siamsearch.ann.build_index, which also tunes
+Builds flat, hnsw and ivf with the store's own factory, siamsearch.index.ann.build_index, which also tunes
 the approximate kinds as a sync does (the cheapest efSearch / nprobe reaching 0.95 recall@10 on 500
 vectors held back from the build). Then it times held-out queries, k=10, against flat, which is exact.
 
@@ -15,7 +15,7 @@ import time
 import faiss
 import numpy as np
 
-from siamsearch.ann import build_index
+from siamsearch.index.ann import build_index
 
 K = 10
 

@@ -38,7 +38,7 @@ import imagehash
 from bench_edits import FILLER_SIDE, KINDS, Collection, build_collection, load_shots
 from PIL import Image
 
-from siamsearch.samples import write_dead_leaves
+from siamsearch.core.samples import write_dead_leaves
 
 CLI = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "siamsearch")
 PHASH_BITS = 10  # imagededup's default max_distance_threshold for its 64-bit hashes

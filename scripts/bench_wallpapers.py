@@ -2,7 +2,7 @@
 
 The 28 raster wallpapers of Debian's gnome-backgrounds and ukui-wallpapers (scripts/bench_edits.wallpapers;
 never the photos the built-in model was fitted on), downscaled to 1024 px, each with one copy per
-siamsearch.samples.COPIES kind (resized, cropped, JPEG, brighter, grayscale, rotated, captioned half-area crop):
+siamsearch.core.samples.COPIES kind (resized, cropped, JPEG, brighter, grayscale, rotated, captioned half-area crop):
 224 files, groups of 8; gnome's light and dark variants of one design count as one group. Pairwise precision,
 recall and F1 of "distance within the margin" at the margin dedup picks for this collection (the model's
 calibration, the collection-size rule) and at the best threshold any margin could give (an oracle: not what a
@@ -21,11 +21,11 @@ import numpy as np
 from bench_edits import design, wallpapers
 from PIL import Image
 
-from siamsearch import builtin
-from siamsearch.calibration import collection_margin
-from siamsearch.checkpoint import load_encoder
-from siamsearch.embed import embed_paths
-from siamsearch.samples import COPIES
+from siamsearch.core import builtin
+from siamsearch.core.calibration import collection_margin
+from siamsearch.core.checkpoint import load_encoder
+from siamsearch.core.embed import embed_paths
+from siamsearch.core.samples import COPIES
 
 SIDE = 1024
 

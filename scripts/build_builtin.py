@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from siamsearch import builtin
-from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
+from siamsearch.core import builtin
+from siamsearch.core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
 from siamsearch.commands import calibrate_on_background
-from siamsearch.samples import BACKGROUND_GRIDS, EXTRA_PHOTOS, PHOTOS, SKLEARN_PHOTOS, background_photos, save_tiles
-from siamsearch.train import train
+from siamsearch.core.samples import BACKGROUND_GRIDS, EXTRA_PHOTOS, PHOTOS, SKLEARN_PHOTOS, background_photos, save_tiles
+from siamsearch.training.loop import train
 
 # The built-in encoder: the frozen ImageNet trunk at 128 px and at 1.41 times that (a half-area crop meets the
 # original's matching part at its own scale), GeM-pooled (p = 3), whitened from its 1,280 pooled features to 256,

@@ -1,21 +1,21 @@
 """siamsearch: a Siamese image encoder, a persistent FAISS index, and search / dedup over it.
 
-Training lives in `siamsearch.train.train`; indexing in `siamsearch.indexing`; querying in `siamsearch.search`;
-duplicates in `siamsearch.dedup`; evaluation in `siamsearch.evaluate`.
+Training lives in `siamsearch.training.loop.train`; indexing in `siamsearch.index.indexing`; querying in `siamsearch.index.search`;
+duplicates in `siamsearch.duplicates.dedup`; evaluation in `siamsearch.evaluate`.
 """
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_checkpoint, load_encoder, save_model  # noqa: E402
+from .core.checkpoint import load_checkpoint, load_encoder, save_model  # noqa: E402
 from .commands import dedup_index, default_margin  # noqa: E402
-from .config import AugmentConfig, EncoderConfig, Preprocess, Runtime, TrainConfig  # noqa: E402
-from .dedup import find_duplicates  # noqa: E402
-from .embed import EmbedResult, embed_paths  # noqa: E402
-from .images import BadImageError, Failure, find_images, load_image  # noqa: E402
-from .indexing import index_folder  # noqa: E402
-from .model import Encoder, build_encoder  # noqa: E402
-from .search import Searcher  # noqa: E402
-from .store import Store  # noqa: E402
+from .core.config import AugmentConfig, EncoderConfig, Preprocess, Runtime, TrainConfig  # noqa: E402
+from .duplicates.dedup import find_duplicates  # noqa: E402
+from .core.embed import EmbedResult, embed_paths  # noqa: E402
+from .core.images import BadImageError, Failure, find_images, load_image  # noqa: E402
+from .index.indexing import index_folder  # noqa: E402
+from .core.model import Encoder, build_encoder  # noqa: E402
+from .index.search import Searcher  # noqa: E402
+from .index.store import Store  # noqa: E402
 
 __all__ = [
     "AugmentConfig", "BadImageError", "EmbedResult", "Encoder", "EncoderConfig", "Failure", "dedup_index",

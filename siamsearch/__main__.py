@@ -1,5 +1,5 @@
 """python -m siamsearch → the command line."""
 
-from .cli import app
+from .cli.app import app
 
 app()

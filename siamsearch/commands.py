@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import report, standins
-from .calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
-from .checkpoint import CheckpointError, read_calibration, update_model_file
-from .closepairs import Progress
-from .config import EncoderConfig, Runtime, TrainConfig
-from .dedup import (
+from . import report
+from .duplicates import standins
+from .core.calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
+from .core.checkpoint import CheckpointError, read_calibration, update_model_file
+from .duplicates.closepairs import Progress
+from .core.config import EncoderConfig, Runtime, TrainConfig
+from .duplicates.dedup import (
     CrossResult,
     DedupError,
     DedupResult,
@@ -27,22 +28,22 @@ from .dedup import (
     find_duplicates_in,
     find_identical,
 )
-from .distributed import World
-from .errors import NotFoundError, RefusedError, UsageError
+from .training.distributed import World
+from .core.errors import NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, calibrate, evaluate
-from .images import Failure, Selection, scan_images
-from .indexdir import open_rows, read_manifest
-from .indexing import found_model
-from .moves import MovePlan, MoveReport, apply_moves, plan_moves
-from .recipes import Choice, choose, with_options
-from .samples import build_background
-from .search import QueryResult, Searcher
-from .store import Store
-from .train import Observer, TrainResult, train
+from .core.images import Failure, Selection, scan_images
+from .index.folder import open_rows, read_manifest
+from .index.indexing import found_model
+from .duplicates.moves import MovePlan, MoveReport, apply_moves, plan_moves
+from .training.recipes import Choice, choose, with_options
+from .core.samples import build_background
+from .index.search import QueryResult, Searcher
+from .index.store import Store
+from .training.loop import Observer, TrainResult, train
 
 
 def model_calibration(store: Store) -> dict[str, Any]:
-    """The calibration (with its "purpose") of the model that built the index (siamsearch.indexing.found_model).
+    """The calibration (with its "purpose") of the model that built the index (siamsearch.index.indexing.found_model).
 
     Raises:
         DedupError: no model file, not the model that built the index, or no calibration in it.
@@ -64,7 +65,7 @@ def model_calibration(store: Store) -> dict[str, Any]:
 
 
 def default_margin(store: Store, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000) -> MarginChoice:
-    """The margin the model's calibration gives an index of this size (siamsearch.calibration.collection_margin)."""
+    """The margin the model's calibration gives an index of this size (siamsearch.core.calibration.collection_margin)."""
     return collection_margin(model_calibration(store), len(store), false_pairs_per_1000)
 
 

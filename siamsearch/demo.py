@@ -2,7 +2,7 @@
 
 First what a user does first, with no training: scikit-image's bundled sample photos with planted
 near-duplicate copies (resized, cropped, JPEG-recompressed, brighter, grayscale, rotated, a captioned crop)
-are indexed with the built-in near-duplicate model (siamsearch.builtin) and deduplicated at its default
+are indexed with the built-in near-duplicate model (siamsearch.core.builtin) and deduplicated at its default
 margin, and the groups are checked against the copies that were planted. (The built-in model's whitening
 and calibration were fitted on these same sample photos, though not on these copies: scripts/bench_userflow.py
 measures it on photos it has never seen.)
@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from . import report
-from .checkpoint import load_checkpoint
+from .core.checkpoint import load_checkpoint
 from .commands import dedup_index
-from .config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
+from .core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
 from .evaluate import evaluate
-from .indexing import found_model, index_folder
-from .samples import DIGIT_SIZE, build_digits, build_photos
-from .search import Searcher
-from .train import Observer, Quiet, train
+from .index.indexing import found_model, index_folder
+from .core.samples import DIGIT_SIZE, build_digits, build_photos
+from .index.search import Searcher
+from .training.loop import Observer, Quiet, train
 
 DIGITS_ENCODER = EncoderConfig(backbone="small", dim=64, image_size=DIGIT_SIZE, channels=1)
 DIGITS_TRAINING = TrainConfig(epochs=30, ids_per_batch=8, images_per_id=12, lr=3e-3, hinge=1.0,
@@ -69,7 +69,7 @@ class DemoSummary:
     training: dict[str, dict[str, Any]]  # best validation epoch of each trained model
     eval_metrics: dict[str, float]  # digits model on the held-out third of every digit
     query_accuracy: float  # fraction of query neighbours showing the query's digit
-    calibration: dict[str, Any]  # the built-in model's duplicate thresholds (siamsearch.builtin)
+    calibration: dict[str, Any]  # the built-in model's duplicate thresholds (siamsearch.core.builtin)
     dedup: dict[str, int]  # score_groups: planted copies found, files grouped wrongly
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

@@ -2,7 +2,7 @@
 
 The folder is read like a training folder: the identity of an image is its parent folder relative
 to the root (images at the root itself have none and are left out). Every number comes from
-siamsearch.metrics, so `eval` and training validation measure the same things the same way.
+siamsearch.core.metrics, so `eval` and training validation measure the same things the same way.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
-from .calibration import CALIBRATION_KEYS, distance_tails, purpose_of
-from .checkpoint import Checkpoint, load_encoder, update_model_file
-from .device import precision, resolve_device
-from .embed import Progress, embed_paths
-from .errors import NotFoundError, UsageError
-from .images import Failure, Selection, identity_of, scan_images
-from .pairs import group_of, split_folder
+from .core import metrics
+from .core.calibration import CALIBRATION_KEYS, distance_tails, purpose_of
+from .core.checkpoint import Checkpoint, load_encoder, update_model_file
+from .core.device import precision, resolve_device
+from .core.embed import Progress, embed_paths
+from .core.errors import NotFoundError, UsageError
+from .core.images import Failure, Selection, identity_of, scan_images
+from .training.sampling import group_of, split_folder
 
 
 @dataclass
@@ -190,7 +190,7 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
     left out of the different pairs.
 
     Returns:
-        The new calibration: CALIBRATION_KEYS, "tails" (siamsearch.calibration), the model's "purpose",
+        The new calibration: CALIBRATION_KEYS, "tails" (siamsearch.core.calibration), the model's "purpose",
         "source" ("calibrate:<folder>"), "pairs" and "group_depth".
     """
     data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,

@@ -20,11 +20,11 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import metrics
-from .calibration import calibrated_margin
+from .core import metrics
+from .core.calibration import calibrated_margin
 from .evaluate import EvalResult
-from .images import BadImageError, load_image
-from .search import QueryResult
+from .core.images import BadImageError, load_image
+from .index.search import QueryResult
 
 # ---- plots -------------------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ def cli(*args: object) -> dict:
     """`siamsearch cluster ARGS --json` in this process: its exit code and JSON summary (or its output)."""
     from typer.testing import CliRunner
 
-    from siamsearch.cli import app
+    from siamsearch.cli.app import app
 
     res = CliRunner().invoke(app, ["cluster", *map(str, args), "--json"])
     return {"exit_code": res.exit_code, "summary": json.loads(res.stdout) if res.exit_code == 0 else res.output}

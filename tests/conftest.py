@@ -90,9 +90,9 @@ def model_file(tmp_path: Path) -> Path:
     """A small untrained encoder saved as a model file (weights seeded, so runs repeat)."""
     import torch
 
-    from siamsearch.checkpoint import save_model
-    from siamsearch.config import EncoderConfig
-    from siamsearch.model import build_encoder
+    from siamsearch.core.checkpoint import save_model
+    from siamsearch.core.config import EncoderConfig
+    from siamsearch.core.model import build_encoder
 
     torch.manual_seed(0)
     path = tmp_path / "m.pt"
@@ -129,7 +129,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def run_cli(*args: object) -> Result:
     """Invoke the siamsearch CLI in-process with every argument as a string."""
-    from siamsearch.cli import app
+    from siamsearch.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -151,7 +151,7 @@ class VectorEmbed:
         self.vectors, self.batch_size = vectors, batch_size
 
     def __call__(self, paths):
-        from siamsearch.embed import EmbedResult
+        from siamsearch.core.embed import EmbedResult
 
         for i in range(0, len(paths), self.batch_size):
             batch = list(paths[i:i + self.batch_size])
@@ -162,7 +162,7 @@ class VectorEmbed:
 @pytest.fixture
 def sync_vectors():
     """sync_vectors(store, vectors, **options): sync a store whose file v0042.png holds vectors[42], decoding nothing."""
-    from siamsearch.indexing import sync
+    from siamsearch.index.indexing import sync
 
     return lambda store, vectors, **options: sync(store, VectorEmbed(vectors), **options)
 
@@ -185,7 +185,7 @@ def vector_folder():
 @pytest.fixture
 def new_store(tmp_path: Path):
     """new_store(root, kind, fingerprint): an empty DIM-d store at tmp_path/index for the images under root."""
-    from siamsearch.store import Store
+    from siamsearch.index.store import Store
 
     def make(root: Path, kind: str = "auto", fingerprint: str = "a" * 16) -> Store:
         return Store.create(tmp_path / "index", dim=DIM, fingerprint=fingerprint, encoder={"dim": DIM},

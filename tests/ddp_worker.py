@@ -15,10 +15,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from siamsearch.checkpoint import load_resume, save_resume
-from siamsearch.distributed import World, launched
-from siamsearch.losses import batch_loss
-from siamsearch.pairs import PKSampler
+from siamsearch.core.checkpoint import load_resume, save_resume
+from siamsearch.training.distributed import World, launched
+from siamsearch.training.losses import batch_loss
+from siamsearch.training.sampling import PKSampler
 
 P, K, EPOCHS = 4, 3, (1, 2)
 LOSSES = {"contrastive": batch_loss("contrastive", None, 0.1), "triplet": batch_loss("triplet", None, 0.1),

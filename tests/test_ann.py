@@ -6,7 +6,7 @@ import pytest
 
 from conftest import DIM, assert_same_neighbours, brute_force, clustered
 
-from siamsearch.ann import build_index, index_ids, kind_of, plan_kind, reconstruct, set_search_setting, tune_index
+from siamsearch.index.ann import build_index, index_ids, kind_of, plan_kind, reconstruct, set_search_setting, tune_index
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_index_kinds_with_generous_settings_match_brute_force(kind):

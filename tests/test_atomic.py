@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from siamsearch.atomic import LockedError, exclusive_lock
+from siamsearch.core.atomic import LockedError, exclusive_lock
 
 HOLDER = """
 import sys
-from siamsearch.atomic import exclusive_lock
+from siamsearch.core.atomic import exclusive_lock
 with exclusive_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()  # until the test closes stdin (or kills this process)

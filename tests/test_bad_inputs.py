@@ -152,9 +152,9 @@ def world(tmp_path_factory):
     """The folder (4 identities of gratings, a 'mixed' folder of every kind, an all-bad folder), a model, an index."""
     import torch
 
-    from siamsearch.checkpoint import save_model
-    from siamsearch.config import EncoderConfig
-    from siamsearch.model import build_encoder
+    from siamsearch.core.checkpoint import save_model
+    from siamsearch.core.config import EncoderConfig
+    from siamsearch.core.model import build_encoder
 
     base = tmp_path_factory.mktemp("bad")
     data = make_identities(base / "data", n_ids=4, per_id=6, size=32)
@@ -261,7 +261,7 @@ def test_querying_bad_files_lists_each_once_and_exits_1(world):
 
 
 def test_a_fifo_is_never_opened(world):
-    from siamsearch.images import BadImageError, load_image
+    from siamsearch.core.images import BadImageError, load_image
 
     with pytest.raises(BadImageError, match="not a regular file"):
         load_image(world["data"] / "mixed" / "fifo.jpg")  # opening it would wait for a writer forever
@@ -309,9 +309,9 @@ def test_train_and_eval_skip_each_bad_file_once(world, tmp_path):
 def other_model(world):
     import torch
 
-    from siamsearch.checkpoint import save_model
-    from siamsearch.config import EncoderConfig
-    from siamsearch.model import build_encoder
+    from siamsearch.core.checkpoint import save_model
+    from siamsearch.core.config import EncoderConfig
+    from siamsearch.core.model import build_encoder
 
     torch.manual_seed(1)
     path = world["base"] / "other.pt"
@@ -416,7 +416,7 @@ def test_eval_needs_two_identities_with_two_images(world, tmp_path):
 
 def contents(index: Path) -> tuple[list[tuple[int, str]], np.ndarray]:
     """What an index holds: its rows' ids and paths, and its vectors."""
-    from siamsearch.store import Store
+    from siamsearch.index.store import Store
 
     with Store.open(index) as store:
         return [(row.id, row.path) for row in store.iter_rows()], store.vectors()[1]
@@ -446,7 +446,7 @@ def test_workers_out_of_shared_memory_end_the_run_in_one_line_and_leave_the_inde
 @pytest.mark.parametrize("full", [sqlite3.OperationalError("database or disk is full"),
                                   OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))], ids=["sqlite", "enospc"])
 def test_a_full_disk_is_said_and_the_index_is_not_called_unreadable(model_file, tmp_path, monkeypatch, full):
-    from siamsearch import indexdir
+    from siamsearch.index import folder as indexdir
 
     data, index = small_index(model_file, tmp_path)
     (data / "id00" / "new.png").write_bytes((data / "id01" / "0.png").read_bytes() + b"\0")

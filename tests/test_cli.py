@@ -7,7 +7,7 @@ from conftest import add_bad_files
 from conftest import run_cli as run
 
 from siamsearch import commands
-from siamsearch.indexing import index_folder
+from siamsearch.index.indexing import index_folder
 
 
 def test_a_clean_run_exits_0_and_skipped_files_make_it_1(identity_dir, model_file, tmp_path):
@@ -150,7 +150,7 @@ def test_every_help_keeps_the_bracketed_words_its_source_holds():
     import typer
     from typer.testing import CliRunner
 
-    from siamsearch.cli import app
+    from siamsearch.cli.app import app
 
     root = typer.main.get_command(app)
     for path, command in all_commands(root):

@@ -7,10 +7,10 @@ import pytest
 from conftest import run_cli as run
 from PIL import Image
 
-from siamsearch.checkpoint import load_checkpoint
-from siamsearch.calibration import collection_margin
-from siamsearch.store import Store
-from siamsearch.indexing import index_folder
+from siamsearch.core.checkpoint import load_checkpoint
+from siamsearch.core.calibration import collection_margin
+from siamsearch.index.store import Store
+from siamsearch.index.indexing import index_folder
 
 
 def images_in(page: str) -> list[str]:

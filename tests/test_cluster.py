@@ -41,7 +41,7 @@ def loopback_ray() -> None:
 
 
 def test_importing_the_cli_imports_neither_ray_nor_pyarrow():
-    code = "import sys, siamsearch.cli; print(sorted({'ray', 'pyarrow'} & set(sys.modules)))"
+    code = "import sys, siamsearch.cli.app; print(sorted({'ray', 'pyarrow'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stdout.strip() == "[]", done.stderr
@@ -54,9 +54,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from cluster_worker import UNREACHABLE
 
-    from siamsearch.checkpoint import save_model
-    from siamsearch.config import EncoderConfig
-    from siamsearch.model import build_encoder
+    from siamsearch.core.checkpoint import save_model
+    from siamsearch.core.config import EncoderConfig
+    from siamsearch.core.model import build_encoder
 
     folder = tmp_path_factory.mktemp("cluster")
     make_identities(folder / "images", n_ids=6, per_id=5, size=32)
@@ -79,7 +79,7 @@ def planted_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Today's find_pairs over the worker's 200,000 planted vectors, in one exact flat index."""
     from cluster_worker import DEDUP_DIM, DEDUP_N, DEDUP_SHARDS, MARGIN, planted, synthetic_ids
 
-    from siamsearch.closepairs import find_pairs
+    from siamsearch.duplicates.closepairs import find_pairs
     from siamsearch.cluster.cells import CellStore
 
     return find_pairs(CellStore(synthetic_ids(DEDUP_N, DEDUP_SHARDS), planted(DEDUP_N, DEDUP_DIM)), MARGIN)
@@ -106,8 +106,8 @@ def stored(folder: Path) -> dict[str, tuple[int, np.ndarray]]:
 
 
 def test_embeddings_through_ray_equal_embed_paths(work):
-    from siamsearch.checkpoint import load_encoder
-    from siamsearch.embed import embed_paths
+    from siamsearch.core.checkpoint import load_encoder
+    from siamsearch.core.embed import embed_paths
 
     model, ckpt = load_encoder(work / "model.pt")
     paths = sorted((work / "images").rglob("*.png"))
@@ -177,7 +177,7 @@ def one_add(merged: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> faiss.
 def test_sharded_adds_merged_on_disk_hold_the_same_lists_as_one_add_and_answer_the_same(work, results):
     from cluster_worker import INDEX_DIM, INDEX_N, INDEX_SHARDS, synthetic_ids, unit
 
-    from siamsearch.store import Store
+    from siamsearch.index.store import Store
 
     ids, vectors = synthetic_ids(INDEX_N, INDEX_SHARDS), unit(np.random.default_rng(1).standard_normal((INDEX_N,
                                                                                                        INDEX_DIM)))
@@ -212,7 +212,7 @@ def test_cell_dedup_finds_exactly_the_pairs_of_find_pairs_and_reports_the_approx
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from siamsearch.closepairs import unique_pairs
+    from siamsearch.duplicates.closepairs import unique_pairs
 
     oracle = np.load(work / "oracle.npz")
     want_i, want_j, want_d = (oracle[f"arr_{n}"] for n in range(3))

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from siamsearch.config import (
+from siamsearch.core.config import (
     AUGMENT_PRESETS,
     RECIPES,
     EncoderConfig,
@@ -52,7 +52,7 @@ def test_old_encoder_configs_keep_average_pooling_and_the_mlp_head():
 
 
 def test_test_scales_parse_from_a_comma_list_and_a_bad_one_is_one_line():
-    from siamsearch.config import parse_scales
+    from siamsearch.core.config import parse_scales
 
     assert parse_scales("1.41, 2") == (1.41, 2.0) and parse_scales("") == ()
     with pytest.raises(ValueError, match="--test-scales expects factors separated by commas"):

@@ -16,10 +16,10 @@ from conftest import in_loopback_namespace, loopback_only, make_identities
 from conftest import run_cli as run
 from ddp_worker import EPOCHS, LOSSES, problem, step, tiny_model
 
-from siamsearch.checkpoint import load_checkpoint
-from siamsearch.distributed import World, shard
-from siamsearch.errors import UsageError
-from siamsearch.pairs import PKSampler
+from siamsearch.core.checkpoint import load_checkpoint
+from siamsearch.training.distributed import World, shard
+from siamsearch.core.errors import UsageError
+from siamsearch.training.sampling import PKSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ from PIL import Image
 from conftest import clustered
 from conftest import run_cli as run
 
-from siamsearch.checkpoint import save_model
-from siamsearch import closepairs
+from siamsearch.core.checkpoint import save_model
+from siamsearch.duplicates import closepairs
 from siamsearch.commands import dedup_index
-from siamsearch.closepairs import find_pairs
-from siamsearch.config import EncoderConfig
-from siamsearch.dedup import (
+from siamsearch.duplicates.closepairs import find_pairs
+from siamsearch.core.config import EncoderConfig
+from siamsearch.duplicates.dedup import (
     DedupError,
     DedupResult,
     Group,
@@ -29,11 +29,11 @@ from siamsearch.dedup import (
     keep_ranks,
     max_distance,
 )
-from siamsearch.errors import ModelMismatchError
-from siamsearch.model import build_encoder
-from siamsearch.moves import apply_moves, plan_moves, undo_moves
-from siamsearch.rows import NewRow, Row
-from siamsearch.store import Store
+from siamsearch.core.errors import ModelMismatchError
+from siamsearch.core.model import build_encoder
+from siamsearch.duplicates.moves import apply_moves, plan_moves, undo_moves
+from siamsearch.index.rows import NewRow, Row
+from siamsearch.index.store import Store
 
 
 def make_store(folder: Path, vectors: np.ndarray, fingerprint: str = "f" * 16, model: Path | None = None,
@@ -426,7 +426,7 @@ def test_copies_across_blocks_are_read_at_most_twice_and_pairs_match_brute_force
 
 
 def test_a_crowd_within_the_margin_keeps_each_images_nearest_and_says_so(tmp_path, monkeypatch):
-    from siamsearch import closepairs
+    from siamsearch.duplicates import closepairs
 
     monkeypatch.setattr(closepairs, "MAX_NEIGHBOURS", 20)
     rng = np.random.default_rng(0)
@@ -440,9 +440,9 @@ def test_fifty_thousand_identical_vectors_dedup_in_bounded_memory(tmp_path):
 import resource, sys
 from pathlib import Path
 import numpy as np
-from siamsearch.dedup import find_duplicates
-from siamsearch.rows import NewRow
-from siamsearch.store import Store
+from siamsearch.duplicates.dedup import find_duplicates
+from siamsearch.index.rows import NewRow
+from siamsearch.index.store import Store
 root = Path(sys.argv[1])
 store = Store.create(root / "index", dim=16, fingerprint="f" * 16, encoder={}, model_path=None, root=root)
 vectors = np.zeros((50_000, 16), np.float32)

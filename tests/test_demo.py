@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from siamsearch.demo import score_groups
-from siamsearch.samples import COPIES, build_copies, save_tiles, tile_files
+from siamsearch.core.samples import COPIES, build_copies, save_tiles, tile_files
 
 PLANTED = {"a_jpeg.jpg": "a.png", "b_rotated.jpg": "b.png", "c_resized.jpg": "c.png"}
 

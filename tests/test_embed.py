@@ -5,11 +5,11 @@ import torch
 from PIL import Image
 
 from conftest import add_bad_files
-from siamsearch.config import EncoderConfig
-from siamsearch.embed import decode_images, embed_paths
-from siamsearch.images import find_images, load_image
-from siamsearch.model import build_encoder
-from siamsearch.transforms import normalize, square_view
+from siamsearch.core.config import EncoderConfig
+from siamsearch.core.embed import decode_images, embed_paths
+from siamsearch.core.images import find_images, load_image
+from siamsearch.core.model import build_encoder
+from siamsearch.core.transforms import normalize, square_view
 
 
 def test_batched_workers_match_single_images_and_skip_bad_files(identity_dir):

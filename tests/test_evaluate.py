@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import add_bad_files, make_identities
 
-from siamsearch import metrics
-from siamsearch.calibration import CALIBRATION_KEYS
-from siamsearch.checkpoint import load_checkpoint, save_model
-from siamsearch.config import EncoderConfig, TrainConfig
+from siamsearch.core import metrics
+from siamsearch.core.calibration import CALIBRATION_KEYS
+from siamsearch.core.checkpoint import load_checkpoint, save_model
+from siamsearch.core.config import EncoderConfig, TrainConfig
 from siamsearch.evaluate import calibrate, evaluate
-from siamsearch.model import build_encoder
-from siamsearch.train import load_data
+from siamsearch.core.model import build_encoder
+from siamsearch.training.loop import load_data
 
 RATES = ("precision_at_1", "recall_at_1", "recall_at_5", "recall_at_10", "r_precision", "map_at_r", "roc_auc", "eer",
          "tar_at_far_1e-2", "tar_at_far_1e-3", "best_f1", "precision_at_threshold", "recall_at_threshold", "one_shot")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from siamsearch.config import EncoderConfig
-from siamsearch.errors import UsageError
-from siamsearch.transforms import square_view, trim_plain_border
+from siamsearch.core.config import EncoderConfig
+from siamsearch.core.errors import UsageError
+from siamsearch.core.transforms import square_view, trim_plain_border
 
 
 def _picture(w: int = 160, h: int = 90) -> Image.Image:

@@ -19,20 +19,20 @@ from PIL import Image
 from test_dedup import make_store
 from torchvision.io import decode_jpeg
 
-import siamsearch.devicedecode as devicedecode
-import siamsearch.embed as embed
-from siamsearch.closepairs import close_pairs, find_cross_pairs
-from siamsearch.config import EncoderConfig, Runtime
-from siamsearch.device import default_workers, precision, train_workers
-from siamsearch.devicedecode import decode_views, read_jpeg, upright
-from siamsearch.embed import DecodedImages, collate, embed_batches, embed_paths, loader
-from siamsearch.errors import ModelMismatchError
-from siamsearch.images import find_images, load_image
-from siamsearch.indexing import index_folder
-from siamsearch.model import build_encoder
-from siamsearch.search import Searcher
-from siamsearch.store import Store
-from siamsearch.transforms import square_view
+import siamsearch.core.devicedecode as devicedecode
+import siamsearch.core.embed as embed
+from siamsearch.duplicates.closepairs import close_pairs, find_cross_pairs
+from siamsearch.core.config import EncoderConfig, Runtime
+from siamsearch.core.device import default_workers, precision, train_workers
+from siamsearch.core.devicedecode import decode_views, read_jpeg, upright
+from siamsearch.core.embed import DecodedImages, collate, embed_batches, embed_paths, loader
+from siamsearch.core.errors import ModelMismatchError
+from siamsearch.core.images import find_images, load_image
+from siamsearch.index.indexing import index_folder
+from siamsearch.core.model import build_encoder
+from siamsearch.index.search import Searcher
+from siamsearch.index.store import Store
+from siamsearch.core.transforms import square_view
 
 CPU = torch.device("cpu")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -160,11 +160,13 @@ def test_embeddings_come_back_a_chunk_of_batches_at_a_time(identity_dir):
     assert [p for c in chunks for p in c.paths] == whole.paths
 
 
-def test_workers_stack_each_batch_so_the_loader_pins_one_tensor(identity_dir):
+def test_workers_stack_each_batch_so_the_loader_pins_one_tensor(identity_dir, monkeypatch):
     images = DecodedImages(find_images(identity_dir)[:5], [16], 3)
     batch = collate([images[i] for i in range(5)], images.sizes, images.channels)
     assert batch.views[0].shape == (5, 3, 16, 16) and batch.indices == list(range(5))
-    assert loader(images, 0, pin=True, batch_size=5).pin_memory  # the DataLoader calls Batch.pin_memory
+    asked = {}
+    monkeypatch.setattr(embed, "DataLoader", lambda *args, **kwargs: asked.update(kwargs) or [batch])
+    assert list(loader(images, 0, pin=True, batch_size=5)) == [batch] and asked["pin_memory"]  # it calls Batch.pin_memory
 
 
 def test_workers_join_a_batchs_jpeg_bytes_into_one_tensor(mixed_dir):
@@ -279,7 +281,7 @@ def test_training_decodes_in_workers_on_a_gpu_and_in_the_main_process_on_a_cpu()
 def test_training_reads_the_loss_only_now_and_then(identity_dir, tmp_path, monkeypatch):
     from test_train import CFG, ENC
 
-    import siamsearch.train as tr
+    import siamsearch.training.loop as tr
 
     reads, real = [], torch.Tensor.item
 
@@ -299,7 +301,7 @@ def test_training_reads_the_loss_only_now_and_then(identity_dir, tmp_path, monke
 def test_cuda_training_with_amp_decodes_uncached_batches_in_workers(identity_dir, tmp_path):
     from test_train import CFG, ENC
 
-    import siamsearch.train as tr
+    import siamsearch.training.loop as tr
 
     runtime = Runtime(device="cuda", amp=True, cache_gb=0.0)  # decoded on the fly, pinned, by default workers
     result = tr.train(identity_dir, tmp_path / "m.pt", ENC, dataclasses.replace(CFG, epochs=2), runtime)
@@ -311,7 +313,7 @@ def test_cuda_training_with_amp_decodes_uncached_batches_in_workers(identity_dir
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_range_search_finds_faiss_pairs(tmp_path, monkeypatch, device):
-    import siamsearch.closepairs as closepairs
+    import siamsearch.duplicates.closepairs as closepairs
 
     monkeypatch.setattr(closepairs, "BASE_BLOCK", 37)  # several blocks of stored vectors
     vectors = clustered(300, seed=3, dim=16)
@@ -330,7 +332,7 @@ def test_device_range_search_finds_faiss_pairs(tmp_path, monkeypatch, device):
 
 
 def test_device_range_search_answers_like_the_store(tmp_path):
-    from siamsearch.closepairs import DeviceSearch
+    from siamsearch.duplicates.closepairs import DeviceSearch
 
     store = make_store(tmp_path / "a", clustered(200, seed=5, dim=16))
     queries = clustered(25, seed=6, dim=16)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from conftest import run_cli as run
 
-from siamsearch.rows import NewRow
-from siamsearch.store import Store
+from siamsearch.index.rows import NewRow
+from siamsearch.index.store import Store
 
 
 def hashed_store(folder: Path) -> Store:
@@ -67,7 +67,7 @@ def test_identical_only_refuses_a_margin(tmp_path):
 
 def embedded_paths(monkeypatch) -> list[Path]:
     """Record every file indexing hands to the encoder, in order."""
-    import siamsearch.indexing as indexing
+    import siamsearch.index.indexing as indexing
 
     real, seen = indexing.embed_batches, []
 
@@ -81,8 +81,8 @@ def embedded_paths(monkeypatch) -> list[Path]:
 
 def test_identical_files_are_embedded_once_share_a_vector_and_dedup_says_identical(tmp_path, photos, model_file,
                                                                                     monkeypatch):
-    from siamsearch.config import Runtime
-    from siamsearch.indexing import index_folder
+    from siamsearch.core.config import Runtime
+    from siamsearch.index.indexing import index_folder
 
     original = photos / "id00/0.png"
     for copy in (photos / "copy/a.png", photos / "id01/b.png"):

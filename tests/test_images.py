@@ -8,7 +8,7 @@ import pytest
 from conftest import add_bad_files, make_identities
 from PIL import Image
 
-from siamsearch.images import BadImageError, find_images, identity_of, load_image, scan_images
+from siamsearch.core.images import BadImageError, find_images, identity_of, load_image, scan_images
 
 
 def test_find_images_sorted_recursive_skips_hidden_and_other_files(tmp_path):
@@ -60,7 +60,7 @@ def test_bad_files_raise_bad_image_error_with_reason(identity_dir):
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
-    monkeypatch.setattr("siamsearch.images.MAX_PIXELS", 50 * 50)
+    monkeypatch.setattr("siamsearch.core.images.MAX_PIXELS", 50 * 50)
     with pytest.raises(BadImageError, match="too large"):
         load_image(tmp_path / "big.png")
 
@@ -122,7 +122,7 @@ def test_images_up_to_the_documented_250_megapixels_decode(tmp_path):
 
 
 def test_the_original_size_survives_reduced_decoding_and_exif_turns(tmp_path):
-    from siamsearch.images import ORIGINAL_SIZE
+    from siamsearch.core.images import ORIGINAL_SIZE
 
     Image.new("RGB", (3000, 2000), "white").save(tmp_path / "big.jpg")
     turned = Image.new("RGB", (300, 200), "white")

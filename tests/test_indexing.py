@@ -10,15 +10,15 @@ import pytest
 from conftest import DIM, add_bad_files, clustered, make_identities
 from PIL import Image
 
-import siamsearch.embed as embed_mod
-import siamsearch.indexing as indexing
-import siamsearch.store as store_mod
-from siamsearch.config import Runtime
-from siamsearch.embed import EmbedResult
-from siamsearch.errors import PruneRefusedError, StoreLockedError
-from siamsearch.images import BadImageError, Failure, find_images, load_image
-from siamsearch.indexing import index_folder, sync
-from siamsearch.store import Store
+import siamsearch.core.embed as embed_mod
+import siamsearch.index.indexing as indexing
+import siamsearch.index.store as store_mod
+from siamsearch.core.config import Runtime
+from siamsearch.core.embed import EmbedResult
+from siamsearch.core.errors import PruneRefusedError, StoreLockedError
+from siamsearch.core.images import BadImageError, Failure, find_images, load_image
+from siamsearch.index.indexing import index_folder, sync
+from siamsearch.index.store import Store
 
 
 class FakeEmbed:
@@ -321,7 +321,9 @@ def test_a_full_disk_is_one_line_and_leaves_the_index_as_it_was(identity_dir, mo
 
     from conftest import run_cli
 
-    from siamsearch import rows, store
+    from siamsearch.index import rows
+
+    from siamsearch.index import store
 
     idx = tmp_path / "idx"
     index_folder(identity_dir, idx, model_file)[0].close()

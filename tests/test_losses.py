@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from siamsearch.config import TrainConfig
-from siamsearch.losses import (
+from siamsearch.core.config import TrainConfig
+from siamsearch.training.losses import (
     BATCH_LOSSES,
     DEFAULT_HINGES,
     batch_contrastive_loss,

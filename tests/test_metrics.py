@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from siamsearch import metrics as m
+from siamsearch.core import metrics as m
 
 # A 3 + 3 verification case worked by hand (a tie at 0.3 between a same and a different pair).
 D = np.array([0.1, 0.3, 0.4, 0.3, 0.5, 0.8])

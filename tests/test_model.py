@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from siamsearch.config import EncoderConfig
-from siamsearch.losses import contrastive_loss
-from siamsearch.model import GeM, build_encoder, set_trainable
-from siamsearch.train import unfreeze_blocks
+from siamsearch.core.config import EncoderConfig
+from siamsearch.training.losses import contrastive_loss
+from siamsearch.core.model import GeM, build_encoder, set_trainable
+from siamsearch.training.loop import unfreeze_blocks
 
 
 def small(channels=3, size=32, backbone="small"):
@@ -120,7 +120,7 @@ def test_gem_and_linear_head_train_end_to_end():
 
 
 def test_test_shifts_average_the_image_and_four_moved_copies_out_of_training_only():
-    from siamsearch.model import shifted
+    from siamsearch.core.model import shifted
 
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
     views = shifted(x, 1)
@@ -140,7 +140,7 @@ def test_test_shifts_average_the_image_and_four_moved_copies_out_of_training_onl
 
 
 def test_test_scales_add_resized_copies_to_the_average_out_of_training_only():
-    from siamsearch.model import test_views
+    from siamsearch.core.model import test_views
 
     x = torch.rand(2, 3, 32, 32)
     views = test_views(x, 0, (1.5, 0.5))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from siamsearch.dedup import DedupResult, Group, Member
-from siamsearch.moves import MoveError, apply_moves, plan_moves, undo_moves
-from siamsearch.rows import Row
+from siamsearch.duplicates.dedup import DedupResult, Group, Member
+from siamsearch.duplicates.moves import MoveError, apply_moves, plan_moves, undo_moves
+from siamsearch.index.rows import Row
 
 
 def row(root: Path, rel: str, content: bytes = b"x", link_to: Path | None = None) -> Row:
@@ -146,7 +146,7 @@ def test_content_replaced_under_the_same_stamp_is_caught_for_kept_files_and_dupl
 def test_a_move_across_file_systems_is_on_disk_before_the_original_is_unlinked(tmp_path, monkeypatch):
     import errno
 
-    import siamsearch.moves as moves
+    import siamsearch.duplicates.moves as moves
 
     src, dst = tmp_path / "a" / "x.png", tmp_path / "b" / "sub" / "x.png"
     src.parent.mkdir()
@@ -234,7 +234,7 @@ def test_a_manifest_names_its_index_and_undo_checks_it_indexes_the_root(tmp_path
 
 
 def test_manifest_names_are_reserved_so_two_runs_never_share_one(tmp_path):
-    from siamsearch.moves import _new_manifest_path
+    from siamsearch.duplicates.moves import _new_manifest_path
 
     first, second = _new_manifest_path(tmp_path), _new_manifest_path(tmp_path)
     assert first != second and first.exists() and second.exists()
@@ -243,7 +243,7 @@ def test_manifest_names_are_reserved_so_two_runs_never_share_one(tmp_path):
 def test_a_failed_unlink_leaves_no_copy_the_manifest_does_not_know(tmp_path, monkeypatch):
     import errno
 
-    import siamsearch.moves as moves
+    import siamsearch.duplicates.moves as moves
 
     src, dst = tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"
     src.parent.mkdir()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from siamsearch.pairs import PKSampler, encode_labels, split_identities
+from siamsearch.training.sampling import PKSampler, encode_labels, split_identities
 
 
 def test_pk_batches_hold_p_identities_of_k_distinct_images():

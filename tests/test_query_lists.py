@@ -6,9 +6,9 @@ import subprocess
 
 from typer.testing import CliRunner
 
-from siamsearch.cli import app
+from siamsearch.cli.app import app
 from siamsearch.commands import listed_paths
-from siamsearch.indexing import index_folder
+from siamsearch.index.indexing import index_folder
 
 
 def test_lines_and_nul_lists_skip_empty_entries_and_keep_spaces():

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image, ImageDraw
 from test_train import _recipe_of
 
-from siamsearch.config import AUGMENT_PRESETS, RECIPES
-from siamsearch.errors import UsageError
-from siamsearch.images import scan_images
-from siamsearch.recipes import MIN_VAL_IDENTITIES, Survey, choose, fitted, recipe_name
+from siamsearch.core.config import AUGMENT_PRESETS, RECIPES
+from siamsearch.core.errors import UsageError
+from siamsearch.core.images import scan_images
+from siamsearch.training.recipes import MIN_VAL_IDENTITIES, Survey, choose, fitted, recipe_name
 
 
 def glyph(rng: np.random.Generator) -> Image.Image:

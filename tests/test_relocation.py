@@ -6,7 +6,7 @@ import shutil
 from conftest import make_identities
 from conftest import run_cli as run
 
-import siamsearch.embed as embed_mod
+import siamsearch.core.embed as embed_mod
 
 
 def count_embedded(monkeypatch) -> list[int]:

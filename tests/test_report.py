@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamsearch import metrics
+from siamsearch.core import metrics
 from siamsearch.evaluate import EvalResult
 from siamsearch.report import SHEET_LABEL, SHEET_PAD, contact_sheet, dedup_page, query_page, thumbnail, write_eval_report
-from siamsearch.search import Neighbor, QueryResult
+from siamsearch.index.search import Neighbor, QueryResult
 
 
 def fake_result(epochs: int, n_pairs: int = 200) -> EvalResult:

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from siamsearch.samples import dead_leaves, leaf_radii, write_dead_leaves
+from siamsearch.core.samples import dead_leaves, leaf_radii, write_dead_leaves
 
 
 def test_radii_stay_in_range_and_small_leaves_dominate_as_r_to_the_minus_3():

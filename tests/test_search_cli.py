@@ -8,13 +8,13 @@ import torch
 from conftest import add_bad_files
 from conftest import run_cli as run
 
-from siamsearch.checkpoint import load_checkpoint, save_model
-from siamsearch.config import EncoderConfig
-from siamsearch.indexing import index_folder
-from siamsearch.model import build_encoder
-from siamsearch.search import Searcher
-from siamsearch.errors import ModelMismatchError
-from siamsearch.store import Store
+from siamsearch.core.checkpoint import load_checkpoint, save_model
+from siamsearch.core.config import EncoderConfig
+from siamsearch.index.indexing import index_folder
+from siamsearch.core.model import build_encoder
+from siamsearch.index.search import Searcher
+from siamsearch.core.errors import ModelMismatchError
+from siamsearch.index.store import Store
 
 
 def test_index_query_json_follows_the_schema(identity_dir, model_file, tmp_path):

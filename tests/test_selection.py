@@ -7,9 +7,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from siamsearch.images import Selection, image_extensions, scan_images
-from siamsearch.indexing import index_folder
-from siamsearch.store import Store
+from siamsearch.core.images import Selection, image_extensions, scan_images
+from siamsearch.index.indexing import index_folder
+from siamsearch.index.store import Store
 
 
 def _tree(root: Path, names: list[str]) -> Path:

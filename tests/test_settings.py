@@ -3,9 +3,9 @@
 import pytest
 from conftest import run_cli as run
 
-from siamsearch import settings
-from siamsearch.config import AUGMENT_PRESETS
-from siamsearch.errors import UsageError
+from siamsearch.training import settings
+from siamsearch.core.config import AUGMENT_PRESETS
+from siamsearch.core.errors import UsageError
 
 
 def test_set_takes_any_field_of_the_recipe_by_its_type():

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from conftest import DIM, assert_same_neighbours, brute_force, clustered
 
-import siamsearch.ann as ann
-from siamsearch.errors import (CorruptIndexError, IndexExistsError, ModelMismatchError, NotAnIndexError, StoreError,
+import siamsearch.index.ann as ann
+from siamsearch.core.errors import (CorruptIndexError, IndexExistsError, ModelMismatchError, NotAnIndexError, StoreError,
                                UnsupportedFormatError)
-from siamsearch.rows import NewRow
-from siamsearch.store import Store
+from siamsearch.index.rows import NewRow
+from siamsearch.index.store import Store
 
 # ---- searching ----------------------------------------------------------------------------------
 
@@ -142,9 +142,9 @@ def test_a_reader_keeps_its_snapshot_while_a_writer_commits(tmp_path, new_store,
 def test_a_file_system_that_cannot_lock_is_one_line_naming_the_index(tmp_path, monkeypatch):
     import errno
 
-    import siamsearch.atomic as atomic
-    from siamsearch.errors import StoreError
-    from siamsearch.store import Store
+    import siamsearch.core.atomic as atomic
+    from siamsearch.core.errors import StoreError
+    from siamsearch.index.store import Store
 
     def no_flock(self, *args, **kwargs):
         raise OSError(errno.ENOSYS, "Function not implemented")

@@ -9,14 +9,14 @@ from conftest import make_identities
 from typer.testing import CliRunner
 
 from siamsearch import commands
-from siamsearch.checkpoint import load_checkpoint, load_encoder, save_model
-from siamsearch.cli import app
-from siamsearch.config import AUGMENT_PRESETS, RECIPES, EncoderConfig, Runtime, TrainConfig
-from siamsearch.errors import RefusedError, UsageError
-from siamsearch.model import build_encoder
-from siamsearch.train import Quiet, resume_path_for, train
-from siamsearch.validation import kept_epoch, validate
-from siamsearch.trainset import load_data, val_views
+from siamsearch.core.checkpoint import load_checkpoint, load_encoder, save_model
+from siamsearch.cli.app import app
+from siamsearch.core.config import AUGMENT_PRESETS, RECIPES, EncoderConfig, Runtime, TrainConfig
+from siamsearch.core.errors import RefusedError, UsageError
+from siamsearch.core.model import build_encoder
+from siamsearch.training.loop import Quiet, resume_path_for, train
+from siamsearch.training.validation import kept_epoch, validate
+from siamsearch.training.data import load_data, val_views
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3)
 CFG = TrainConfig(epochs=4, ids_per_batch=8, images_per_id=3, lr=3e-3, val_fraction=0.25, ways=4, episodes=100,
@@ -59,7 +59,7 @@ def test_resume_continues_from_the_saved_epoch(identity_dir, tmp_path):
 
 
 def test_resume_takes_the_runtime_given_now_not_the_stored_one(identity_dir, tmp_path, monkeypatch):
-    import siamsearch.trainset as ts
+    import siamsearch.training.data as ts
     real, asked = ts.decode_images, []
 
     def spy(paths, sizes, channels, workers, **options):
@@ -86,7 +86,7 @@ def test_a_resumed_run_that_does_not_improve_reports_the_saved_fingerprint(ident
 
 def train_interrupted(identity_dir, out, cfg, monkeypatch, batch=6):
     """Train until Ctrl-C arrives at the `batch`-th batch (the 6th is in the second epoch), then resume to the end."""
-    import siamsearch.train as tr
+    import siamsearch.training.loop as tr
     real, calls = tr.augment_batch, {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -126,7 +126,7 @@ def test_a_bad_unfreeze_plan_is_refused_before_training(identity_dir, tmp_path, 
 
 @pytest.mark.filterwarnings("ignore:.*meta parameter")  # the weights loaded into meta tensors are dropped
 def test_resume_puts_the_optimizer_state_on_its_parameters_device(identity_dir, tmp_path, monkeypatch):
-    import siamsearch.train as tr
+    import siamsearch.training.loop as tr
     out, cfg = tmp_path / "m.pt", dataclasses.replace(CFG, epochs=1)
     train(identity_dir, out, ENC, cfg)
     seen = {}
@@ -309,7 +309,7 @@ def test_a_model_file_from_before_pooling_and_heads_loads(tmp_path):
 
 
 def test_backbone_lr_puts_the_trunk_in_its_own_group():
-    import siamsearch.train as tr
+    import siamsearch.training.loop as tr
 
     model = build_encoder(ENC)
     groups = tr._param_groups(model, dataclasses.replace(CFG, lr=1e-3, backbone_lr=1e-4))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from siamsearch.config import AUGMENT_PRESETS, AugmentConfig
-from siamsearch.transforms import augment_batch, draw_shapes, draw_text, jpeg
+from siamsearch.core.config import AUGMENT_PRESETS, AugmentConfig
+from siamsearch.core.transforms import augment_batch, draw_shapes, draw_text, jpeg
 
 BATCH = (torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
 

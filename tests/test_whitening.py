@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from siamsearch.checkpoint import load_checkpoint, load_encoder
-from siamsearch.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
-from siamsearch.errors import UsageError
-from siamsearch.indexing import index_folder
-from siamsearch.metrics import precision_at_1
-from siamsearch.model import build_encoder
-from siamsearch.whitening import learned_whitening
+from siamsearch.core.checkpoint import load_checkpoint, load_encoder
+from siamsearch.core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
+from siamsearch.core.errors import UsageError
+from siamsearch.index.indexing import index_folder
+from siamsearch.core.metrics import precision_at_1
+from siamsearch.core.model import build_encoder
+from siamsearch.training.whitening import learned_whitening
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3, head="linear")
 CFG = TrainConfig(epochs=0, ids_per_batch=8, images_per_id=3, val_fraction=0.25, ways=4, episodes=100,
@@ -50,7 +50,7 @@ def test_shrinkage_keeps_the_fit_defined_with_fewer_items_than_dimensions():
 
 
 def test_epochs_0_fits_the_whitening_alone_and_the_model_gives_whitened_vectors(identity_dir, tmp_path):
-    from siamsearch.train import train
+    from siamsearch.training.loop import train
 
     enc = dataclasses.replace(ENC, whiten=8)
     out = tmp_path / "m.pt"
@@ -69,7 +69,7 @@ def test_epochs_0_fits_the_whitening_alone_and_the_model_gives_whitened_vectors(
 
 
 def test_a_whitening_that_reads_the_pooled_features_skips_the_head(identity_dir, tmp_path):
-    from siamsearch.train import train
+    from siamsearch.training.loop import train
 
     out = tmp_path / "m.pt"
     train(identity_dir, out, dataclasses.replace(ENC, whiten=48, whiten_from="pool"), CFG)  # 48 > dim 32: the trunk's 256
@@ -84,7 +84,7 @@ def test_a_whitening_that_reads_the_pooled_features_skips_the_head(identity_dir,
 
 
 def test_sgd_first_then_the_whitening_on_the_best_epoch(identity_dir, tmp_path):
-    from siamsearch.train import train
+    from siamsearch.training.loop import train
 
     result = train(identity_dir, tmp_path / "m.pt", dataclasses.replace(ENC, whiten=16),
                    dataclasses.replace(CFG, epochs=2, augment=AUGMENT_PRESETS["none"]))
@@ -93,7 +93,7 @@ def test_sgd_first_then_the_whitening_on_the_best_epoch(identity_dir, tmp_path):
 
 
 def test_nothing_to_fit_or_a_wrong_size_is_one_clear_error(identity_dir, tmp_path):
-    from siamsearch.train import train
+    from siamsearch.training.loop import train
 
     with pytest.raises(UsageError, match="--epochs 0 trains nothing"):
         train(identity_dir, tmp_path / "m.pt", ENC, CFG)

@@ -28,13 +28,13 @@ import numpy as np
 import ray
 from faiss.contrib.ondisk import merge_ondisk
 
-from ..ann import TUNE_QUERIES, new_index, train_size, tune_to_truth
-from ..atomic import write_atomic, write_json
-from ..closepairs import Progress
-from ..errors import UsageError
-from ..indexdir import MANIFEST, ROWS, now, write_index
-from ..rows import NewRow, RowTable
-from ..store import Store
+from ..index.ann import TUNE_QUERIES, new_index, train_size, tune_to_truth
+from ..core.atomic import write_atomic, write_json
+from ..duplicates.closepairs import Progress
+from ..core.errors import UsageError
+from ..index.folder import MANIFEST, ROWS, now, write_index
+from ..index.rows import NewRow, RowTable
+from ..index.store import Store
 from . import shards
 
 BLOCKS, TRAINED, IVFDATA = "blocks", "trained.faiss", "index.ivfdata"
@@ -200,7 +200,7 @@ def claim_index_folder(out: Path, key: str) -> None:
 
 
 def _write_rows(folder: Path, out: Path, manifest: dict[str, Any], done: list[int], kind: str) -> None:
-    """A fresh index folder (siamsearch.store's files) holding every shard's rows under their shard ids."""
+    """A fresh index folder (siamsearch.index.store's files) holding every shard's rows under their shard ids."""
     Store.create(out, dim=manifest["dim"], fingerprint=manifest["fingerprint"], encoder=manifest["encoder"],
                  model_path=manifest["model"], root=manifest["root"], index_kind=kind, overwrite=True).close()
     table = RowTable(out / ROWS, Path(manifest["root"]))

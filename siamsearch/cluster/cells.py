@@ -3,7 +3,7 @@
 Each vector belongs to the cell of its nearest centroid. Take a pair within margin m, x in cell a and y in
 cell b. y is on b's side of the bisector of a and b, and x, within m of y, can be at most m on a's side
 of it: (|x − c_b|² − |x − c_a|²) / (2|c_a − c_b|) ≤ m. So the exact mode sends a copy of x to every cell b
-that passes this test, and every cell runs siamsearch.closepairs.find_pairs (the single-machine exact
+that passes this test, and every cell runs siamsearch.duplicates.closepairs.find_pairs (the single-machine exact
 search) over its own vectors plus the copies sent to it: the union over cells is exactly the pair set of
 one flat search (until a query meets closepairs' MAX_NEIGHBOURS cap, which a cell can meet where the flat
 search does not). The issue's bound, |x − c_b| ≤ |x − c_a| + 2m (the triangle inequality), is exact too,
@@ -14,7 +14,7 @@ away; the run measures its pair recall on a uniform sample of queries searched e
 
 Stages: a route task per shard (distances to the centroids, copies per cell, split into buckets of cells:
 Ray's object store is the shuffle), a search task per bucket (pairs, written as an atomic Parquet part),
-then groups on the driver with today's linkage rules (siamsearch.dedup.group).
+then groups on the driver with today's linkage rules (siamsearch.duplicates.dedup.group).
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from ..ann import new_index
-from ..atomic import write_json
-from ..closepairs import Pairs, Progress, find_pairs, unique_pairs
-from ..dedup import choose_keep, group, keep_ranks
-from ..errors import RefusedError, UsageError
-from ..rows import Row
-from ..store import Store
+from ..index.ann import new_index
+from ..core.atomic import write_json
+from ..duplicates.closepairs import Pairs, Progress, find_pairs, unique_pairs
+from ..duplicates.dedup import choose_keep, group, keep_ranks
+from ..core.errors import RefusedError, UsageError
+from ..index.rows import Row
+from ..index.store import Store
 from . import shards
 from .building import finished_shards, uniform_sample
 
@@ -254,7 +254,7 @@ def claim_pairs_folder(out: Path, folder: Path, key: str) -> None:
 
 def _groups(folder: Path, manifest: dict[str, Any], pairs: Pairs, margin: float, linkage: str,
             keep: str) -> list[dict[str, Any]]:
-    """Groups of the paired ids by siamsearch.dedup.group, each with its kept file and members by distance."""
+    """Groups of the paired ids by siamsearch.duplicates.dedup.group, each with its kept file and members by distance."""
     wanted = np.union1d(pairs[0], pairs[1])
     if not len(wanted):
         return []

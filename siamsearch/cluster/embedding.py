@@ -6,7 +6,7 @@ map_batches(write_batch), which writes each batch as an atomic Parquet part of i
 the three stages, so decoding on every core of every node keeps the encoders busy. The driver marks a shard
 finished in the manifest once all its rows are written; a re-run embeds only the shards not marked.
 
-Decoding, the model and the maths are the single-machine ones (siamsearch.embed), so a vector made here
+Decoding, the model and the maths are the single-machine ones (siamsearch.core.embed), so a vector made here
 equals the one `siamsearch index` makes for the same file.
 """
 
@@ -25,13 +25,13 @@ import pyarrow.parquet as pq
 import ray.data
 import torch
 
-from ..checkpoint import load_encoder
-from ..config import Preprocess, to_dict
-from ..device import resolve_device
-from ..embed import DecodedImages, Progress, embed_tensors
-from ..errors import NotFoundError, UsageError
-from ..images import Failure, identity_of, scan_images
-from ..indexing import file_sha256
+from ..core.checkpoint import load_encoder
+from ..core.config import Preprocess, to_dict
+from ..core.device import resolve_device
+from ..core.embed import DecodedImages, Progress, embed_tensors
+from ..core.errors import NotFoundError, UsageError
+from ..core.images import Failure, identity_of, scan_images
+from ..index.indexing import file_sha256
 from . import shards
 
 ROW_FIELDS = ("path", "identity", "size", "mtime_ns", "width", "height", "sha256", "error")

@@ -6,7 +6,7 @@ import logging
 import re
 import socket
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 INSTALL = "pip install 'siamsearch[cluster]'"
 REACH_SECONDS = 5.0  # how long an --address may take to accept a TCP connection before the command gives up

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..atomic import write_atomic, write_json
-from ..errors import NotFoundError, RefusedError, UsageError
+from ..core.atomic import write_atomic, write_json
+from ..core.errors import NotFoundError, RefusedError, UsageError
 
 MANIFEST, INPUTS, VECTORS, MADE_BY = "manifest.json", "inputs", "vectors", "made_by.json"
 FORMAT = "siamsearch-embeddings"

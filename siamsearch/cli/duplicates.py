@@ -1,0 +1,72 @@
+"""`siamsearch dedup` and `undo`: groups from the stored vectors, moved aside and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..core.calibration import FALSE_PAIRS_PER_1000
+from ..commands import dedup_index
+from ..duplicates.moves import undo_folders, undo_moves
+from .options import IndexDir, Json
+from .terminal import console, err, note_skipped, print_dedup, print_json, print_moves, progress_bar, shown
+from .app import app
+
+
+@app.command()
+def dedup(
+    index_dir: IndexDir,
+    margin: Annotated[Optional[float], typer.Option(min=0.0, max=2.0, help=(
+        "Duplicate distance (default: the largest at which the model's calibration expects at most --false-pairs "
+        "wrong pairs per 1,000 images of this index)."))] = None,
+    false_pairs: Annotated[float, typer.Option(min=0.0, help="Wrong pairs per 1,000 images the default margin "
+                                                             "may expect.")] = FALSE_PAIRS_PER_1000,
+    review_margin: Annotated[Optional[float], typer.Option(help="Wider 'review' band; groups are formed with it.")] = None,
+    linkage: Annotated[str, typer.Option(help="kept (complete, then a file in no group joins the nearest kept "
+                                              "file within the review margin), complete (all members within it "
+                                              "of each other) or single (pairs chain; beyond --margin: review).")
+                       ] = "kept",
+    keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
+    against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
+    move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per file here.")] = None,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="--html shows only the N biggest groups.")] = None,
+    identical_only: Annotated[bool, typer.Option(help="Only byte-identical files, by the content hashes the index "
+                                                      "stores: no model, no vectors.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
+    with progress_bar("searching") as progress:
+        run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
+                          against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
+                          false_pairs_per_1000=false_pairs, identical_only=identical_only, html_limit=limit,
+                          progress=progress)
+    print_json(run.to_dict()) if as_json else print_dedup(run)
+    for written in run.written:
+        err.print(f"wrote {shown(written)}")
+    if run.plan is not None:
+        print_moves(run.plan, run.moved, err if as_json else console)
+    if run.moved is not None:
+        note_skipped(len(run.moved.skipped))
+
+
+@app.command()
+def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedup --move-to --yes.")],
+         root: Annotated[Optional[Path], typer.Option(help="The folder the files go back into: needed for a "
+                                                         "manifest that names no index.")] = None,
+         as_json: Json = False) -> None:
+    """Move files back where dedup --move-to took them from; never overwrites, checks each file's hash."""
+    back_to, dest = undo_folders(manifest, root)
+    (err if as_json else console).print(f"putting files back from {shown(dest)} into {shown(back_to)}")
+    done = undo_moves(manifest, root)
+    note_skipped(len(done.skipped))
+    if as_json:
+        return print_json(done.to_dict())
+    for skip in done.skipped:
+        err.print(f"  skipped {shown(skip.path)}: {skip.reason}")
+    back = f", {len(done.already)} already back" if done.already else ""
+    console.print(f"restored {len(done.done)} file(s){back}, skipped {len(done.skipped)}")

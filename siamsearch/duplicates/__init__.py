@@ -1,0 +1,2 @@
+"""Duplicates from the stored vectors: close pairs, groups and their kept files, moves and undo.
+Imports siamsearch.index and siamsearch.core."""
