@@ -35,11 +35,12 @@ from PIL import Image
 
 from siamsearch.core.checkpoint import load_checkpoint, save_model
 from siamsearch.commands import train_folder
-from siamsearch.core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
+from siamsearch.core.config import EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from siamsearch.evaluate import evaluate
 from siamsearch.core.images import identity_of, load_image, scan_images
 from siamsearch.core.model import build_encoder
 from siamsearch.training.sampling import split_folder
+from siamsearch.training.settings import value_of
 from siamsearch.training.recipes import choose
 from siamsearch.training.loop import Quiet
 
@@ -105,7 +106,7 @@ def options(name: str, kind: str, minutes: float, seed: int, settings: dict[str,
     the --set options (auto row only), as their flags would."""
     given = {"max_minutes": minutes, "seed": seed, **VALIDATION[kind], **(settings if name == "auto" else {})}
     if isinstance(given.get("augment"), str):
-        given["augment"] = AUGMENT_PRESETS[given["augment"]]
+        given["augment"] = value_of("augment", given["augment"])  # a preset's name, as --set takes it
     if isinstance(given.get("unfreeze"), list):
         given["unfreeze"] = parse_unfreeze(given["unfreeze"])
     return given
@@ -136,13 +137,13 @@ def trained(root: Path, name: str, kind: str, out: Path, minutes: float, seed: i
 
 def scores(test: Path, kind: str, model: Path, episodes: int, seed: int, work: Path) -> list[str]:
     """one-shot, P@1 and ROC AUC on the test identities; for faces, the same under simulated lighting."""
-    m = evaluate(test, model, ways=WAYS[kind], episodes=episodes, seed=seed, device="cpu",
+    m = evaluate(test, model, ways=WAYS[kind], episodes=episodes, seed=seed, runtime=Runtime(device="cpu"),
                  episode_group_depth=SPLITS[kind].get("val_group_depth", 0)).metrics
     row = [f"{m['one_shot']:.4f}", f"{m['precision_at_1']:.4f}", f"{m['roc_auc']:.4f}"]
     if kind != "faces":
         return row + ["", ""]
     lit = relit_folder(test, work / "relit", seed)
-    d = evaluate(lit, model, ways=WAYS[kind], episodes=episodes, seed=seed, device="cpu").metrics
+    d = evaluate(lit, model, ways=WAYS[kind], episodes=episodes, seed=seed, runtime=Runtime(device="cpu")).metrics
     return row + [f"{d['precision_at_1']:.4f}", f"{d['roc_auc']:.4f}"]
 
 

@@ -7,8 +7,8 @@ The sample photos that ship inside scikit-image (siamsearch.core.samples.PHOTOS 
 split by --seed into a training half and a test half; scikit-learn's china and flower join the test half.
 The test folder holds each test original and one copy of it per samples.COPIES kind (resized, cropped, JPEG,
 brighter, grayscale, rotated, a half-area crop with a caption): groups of 8. The copies recipe
-(config.RECIPES["copies"], what `siamsearch train --self-supervised` uses) trains self-supervised for --minutes
-on tiles of the training photos and --leaves procedural dead-leaves images; no test photo and no copy is seen.
+(training.recipes.RECIPES["copies"], what `siamsearch train --self-supervised` uses) trains self-supervised for
+--minutes on tiles of the training photos and --leaves procedural dead-leaves images; no test photo and no copy is seen.
 calibrate(group_depth=1) on labelled copies of the training photos whole and of their tiles (131 identities, one
 group per photo: about 490,000 pairs of distinct images across photos) writes thresholds and distance tails into
 the model file; the
@@ -50,7 +50,7 @@ from PIL import Image
 from siamsearch.core.calibration import calibrated_margin
 from siamsearch.core.checkpoint import load_checkpoint, save_model
 from siamsearch.commands import default_margin
-from siamsearch.core.config import RECIPES, EncoderConfig, Runtime, TrainConfig, parse_unfreeze
+from siamsearch.core.config import EncoderConfig, Runtime, TrainConfig, parse_unfreeze
 from siamsearch.duplicates.dedup import DedupResult, find_duplicates
 from siamsearch.evaluate import calibrate
 from siamsearch.index.indexing import index_folder
@@ -66,6 +66,7 @@ from siamsearch.core.samples import (
     write_dead_leaves,
 )
 from siamsearch.training.loop import train
+from siamsearch.training.recipes import RECIPES
 
 GRIDS = (1, 2, 3, 4)  # training tiles: each photo whole, and cut into 2x2, 3x3 and 4x4
 LEAVES = 1000  # procedural images (siamsearch.core.samples) beside the 300 photo tiles
@@ -180,7 +181,7 @@ def print_table(rows: list[list[str]]) -> None:
 
 def recipe(args: argparse.Namespace) -> tuple[EncoderConfig, TrainConfig]:
     """The copies recipe with this run's budget and seed, and any setting given on the command line."""
-    enc, cfg = RECIPES["copies"]
+    enc, cfg = RECIPES["copies"].encoder, RECIPES["copies"].train
     enc = dataclasses.replace(enc, image_size=args.image_size or enc.image_size)
     given = {k: v for k, v in {"koleo": args.koleo, "backbone_lr": args.backbone_lr, "lr": args.lr,
                                "temperature": args.temperature, "freeze_backbone": args.freeze_backbone or None,
@@ -191,7 +192,8 @@ def recipe(args: argparse.Namespace) -> tuple[EncoderConfig, TrainConfig]:
 
 def calibrated(model: Path, copies: Path, seed: int) -> None:
     """calibrate(group_depth=1) on a build_calibration folder: thresholds and distance tails into the model file."""
-    cal = calibrate(copies, model, target_precision=0.999, workers=0, device="cpu", seed=seed, group_depth=1)
+    cal = calibrate(copies, model, target_precision=0.999, seed=seed, group_depth=1,
+                    runtime=Runtime(workers=0, device="cpu"))
     print(f"{model.name} calibrated on {copies.name} ({cal['tails']['different_pairs']:,} pairs of distinct images, "
           f"across groups): best-F1 distance "
           f"{cal['threshold_best_f1']:.4f} (F1 {cal['best_f1']:.3f})")

@@ -36,7 +36,7 @@ from siamsearch.training.loop import train
 # The built-in encoder: the frozen ImageNet trunk at 128 px and at 1.41 times that (a half-area crop meets the
 # original's matching part at its own scale), GeM-pooled (p = 3), whitened from its 1,280 pooled features to 256,
 # on the centred square of the picture inside any plain border (EncoderConfig.framing "trimmed"). The whitening
-# sees each picture plainly and in six views under the copies augmentation with more padding, text and grayscale.
+# sees each picture plainly and in six views under the copy-edits augmentation with more padding, text and grayscale.
 # Chosen on 28 Debian wallpapers (gnome-backgrounds, ukui-wallpapers) with 7 copies each, F1 (precision, recall)
 # at the default margin / best F1 at any margin: centre framing and two plain views 0.800 (0.995, 0.668) / 0.862;
 # six stronger views 0.822 (0.987, 0.704) / 0.866; trimmed 0.750 (1.000, 0.600) / 0.856; trimmed and six
@@ -44,7 +44,7 @@ from siamsearch.training.loop import train
 # 0.96 beside them; the whole picture squeezed into the square (no crop) 0.815 (0.908, 0.739) / 0.855.
 ENCODER = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, pooling="gem", head="none",
                         dim=1280, whiten=256, whiten_from="pool", test_scales=(1.41,), framing="trimmed")
-AUGMENT = dataclasses.replace(AUGMENT_PRESETS["copies"], pad_p=0.3, text_p=0.5, grayscale_p=0.4)
+AUGMENT = dataclasses.replace(AUGMENT_PRESETS["copy-edits"], pad_p=0.3, text_p=0.5, grayscale_p=0.4)
 RECIPE = TrainConfig(epochs=0, freeze_backbone=True, self_supervised=True, augment=AUGMENT, val_fraction=0.0,
                      seed=0, whiten_views=6)
 LICENCES = {  # scikit-image's data/README.txt and scikit-learn's datasets/images/README.txt
@@ -65,7 +65,7 @@ def card() -> dict:
                 "file": f"sklearn/datasets/images/{n}.jpg", "licence": LICENCES["scikit-learn"]} for n in SKLEARN_PHOTOS]
     return {"model": builtin.label(), "encoder": ENCODER.__dict__ | {"test_scales": list(ENCODER.test_scales)},
             "whitening": "each photo whole and cut into grids " + ", ".join(f"{g}x{g}" for g in BACKGROUND_GRIDS)
-                         + ", under the copies augmentation; no SGD",
+                         + ", under the copy-edits augmentation; no SGD",
             "calibration": "copies (samples.COPIES) of each photo and tile; pairs across photos are the distinct pairs",
             "images": images}
 

@@ -19,7 +19,7 @@ from .duplicates import standins
 from .core.calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .core.checkpoint import CheckpointError, read_calibration, update_model_file
 from .duplicates.closepairs import Progress
-from .core.config import EncoderConfig, Runtime, TrainConfig
+from .core.config import Runtime
 from .duplicates.dedup import (
     CrossResult,
     DedupError,
@@ -31,11 +31,11 @@ from .duplicates.dedup import (
 from .training.distributed import World
 from .core.errors import NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, calibrate, evaluate
-from .core.images import Failure, Selection, scan_images
+from .core.images import Failure, Scan, Selection, scan_images
 from .index.folder import open_rows, read_manifest
 from .index.indexing import found_model
 from .duplicates.moves import MovePlan, MoveReport, apply_moves, plan_moves
-from .training.recipes import Choice, choose, with_options
+from .training.recipes import Choice, choose
 from .core.samples import build_background
 from .index.search import QueryResult, Searcher
 from .index.store import Store
@@ -271,9 +271,10 @@ class EvalRun:
 
 
 def evaluate_model(data_dir: Path | str, model: Path | str, *, report_dir: Path | None = None,
-                   **options: Any) -> EvalRun:
-    """evaluate() (options are its keyword arguments), then ROC, distance and training plots when report_dir is set."""
-    result = evaluate(data_dir, model, **options)
+                   runtime: Runtime = Runtime(), **options: Any) -> EvalRun:
+    """evaluate() on this machine's runtime (options are its other keyword arguments), then ROC, distance and
+    training plots when report_dir is set."""
+    result = evaluate(data_dir, model, runtime=runtime, **options)
     return EvalRun(result, report.write_eval_report(result, report_dir) if report_dir is not None else [])
 
 
@@ -284,13 +285,15 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
     """Choose the recipe from a sample of the folder (or take the one named), give it the options, train.
 
     options: TrainConfig and EncoderConfig fields by name; each one not None replaces the recipe's
-    (recipes.with_options). The choice is the observer's first message, once train has checked `out`.
+    (Recipe.with_options). The choice is the observer's first message, once train has checked `out`.
     A near-duplicate model is then calibrated on the duplicate-free background (calibrate_on_background).
     """
-    choice, enc, cfg = chosen_recipe(data_dir, options, recipe, selection)
+    scan = scan_images(data_dir, selection or Selection())  # once: the recipe's sample and the training data
+    choice = chosen_recipe(data_dir, options, recipe, scan=scan)
+    enc, cfg = choice.recipe.encoder, choice.recipe.train
     line = f"recipe: {choice.name} ({choice.survey.describe()}); the options given replace its fields"
     result = train(Path(data_dir), out, enc, cfg, runtime, weights_file=weights_file, resume=resume, force=force,
-                   observer=_Headed(observer, line), world=world, selection=selection)
+                   observer=_Headed(observer, line), world=world, scan=scan)
     if cfg.self_supervised and result.calibration and world.main:
         result.calibration = calibrate_on_background(out, runtime)
         observer.message(f"calibrated on the background photos: {result.calibration['tails']['different_pairs']:,} "
@@ -298,13 +301,14 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
     return choice, result
 
 
-def chosen_recipe(data_dir: Path, options: dict[str, Any], recipe: str = "auto",
-                  selection: Selection | None = None) -> tuple[Choice, EncoderConfig, TrainConfig]:
+def chosen_recipe(data_dir: Path, options: dict[str, Any], recipe: str = "auto", selection: Selection | None = None,
+                  scan: Scan | None = None) -> Choice:
     """The recipe train would run on this folder (chosen from a sample of it, or the one named, fitted to it),
-    with the options given in place of its fields: what `train --show` prints, and what train runs."""
-    choice = choose(scan_images(data_dir, selection or Selection()).images, Path(data_dir), recipe,
-                    bool(options.get("self_supervised")))
-    return (choice, *with_options(choice, options))
+    with the options given in place of its fields: what `train --show` prints, and what train runs.
+    scan: the folder already scanned (else the files selection keeps)."""
+    scan = scan or scan_images(data_dir, selection or Selection())
+    choice = choose(scan.images, Path(data_dir), recipe, bool(options.get("self_supervised")))
+    return Choice(choice.recipe.with_options(options), choice.survey)
 
 
 def calibrate_on_background(model: Path, runtime: Runtime = Runtime()) -> dict[str, Any]:
@@ -315,8 +319,7 @@ def calibrate_on_background(model: Path, runtime: Runtime = Runtime()) -> dict[s
     their copies are the same pairs.
     """
     with tempfile.TemporaryDirectory(prefix="siamsearch-background-") as folder:
-        found = calibrate(build_background(Path(folder)), model, device=runtime.device, workers=runtime.workers,
-                          batch_size=runtime.batch_size, group_depth=1)
+        found = calibrate(build_background(Path(folder)), model, runtime=runtime, group_depth=1)
     found["source"] = "background"  # the folder it was measured in is gone
     update_model_file(model, calibration=found)
     return found

@@ -84,7 +84,7 @@ def _digits(work: Path, minutes: float, obs: Observer, runtime: Runtime) -> dict
                     dataclasses.replace(DIGITS_TRAINING, max_minutes=minutes),
                     Runtime(device=runtime.device, amp=False), force=True, observer=obs)  # the demo's own folder
     obs.message("evaluating it on the held-out third of every digit")
-    result = evaluate(test_dir, model, ways=10, workers=0, device=runtime.device)
+    result = evaluate(test_dir, model, ways=10, runtime=runtime)
     files = {f"plot_{p.stem}": p for p in report.write_eval_report(result, work / "report")}
     obs.message("indexing the training digits and querying one test image of each digit")
     index_folder(train_dir, work / "indexes" / "digits", model, rebuild=True, runtime=runtime)[0].close()
@@ -115,7 +115,7 @@ def _photos(work: Path, obs: Observer, runtime: Runtime) -> dict[str, Any]:
 
 
 def run_demo(workdir: Path | str, minutes: float = 2.0, observer: Observer | None = None,
-             device: str = "auto") -> DemoSummary:
+             runtime: Runtime = Runtime(workers=0)) -> DemoSummary:
     """Index and dedup the photos with the built-in model, then train the digits encoder within about `minutes`,
     evaluate, index, query, report.
 
@@ -123,7 +123,6 @@ def run_demo(workdir: Path | str, minutes: float = 2.0, observer: Observer | Non
     written under workdir: data/, models/, indexes/, report/, query.html, query_sheet.png and dedup.html.
     """
     t0, obs, work = time.perf_counter(), observer or Quiet(), Path(workdir).expanduser().resolve()
-    runtime = Runtime(workers=0, device=device)
     obs.message("building demo data from scikit-learn digits and scikit-image sample photos")
     photos = _photos(work, obs, runtime)
     digits = _digits(work, 0.7 * minutes, obs, runtime)

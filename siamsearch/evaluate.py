@@ -16,6 +16,7 @@ import numpy as np
 from .core import metrics
 from .core.calibration import CALIBRATION_KEYS, distance_tails, purpose_of
 from .core.checkpoint import Checkpoint, load_encoder, update_model_file
+from .core.config import Runtime
 from .core.device import precision, resolve_device
 from .core.embed import Progress, embed_paths
 from .core.errors import NotFoundError, UsageError
@@ -81,13 +82,14 @@ def held_out_images(found: list[Path], root: Path, ckpt: Checkpoint) -> list[Pat
     return [found[i] for i in val]
 
 
-def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False, device: str = "auto",
-                   workers: int | None = None, batch_size: int = 64, progress: Progress | None = None,
+def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False,
+                   runtime: Runtime = Runtime(), progress: Progress | None = None,
                    selection: Selection | None = None) -> Labelled:
     """Embed every labelled image of a folder with a model file; bad files are collected, not fatal.
 
     held_out: only the identities that training held out (data_dir must be the training folder, chosen with
-    the selection training used). selection: the files to use, like index and train (and .siamsearchignore).
+    the selection training used). runtime: the device, decode workers, batch size and precision to embed with.
+    selection: the files to use, like index and train (and .siamsearchignore).
 
     Raises:
         FileNotFoundError: no such folder. ValueError: fewer than 2 identities or no identity
@@ -96,13 +98,13 @@ def embed_labelled(data_dir: Path | str, model_path: Path | str, *, held_out: bo
     root = Path(data_dir).expanduser().resolve()
     if not root.is_dir():
         raise NotFoundError(f"no such folder: {root}")
-    dev = resolve_device(device)
+    dev = resolve_device(runtime.device)
     model, ckpt = load_encoder(Path(model_path), dev)
     scan = scan_images(root, selection or Selection())
     found = held_out_images(scan.images, root, ckpt) if held_out else scan.images
     labelled = [p for p in found if identity_of(p, root) is not None]
-    emb = embed_paths(model, ckpt.preprocess, labelled, batch_size=batch_size, workers=workers, device=dev,
-                      progress=progress)
+    emb = embed_paths(model, ckpt.preprocess, labelled, batch_size=runtime.batch_size, workers=runtime.workers,
+                      device=dev, amp=runtime.amp, decode=runtime.decode, compile=runtime.compile, progress=progress)
     labels = np.array([identity_of(p, root) for p in emb.paths], dtype=str)
     _, counts = np.unique(labels, return_counts=True)
     if len(counts) < 2 or counts.max(initial=0) < 2:
@@ -132,9 +134,8 @@ def episode_groups(labels: np.ndarray, depth: int, ways: int) -> tuple[np.ndarra
 
 def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = False, ways: int = 20,
              episodes: int = 400, episode_group_depth: int | None = None, target_precision: float = 0.99,
-             seed: int = 0, device: str = "auto",
-             workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64,
-             progress: Progress | None = None, selection: Selection | None = None) -> EvalResult:
+             seed: int = 0, max_pairs: int = 200_000, runtime: Runtime = Runtime(), progress: Progress | None = None,
+             selection: Selection | None = None) -> EvalResult:
     """Retrieval, verification and N-way one-shot metrics of a model on an identity folder.
 
     Every image queries all others for P@1, recall@1/5/10, R-precision and MAP@R. Verification uses
@@ -143,13 +144,13 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
     held_out: measure only the identities training held out (data_dir = the training folder).
     episode_group_depth: draw each episode's identities from one folder this many levels down (1: one
     alphabet, as Omniglot's official runs); None: the model's --val-group-depth with held_out, else 0.
-    selection: the files to use (see embed_labelled).
+    runtime and selection: how to embed, and the files to use (see embed_labelled).
 
     Raises:
         FileNotFoundError, ValueError (see embed_labelled), CheckpointError.
     """
-    data = embed_labelled(data_dir, model_path, held_out=held_out, device=device, workers=workers,
-                          batch_size=batch_size, progress=progress, selection=selection)
+    data = embed_labelled(data_dir, model_path, held_out=held_out, runtime=runtime, progress=progress,
+                          selection=selection)
     emb, labels = data.vectors, data.labels
     i, j, same = metrics.sample_pairs(labels, max_pairs, seed)  # sampled once: metrics and plots share them
     distances = metrics.pair_distances(emb, i, j)
@@ -178,13 +179,14 @@ def evaluate(data_dir: Path | str, model_path: Path | str, *, held_out: bool = F
 
 
 def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision: float = 0.99,
-              target_recall: float = metrics.TARGET_RECALL, seed: int = 0, device: str = "auto",
-              workers: int | None = None, max_pairs: int = 200_000, batch_size: int = 64, group_depth: int = 0,
-              progress: Progress | None = None, selection: Selection | None = None) -> dict[str, Any]:
+              target_recall: float = metrics.TARGET_RECALL, seed: int = 0, max_pairs: int = 200_000,
+              group_depth: int = 0, runtime: Runtime = Runtime(), progress: Progress | None = None,
+              selection: Selection | None = None) -> dict[str, Any]:
     """Recompute the duplicate thresholds on the user's labelled data and store them in the model file.
 
     The weights (and so the fingerprint, and every index built with the model) stay the same; only
-    the calibration that dedup uses by default is replaced. selection: the files to use (see embed_labelled).
+    the calibration that dedup uses by default is replaced. runtime and selection: how to embed, and the files
+    to use (see embed_labelled); the calibration records the precision it was measured in.
     With group_depth g, identities that share their first g folders form a group (tiles of one photo:
     distinct images, but not what a collection's distinct photos look like), and pairs within a group are
     left out of the different pairs.
@@ -193,8 +195,7 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
         The new calibration: CALIBRATION_KEYS, "tails" (siamsearch.core.calibration), the model's "purpose",
         "source" ("calibrate:<folder>"), "pairs" and "group_depth".
     """
-    data = embed_labelled(data_dir, model_path, device=device, workers=workers, batch_size=batch_size,
-                          progress=progress, selection=selection)
+    data = embed_labelled(data_dir, model_path, runtime=runtime, progress=progress, selection=selection)
     groups = identity_groups(data.labels, group_depth)
     found = metrics.verification_metrics(data.vectors, data.labels, max_pairs=max_pairs, seed=seed,
                                          target_precision=target_precision, target_recall=target_recall,
@@ -203,7 +204,7 @@ def calibrate(data_dir: Path | str, model_path: Path | str, *, target_precision:
     calibration = ({k: found[k] for k in CALIBRATION_KEYS}
                    | {"tails": distance_tails(data.vectors, data.labels, seed, groups), "purpose": purpose,
                       "source": f"calibrate:{data.root}", "pairs": int(found["pairs"]), "group_depth": group_depth,
-                      "precision": precision(resolve_device(device))})
+                      "precision": precision(resolve_device(runtime.device), runtime.amp)})
     update_model_file(Path(model_path), calibration=calibration)
     return calibration
 

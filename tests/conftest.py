@@ -139,9 +139,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> object:
     """The whole demo, run once per session (about 2 minutes on a CPU): a DemoSummary."""
     pytest.importorskip("sklearn", reason='the demo needs pip install -e ".[demo]"')
     pytest.importorskip("skimage", reason='the demo needs pip install -e ".[demo]"')
+    from siamsearch.core.config import Runtime
     from siamsearch.demo import run_demo
 
-    return run_demo(tmp_path_factory.mktemp("demo"), minutes=2.0, device="cpu")
+    return run_demo(tmp_path_factory.mktemp("demo"), minutes=2.0, runtime=Runtime(device="cpu", workers=0))
 
 
 class VectorEmbed:

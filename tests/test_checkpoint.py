@@ -54,11 +54,11 @@ def test_a_model_file_from_before_the_renames_loads_with_todays_names(tmp_path):
     fp = save_model(tmp_path / "m.pt", model, TrainConfig())
     data = torch.load(tmp_path / "m.pt", weights_only=True)
     old = {k: v for k, v in data["train"].items() if k not in ("hinge", "augment")}
-    data["train"] = old | {"margin": 0.3, "augment": "faces", "augment_cfg": to_dict(AUGMENT_PRESETS["photos"]),
+    data["train"] = old | {"margin": 0.3, "augment": "faces", "augment_cfg": to_dict(AUGMENT_PRESETS["photo-edits"]),
                            "workers": 4, "device": "cuda", "amp": True, "cache_gb": 1.0}  # runtime knobs of old
     torch.save(data, tmp_path / "old.pt")
     ckpt = load_checkpoint(tmp_path / "old.pt")
-    assert ckpt.train.hinge == 0.3 and ckpt.train.augment == AUGMENT_PRESETS["photos"] and ckpt.fingerprint == fp
+    assert ckpt.train.hinge == 0.3 and ckpt.train.augment == AUGMENT_PRESETS["photo-edits"] and ckpt.fingerprint == fp
 
 
 @pytest.mark.parametrize("content,match", [(b"", "not a readable"), (b"garbage" * 10, "not a readable")])

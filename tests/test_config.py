@@ -6,7 +6,6 @@ import pytest
 
 from siamsearch.core.config import (
     AUGMENT_PRESETS,
-    RECIPES,
     EncoderConfig,
     Runtime,
     TrainConfig,
@@ -14,6 +13,7 @@ from siamsearch.core.config import (
     to_dict,
     with_overrides,
 )
+from siamsearch.training.recipes import RECIPES
 
 
 def test_legacy_keys_map_onto_todays_fields():
@@ -36,7 +36,7 @@ def test_with_overrides_replaces_the_fields_given_and_keeps_the_rest():
     options = {"backbone": "small", "dim": 16, "epochs": 3, "hinge": None, "workers": 2, "device": "cpu",
                "out": "ignored.pt", "resume": True}
     assert with_overrides(EncoderConfig(), options) == EncoderConfig(backbone="small", dim=16)
-    enc, cfg = RECIPES["copies"]
+    cfg = RECIPES["copies"].train
     assert with_overrides(cfg, options) == dataclasses.replace(cfg, epochs=3)
     assert with_overrides(Runtime(), options) == Runtime(workers=2, device="cpu")
 

@@ -6,7 +6,8 @@ from PIL import Image
 
 from conftest import add_bad_files
 from siamsearch.core.config import EncoderConfig
-from siamsearch.core.embed import decode_images, embed_paths
+from siamsearch.core.decoding import decode_images
+from siamsearch.core.embed import embed_paths
 from siamsearch.core.images import find_images, load_image
 from siamsearch.core.model import build_encoder
 from siamsearch.core.transforms import normalize, square_view

@@ -20,12 +20,14 @@ from test_dedup import make_store
 from torchvision.io import decode_jpeg
 
 import siamsearch.core.devicedecode as devicedecode
+import siamsearch.core.decoding as decoding
 import siamsearch.core.embed as embed
 from siamsearch.duplicates.closepairs import close_pairs, find_cross_pairs
 from siamsearch.core.config import EncoderConfig, Runtime
 from siamsearch.core.device import default_workers, precision, train_workers
 from siamsearch.core.devicedecode import decode_views, read_jpeg, upright
-from siamsearch.core.embed import DecodedImages, collate, embed_batches, embed_paths, loader
+from siamsearch.core.decoding import DecodedImages, collate, loader
+from siamsearch.core.embed import embed_batches, embed_paths
 from siamsearch.core.errors import ModelMismatchError
 from siamsearch.core.images import find_images, load_image
 from siamsearch.index.indexing import index_folder
@@ -165,7 +167,7 @@ def test_workers_stack_each_batch_so_the_loader_pins_one_tensor(identity_dir, mo
     batch = collate([images[i] for i in range(5)], images.sizes, images.channels)
     assert batch.views[0].shape == (5, 3, 16, 16) and batch.indices == list(range(5))
     asked = {}
-    monkeypatch.setattr(embed, "DataLoader", lambda *args, **kwargs: asked.update(kwargs) or [batch])
+    monkeypatch.setattr(decoding, "DataLoader", lambda *args, **kwargs: asked.update(kwargs) or [batch])
     assert list(loader(images, 0, pin=True, batch_size=5)) == [batch] and asked["pin_memory"]  # it calls Batch.pin_memory
 
 

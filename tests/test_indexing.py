@@ -10,6 +10,7 @@ import pytest
 from conftest import DIM, add_bad_files, clustered, make_identities
 from PIL import Image
 
+import siamsearch.core.decoding as decoding
 import siamsearch.core.embed as embed_mod
 import siamsearch.index.indexing as indexing
 import siamsearch.index.store as store_mod
@@ -205,7 +206,7 @@ def test_a_second_writer_is_locked_out(tmp_path, photos, new_store):
 
 def test_a_run_of_several_chunks_embeds_in_one_stream_with_one_worker_pool(identity_dir, model_file, tmp_path,
                                                                            monkeypatch):
-    streams, loaders, real_loader = [], [], embed_mod.DataLoader
+    streams, loaders, real_loader = [], [], decoding.DataLoader
 
     def counting_stream(*args, **kwargs):
         streams.append(len(args[2]))
@@ -216,7 +217,7 @@ def test_a_run_of_several_chunks_embeds_in_one_stream_with_one_worker_pool(ident
         return real_loader(*args, **kwargs)
 
     monkeypatch.setattr(indexing, "embed_batches", counting_stream)
-    monkeypatch.setattr(embed_mod, "DataLoader", counting_loader)
+    monkeypatch.setattr(decoding, "DataLoader", counting_loader)
     written = count_index_writes(monkeypatch)
     progress = []
     store, report = index_folder(identity_dir, tmp_path / "idx", model_file, commit_every=10,

@@ -21,7 +21,7 @@ PACKAGES = {  # package → the packages it may import ("" is the top-level use 
     "cli": ("core", "training", "index", "duplicates", "", "cluster"),
 }
 ORDER = {  # each package's modules, foundations first
-    "core": ("errors", "atomic", "config", "device", "images", "samples", "transforms", "devicedecode", "embed",
+    "core": ("errors", "atomic", "config", "device", "images", "samples", "transforms", "devicedecode", "decoding", "embed",
              "model", "metrics", "calibration", "checkpoint", "builtin"),
     "training": ("settings", "recipes", "sampling", "distributed", "data", "whitening", "losses", "validation", "loop"),
     "index": ("ann", "rows", "folder", "store", "indexing", "relocation", "search"),

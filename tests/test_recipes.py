@@ -6,12 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from rich.console import Console
+from conftest import run_cli
 from test_train import _recipe_of
 
-from siamsearch.core.config import AUGMENT_PRESETS, RECIPES
+from siamsearch.cli import terminal
+from siamsearch.core.config import AUGMENT_PRESETS
 from siamsearch.core.errors import UsageError
 from siamsearch.core.images import scan_images
-from siamsearch.training.recipes import MIN_VAL_IDENTITIES, Survey, choose, fitted, recipe_name
+from siamsearch.training import settings
+from siamsearch.training.recipes import MIN_VAL_IDENTITIES, RECIPES, Survey, choose, recipe_name
 
 
 def glyph(rng: np.random.Generator) -> Image.Image:
@@ -56,14 +60,15 @@ def chosen(root: Path, recipe: str = "auto"):
 def test_glyphs_faces_and_photos_each_get_their_recipe(tmp_path):
     glyphs = chosen(folder(tmp_path / "glyphs", glyph, groups=3))
     assert glyphs.name == "glyphs" and glyphs.survey.two_tone == 1.0 and glyphs.survey.side == 105
-    assert glyphs.enc.channels == 1 and glyphs.enc.backbone == "small" and glyphs.cfg.augment == AUGMENT_PRESETS[
-        "characters"]
+    enc, cfg = glyphs.recipe.encoder, glyphs.recipe.train
+    assert enc.channels == 1 and enc.backbone == "small" and cfg.augment == AUGMENT_PRESETS["characters"]
     faces = chosen(folder(tmp_path / "faces", face, ext="pgm"))
-    assert faces.name == "faces" and faces.enc.channels == 1 and faces.enc.pretrained
-    assert faces.cfg.augment == AUGMENT_PRESETS["lighting"] and faces.cfg.freeze_backbone
-    assert faces.enc.whiten and faces.cfg.epochs == 0  # the learned whitening alone
+    enc, cfg = faces.recipe.encoder, faces.recipe.train
+    assert faces.name == "faces" and enc.channels == 1 and enc.pretrained
+    assert cfg.augment == AUGMENT_PRESETS["lighting"] and cfg.freeze_backbone
+    assert enc.whiten and cfg.epochs == 0  # the learned whitening alone
     photos = chosen(folder(tmp_path / "photos", photo, ext="jpg"))
-    assert photos.name == "photos" and photos.enc.channels == 3 and photos.enc.pretrained
+    assert photos.name == "photos" and photos.recipe.encoder.channels == 3 and photos.recipe.encoder.pretrained
     assert photos.survey.single_channel == 0.0 and photos.survey.side == 120
 
 
@@ -73,9 +78,9 @@ def test_a_flat_folder_is_for_copies_and_a_named_recipe_is_taken_as_named(tmp_pa
     rng = np.random.default_rng(0)
     for j in range(4):
         photo(rng).save(flat / f"{j}.jpg")
-    assert chosen(flat).name == "copies" and chosen(flat).enc == RECIPES["copies"][0]
+    assert chosen(flat).recipe == RECIPES["copies"]  # kept as declared: its fields say what it does
     glyphs = folder(tmp_path / "glyphs", glyph)
-    assert chosen(glyphs, "photos").name == "photos" and chosen(glyphs, "photos").enc.channels == 1
+    assert chosen(glyphs, "photos").name == "photos" and chosen(glyphs, "photos").recipe.encoder.channels == 1
     with pytest.raises(UsageError, match="unknown recipe 'fonts'"):
         chosen(glyphs, "fonts")
 
@@ -83,11 +88,12 @@ def test_a_flat_folder_is_for_copies_and_a_named_recipe_is_taken_as_named(tmp_pa
 def test_the_held_out_split_fits_the_identities_there_are():
     survey = Survey(200, 1.0, 1.0, 105, identities=MIN_VAL_IDENTITIES, groups=30)
     assert recipe_name(survey) == "glyphs"
-    enc, cfg = fitted("glyphs", survey)
+    glyphs = RECIPES["glyphs"]
+    cfg = glyphs.fitted(survey).train
     assert (cfg.val_fraction, cfg.val_group_depth) == (0.2, 1)  # whole alphabets
-    assert fitted("glyphs", dataclasses.replace(survey, groups=0))[1].val_group_depth == 0
-    assert fitted("glyphs", dataclasses.replace(survey, identities=MIN_VAL_IDENTITIES - 1))[1].val_fraction == 0.0
-    assert fitted("glyphs", dataclasses.replace(survey, side=20))[0].image_size == 20  # never larger than the images
+    assert glyphs.fitted(dataclasses.replace(survey, groups=0)).train.val_group_depth == 0
+    assert glyphs.fitted(dataclasses.replace(survey, identities=MIN_VAL_IDENTITIES - 1)).train.val_fraction == 0.0
+    assert glyphs.fitted(dataclasses.replace(survey, side=20)).encoder.image_size == 20  # never larger than the images
     assert recipe_name(dataclasses.replace(survey, side=400)) == "faces"  # large drawings: the pretrained trunk
 
 
@@ -105,6 +111,7 @@ FLAGS = {  # flag and value → the field it sets and the value expected there
     ("--finetune-lr", "0.002"): ("finetune_lr", 0.002), ("--weight-decay", "0.1"): ("weight_decay", 0.1),
     ("--freeze-backbone",): ("freeze_backbone", True), ("--unfreeze", "2:layer4"): ("unfreeze", ((2, ("layer4",)),)),
     ("--accumulate", "2"): ("accumulate", 2), ("--augment", "none"): ("augment", AUGMENT_PRESETS["none"]),
+    ("--augment", "faces"): ("augment", AUGMENT_PRESETS["portraits"]),  # its old name, for one release
     ("--rotations", "2"): ("rotations", 2), ("--val-fraction", "0.3"): ("val_fraction", 0.3),
     ("--val-group-depth", "0"): ("val_group_depth", 0), ("--seed", "7"): ("seed", 7),
 }
@@ -113,10 +120,11 @@ FLAGS = {  # flag and value → the field it sets and the value expected there
 def test_every_flag_replaces_its_field_of_the_chosen_recipe(monkeypatch, tmp_path):
     root = folder(tmp_path / "glyphs", glyph, groups=5, ids=25)
     base = chosen(root)
-    assert base.cfg.val_group_depth == 1 and _recipe_of(monkeypatch, [], root)[:2] == (base.enc, base.cfg)
+    base_enc, base_cfg = base.recipe.encoder, base.recipe.train
+    assert base_cfg.val_group_depth == 1 and _recipe_of(monkeypatch, [], root)[:2] == (base_enc, base_cfg)
     for flag, (name, value) in FLAGS.items():
         enc, cfg, _ = _recipe_of(monkeypatch, list(flag), root)
-        changed = {f: getattr(c, f) for c, b in ((enc, base.enc), (cfg, base.cfg))
+        changed = {f: getattr(c, f) for c, b in ((enc, base_enc), (cfg, base_cfg))
                    for f in (x.name for x in dataclasses.fields(c)) if getattr(c, f) != getattr(b, f)}
         assert changed == {name: value}, flag
 
@@ -137,6 +145,26 @@ def test_epochs_alone_lift_the_time_budget(monkeypatch, tmp_path):
     assert (cfg.epochs, cfg.max_minutes) == (3, None)
     cfg = _recipe_of(monkeypatch, ["--epochs", "3", "--max-minutes", "2"], root)[1]
     assert (cfg.epochs, cfg.max_minutes) == (3, 2.0)
+
+
+def test_recipes_and_augmentation_presets_never_share_a_name_and_the_old_preset_names_still_work():
+    assert not set(RECIPES) & set(AUGMENT_PRESETS)
+    assert not set(RECIPES) & set(settings.AUGMENT_ALIASES.values())
+    for old, new in settings.AUGMENT_ALIASES.items():
+        assert settings.value_of("augment", old) == AUGMENT_PRESETS[new]
+        assert settings.parse_sets([f"augment={old}"]) == {"augment": AUGMENT_PRESETS[new]}
+
+
+def test_recipe_list_shows_every_recipe_its_budget_and_what_it_is_for(monkeypatch):
+    wide = Console(width=250, record=True)
+    monkeypatch.setattr(terminal, "console", wide)
+    assert run_cli("train", ".", "--recipe", "list").exit_code == 0
+    rows = {line.split("│")[1].strip(): line for line in wide.export_text().splitlines() if line.count("│") == 8}
+    assert set(rows) == set(RECIPES)
+    for recipe in RECIPES.values():
+        assert f" {recipe.budget} " in rows[recipe.name] and recipe.summary in rows[recipe.name]
+    assert [recipe.budget for recipe in RECIPES.values()] == ["15 min", "seconds", "15 min", "20 epochs", "10 min"]
+    assert "pooled → 64" in rows["glyphs"] and "128 px and ×1.41" in rows["copies"] and "no SGD" in rows["faces"]
 
 
 def test_no_images_or_none_readable_is_one_clear_error(tmp_path):

@@ -10,10 +10,10 @@ from siamsearch.core.errors import UsageError
 
 def test_set_takes_any_field_of_the_recipe_by_its_type():
     found = settings.parse_sets(["koleo=20", "gem_p=4", "freeze-backbone=no", "test_scales=1.41,2", "hinge=0.5",
-                                 "unfreeze=3:blocks.5,blocks.6 6:head", "augment=copies", "cache_gb=2"])
+                                 "unfreeze=3:blocks.5,blocks.6 6:head", "augment=copy-edits", "cache_gb=2"])
     assert found == {"koleo": 20.0, "gem_p": 4.0, "freeze_backbone": False, "test_scales": (1.41, 2.0), "hinge": 0.5,
-                     "unfreeze": ((3, ("blocks.5", "blocks.6")), (6, ("head",))), "augment": AUGMENT_PRESETS["copies"],
-                     "cache_gb": 2.0}
+                     "unfreeze": ((3, ("blocks.5", "blocks.6")), (6, ("head",))),
+                     "augment": AUGMENT_PRESETS["copy-edits"], "cache_gb": 2.0}
 
 
 @pytest.mark.parametrize("item, words", [("koleoo=3", "did you mean 'koleo'"), ("gem-pp=4", "did you mean 'gem_p'"),

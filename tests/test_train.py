@@ -11,23 +11,30 @@ from typer.testing import CliRunner
 from siamsearch import commands
 from siamsearch.core.checkpoint import load_checkpoint, load_encoder, save_model
 from siamsearch.cli.app import app
-from siamsearch.core.config import AUGMENT_PRESETS, RECIPES, EncoderConfig, Runtime, TrainConfig
+from siamsearch.core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
 from siamsearch.core.errors import RefusedError, UsageError
 from siamsearch.core.model import build_encoder
 from siamsearch.training.loop import Quiet, resume_path_for, train
+from siamsearch.training.recipes import RECIPES
 from siamsearch.training.validation import kept_epoch, validate
-from siamsearch.training.data import load_data, val_views
+from siamsearch.core.images import scan_images
+from siamsearch.training.data import TrainData
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3)
 CFG = TrainConfig(epochs=4, ids_per_batch=8, images_per_id=3, lr=3e-3, val_fraction=0.25, ways=4, episodes=100,
                   augment=AUGMENT_PRESETS["none"], hinge=1.0)
 
 
+def load_data(root, enc, cfg):
+    """The training data of a folder, scanned whole."""
+    return TrainData.load(root, scan_images(root), enc, cfg)
+
+
 def test_training_separates_unseen_identities(identity_dir, tmp_path):
     out = tmp_path / "m.pt"
     result = train(identity_dir, out, ENC, dataclasses.replace(CFG, epochs=6))
     data = load_data(identity_dir, ENC, CFG)
-    images, labels = val_views(data, ENC, CFG)
+    images, labels = data.validation()
     torch.manual_seed(0)
     untrained = validate(build_encoder(ENC), images, labels, CFG, torch.device("cpu"))
     best = result.best
@@ -86,7 +93,7 @@ def test_a_resumed_run_that_does_not_improve_reports_the_saved_fingerprint(ident
 
 def train_interrupted(identity_dir, out, cfg, monkeypatch, batch=6):
     """Train until Ctrl-C arrives at the `batch`-th batch (the 6th is in the second epoch), then resume to the end."""
-    import siamsearch.training.loop as tr
+    import siamsearch.training.data as tr
     real, calls = tr.augment_batch, {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -210,7 +217,7 @@ def test_self_supervised_on_a_flat_folder(tmp_path, identity_dir):
     flat.mkdir()
     for p in sorted(identity_dir.rglob("*.png"))[:40]:
         (flat / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
-    cfg = dataclasses.replace(CFG, epochs=2, augment=AUGMENT_PRESETS["photos"])
+    cfg = dataclasses.replace(CFG, epochs=2, augment=AUGMENT_PRESETS["photo-edits"])
     result = train(flat, tmp_path / "ss.pt", ENC, cfg)
     assert result.best["roc_auc"] > 0.5 and not math.isnan(result.best["p_at_1"])
     assert load_data(flat, ENC, cfg).self_supervised
@@ -286,13 +293,16 @@ def _recipe_of(monkeypatch, args, folder):
 
 
 def test_self_supervised_takes_the_copies_recipe_and_a_flag_overrides_one_field(monkeypatch, identity_dir):
-    assert _recipe_of(monkeypatch, ["--self-supervised"], identity_dir)[:2] == RECIPES["copies"]
+    copies = RECIPES["copies"]
+    assert _recipe_of(monkeypatch, ["--self-supervised"], identity_dir)[:2] == (copies.encoder, copies.train)
     enc, cfg, runtime = _recipe_of(monkeypatch, ["--self-supervised", "--koleo", "0", "--image-size", "128"],
                                    identity_dir)
-    assert enc == dataclasses.replace(RECIPES["copies"][0], image_size=128)
-    assert cfg == dataclasses.replace(RECIPES["copies"][1], koleo=0.0)
+    assert enc == dataclasses.replace(copies.encoder, image_size=128)
+    assert cfg == dataclasses.replace(copies.train, koleo=0.0)
     assert runtime.amp is None  # mixed precision: the device decides (off on a CPU)
-    assert _recipe_of(monkeypatch, ["--recipe", "identities"], identity_dir)[:2] == RECIPES["identities"]
+    identities = RECIPES["identities"]
+    assert _recipe_of(monkeypatch, ["--recipe", "identities"], identity_dir)[:2] == (identities.encoder,
+                                                                                    identities.train)
 
 
 def test_a_model_file_from_before_pooling_and_heads_loads(tmp_path):

@@ -20,10 +20,10 @@ def run(cfg: AugmentConfig, seed: int = 0, batch: torch.Tensor = BATCH) -> torch
 @pytest.mark.parametrize("channels", [1, 3])
 def test_copies_preset_keeps_shape_range_and_is_deterministic_per_seed(channels):
     batch = BATCH[:, :channels]
-    a, b = run(AUGMENT_PRESETS["copies"], 0, batch), run(AUGMENT_PRESETS["copies"], 0, batch)
+    a, b = run(AUGMENT_PRESETS["copy-edits"], 0, batch), run(AUGMENT_PRESETS["copy-edits"], 0, batch)
     assert a.shape == (6, channels, 32, 32) and a.dtype == torch.float32
     assert 0 <= a.min() and a.max() <= 1
-    assert torch.equal(a, b) and not torch.equal(a, run(AUGMENT_PRESETS["copies"], 1, batch))
+    assert torch.equal(a, b) and not torch.equal(a, run(AUGMENT_PRESETS["copy-edits"], 1, batch))
 
 
 @pytest.mark.parametrize("edit", ["text_p", "shapes_p", "jpeg_p", "pad_p"])

@@ -16,7 +16,7 @@ from siamsearch.training.whitening import learned_whitening
 
 ENC = EncoderConfig(backbone="small", dim=32, image_size=32, channels=3, head="linear")
 CFG = TrainConfig(epochs=0, ids_per_batch=8, images_per_id=3, val_fraction=0.25, ways=4, episodes=100,
-                  augment=AUGMENT_PRESETS["faces"])
+                  augment=AUGMENT_PRESETS["portraits"])
 
 
 def nuisance_identities(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from .. import __version__
 from .cluster import app as cluster_app
 from ..training.distributed import is_main
+from ..core.config import Runtime
 from ..core.errors import SiamsearchError
 from .options import Device
 from .terminal import literal_help, Skipped, TrainProgress, console, err, fmt, shown
@@ -95,7 +96,7 @@ def demo(
     """The whole product on built-in data: index and dedup with the built-in model, then train, evaluate, query."""
     from ..demo import run_demo  # needs the demo extra (scikit-learn, scikit-image, matplotlib)
 
-    s = run_demo(out, minutes, observer=TrainProgress(), device=device)
+    s = run_demo(out, minutes, observer=TrainProgress(), runtime=Runtime(device=device, workers=0))
     console.print(f"demo finished in {s.minutes:.1f} min")
     console.print("dedup of planted photo copies (built-in model): " + "  ".join(f"{k} {v}" for k, v in s.dedup.items()))
     console.print("digits model, held-out images: " + "  ".join(

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..core.config import Runtime
 from .options import Json
 from .terminal import console, print_json, progress_bar, report_failures, shown
 from ..cluster.runtime import connect
@@ -28,7 +29,7 @@ def embed(
     model: Annotated[Path, typer.Option(help="Model file.")],
     out: Annotated[Path, typer.Option(help="Embeddings folder (Parquet shards + manifest); a re-run resumes.")],
     shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.")] = 10_000,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = Runtime.batch_size,
     concurrency: Annotated[int, typer.Option(min=1, help="Encoder actors (one model each).")] = 1,
     gpus: Annotated[float, typer.Option(min=0, help="GPUs per encoder actor.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda, inside each actor.")] = "auto",

@@ -33,7 +33,7 @@ def index(
                                               "re-embed those whose content changed.")] = False,
     include: Include = None,
     exclude: Exclude = None,
-    batch_size: Annotated[int, typer.Option()] = 64,
+    batch_size: Annotated[int, typer.Option()] = Runtime.batch_size,
     workers: DecodeWorkers = None,
     device: Device = "auto",
     amp: Amp = None,

@@ -23,13 +23,13 @@ from rich.text import Text
 from ..core.calibration import calibrated_margin, collection_margin
 from ..duplicates.closepairs import MAX_NEIGHBOURS
 from ..commands import DedupRun, EvalRun
-from ..core.config import RECIPE_HELP, RECIPES
 from ..duplicates.dedup import CrossResult, DedupResult, multiframe
 from ..core.embed import Progress as EmbedProgress
 from ..core.images import Failure
 from ..duplicates.moves import MovePlan, MoveReport
 from ..index.search import QueryResult
 from ..training.loop import TrainResult
+from ..training.recipes import RECIPES
 
 # No markup: a file named "[red]x.jpg" or "x[/]y.jpg" prints as it is. Colour comes from Text styles.
 console = Console(soft_wrap=True, markup=False, highlight=False)
@@ -122,13 +122,13 @@ def print_recipes() -> None:
     """train --recipe list: each recipe's main fields and what it is for."""
     table = Table("recipe", "backbone", "input", "loss", "whitening", "budget", "for",
                   title="train --recipe NAME (auto: chosen from the folder)")
-    for name, (enc, cfg) in RECIPES.items():
-        budget = f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs" if cfg.epochs else "seconds"
+    for recipe in RECIPES.values():
+        enc, cfg = recipe.encoder, recipe.train
         trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
         whitening = f"{enc.dim if enc.whiten_from == 'head' else 'pooled'} → {enc.whiten}" if enc.whiten else "-"
         size = f"{enc.image_size} px" + "".join(f" and ×{scale:g}" for scale in enc.test_scales)  # test-time scales
-        table.add_row(name, trunk, size, cfg.loss if cfg.epochs else "none (no SGD)", whitening,
-                      budget, RECIPE_HELP.get(name, ""))
+        table.add_row(recipe.name, trunk, size, cfg.loss if cfg.epochs else "none (no SGD)", whitening,
+                      recipe.budget, recipe.summary)
     console.print(table)
 
 

@@ -120,8 +120,8 @@ def train(
     options = (settings.read_config(config) if config else {}) | settings.parse_sets(set_ or []) | {
         name: value for name, value in flags.items() if value is not None}  # a flag wins over --set and --config
     if show:
-        choice, enc, cfg = chosen_recipe(data_dir, options, recipe, Selection.of(include, exclude))
-        return print_recipe_fields(choice.name, settings.recipe_fields(enc, cfg))
+        choice = chosen_recipe(data_dir, options, recipe, Selection.of(include, exclude))
+        return print_recipe_fields(choice.name, settings.recipe_fields(choice.recipe.encoder, choice.recipe.train))
     runtime = with_overrides(Runtime(), options)
     with launched(os.environ, resolve_device(runtime.device)) as world:  # torchrun's processes train as one
         _, result = train_folder(data_dir, out, options, recipe=recipe, runtime=runtime, weights_file=weights,
@@ -154,8 +154,8 @@ def eval_(
     """Retrieval, verification and one-shot metrics of a model on a labelled folder."""
     with progress_bar("embedding") as progress:
         run = evaluate_model(data_dir, model, report_dir=report_dir, held_out=held_out, ways=ways, episodes=episodes,
-                             target_precision=target_precision, seed=seed, device=device, workers=workers,
-                             progress=progress, selection=Selection.of(include, exclude))
+                             target_precision=target_precision, seed=seed, progress=progress,
+                             runtime=Runtime(device=device, workers=workers), selection=Selection.of(include, exclude))
     report_failures(run.result.failures)
     print_json(run.to_dict()) if as_json else print_eval(run)
 
@@ -181,7 +181,7 @@ def calibrate(
     """Fit the duplicate thresholds to your labelled data and store them in the model (dedup's default)."""
     with progress_bar("embedding") as progress:
         found = calibrate_model(data_dir, model, target_precision=target_precision, target_recall=target_recall,
-                                seed=seed, device=device, workers=workers, group_depth=group_depth,
+                                seed=seed, group_depth=group_depth, runtime=Runtime(device=device, workers=workers),
                                 progress=progress, selection=Selection.of(include, exclude))
     if as_json:
         return print_json(found)

@@ -26,9 +26,10 @@ import ray.data
 import torch
 
 from ..core.checkpoint import load_encoder
-from ..core.config import Preprocess, to_dict
+from ..core.config import Preprocess, Runtime, to_dict
 from ..core.device import resolve_device
-from ..core.embed import DecodedImages, Progress, embed_tensors
+from ..core.decoding import DecodedImages, Progress
+from ..core.embed import embed_tensors
 from ..core.errors import NotFoundError, UsageError
 from ..core.images import Failure, identity_of, scan_images
 from ..index.indexing import file_sha256
@@ -169,7 +170,8 @@ def _source_paths_root(source: Path) -> Path:
 
 
 def embed_collection(source: Path | str, out: Path | str, model: Path | str, *, shard_size: int = 10_000,
-                     batch_size: int = 64, concurrency: int = 1, num_gpus: float = 0, device: str = "auto",
+                     batch_size: int = Runtime.batch_size, concurrency: int = 1, num_gpus: float = 0,
+                     device: str = "auto",
                      load: Callable[[], tuple[torch.nn.Module, Preprocess, torch.device]] | None = None,
                      progress: Progress | None = None) -> EmbedRun:
     """Embed every image of a folder (or list file) into Parquet shards under out, on the connected Ray cluster.

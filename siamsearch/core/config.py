@@ -149,7 +149,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentations, applied per sample on the batch; see PRESETS for per-domain choices."""
+    """Training augmentations, applied per sample on the batch; see AUGMENT_PRESETS for per-domain choices."""
 
     crop_scale: tuple[float, float] = (0.6, 1.0)
     crop_ratio: tuple[float, float] = (0.8, 1.25)
@@ -171,28 +171,29 @@ class AugmentConfig:
     shade: float = 0.0  # darkened by up to this share towards one random side: light from one side
 
 
+# Named so that none is also a recipe's name (training.recipes): a recipe picks one, `--set augment=NAME` another.
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     # Handwriting and symbols: no flips (a mirrored character is another character), gentle affine.
     "characters": AugmentConfig(crop_scale=(0.85, 1.0), crop_ratio=(0.9, 1.1), flip=False, rotate=10.0,
                                 shear=10.0, translate=0.05, brightness=0.0, contrast=0.0, saturation=0.0),
     # Faces and objects of one identity: mild crops, flips, lighting changes.
-    "faces": AugmentConfig(crop_scale=(0.7, 1.0), flip=True, rotate=10.0, translate=0.05,
-                           brightness=0.3, contrast=0.3, saturation=0.2, blur_p=0.1),
-    # Near-duplicate photos (self-supervised): strong crops, colour, grayscale and blur.
-    "photos": AugmentConfig(crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33), flip=True, rotate=10.0,
-                            brightness=0.4, contrast=0.4, saturation=0.4, grayscale_p=0.2, blur_p=0.3),
-    # Copies of one photo (resized, cropped, recompressed, relit): milder crops than "photos" and no flips (a
+    "portraits": AugmentConfig(crop_scale=(0.7, 1.0), flip=True, rotate=10.0, translate=0.05,
+                               brightness=0.3, contrast=0.3, saturation=0.2, blur_p=0.1),
+    # Faces under any light: "portraits" plus gamma 1/3-3 and one-sided shading, so lighting is not identity.
+    "lighting": AugmentConfig(crop_scale=(0.7, 1.0), flip=True, rotate=10.0, translate=0.05, brightness=0.3,
+                              contrast=0.3, saturation=0.2, blur_p=0.1, gamma=3.0, shade=0.8),
+    # Views of one photo (self-supervised, SimCLR's kind): strong crops, colour, grayscale and blur.
+    "photo-edits": AugmentConfig(crop_scale=(0.3, 1.0), crop_ratio=(0.75, 1.33), flip=True, rotate=10.0,
+                                 brightness=0.4, contrast=0.4, saturation=0.4, grayscale_p=0.2, blur_p=0.3),
+    # Copies of one photo (resized, cropped, recompressed, relit): milder crops than "photo-edits" and no flips (a
     # mirrored photo is not a copy); brightness reaches 0.5 so a 1.4x brighter copy sits inside the range.
     "near-duplicates": AugmentConfig(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip=False, rotate=6.0,
                                      brightness=0.5, contrast=0.3, saturation=0.4, grayscale_p=0.25, blur_p=0.3),
     # Copy detection (SSCD, Pizzi et al. 2022; DISC2021): crops down to a small area, flips, padding, overlaid text
     # and shapes, JPEG, blur, colour and grayscale, small rotations: edits a copy of a photo goes through.
-    "copies": AugmentConfig(crop_scale=(0.15, 1.0), crop_ratio=(0.6, 1.67), flip=True, rotate=8.0,
-                            brightness=0.5, contrast=0.4, saturation=0.5, grayscale_p=0.25, blur_p=0.3,
-                            pad_p=0.15, text_p=0.3, shapes_p=0.2, jpeg_p=0.4),
-    # Faces under any light: "faces" plus gamma 1/3-3 and one-sided shading, so lighting is not identity.
-    "lighting": AugmentConfig(crop_scale=(0.7, 1.0), flip=True, rotate=10.0, translate=0.05, brightness=0.3,
-                              contrast=0.3, saturation=0.2, blur_p=0.1, gamma=3.0, shade=0.8),
+    "copy-edits": AugmentConfig(crop_scale=(0.15, 1.0), crop_ratio=(0.6, 1.67), flip=True, rotate=8.0,
+                                brightness=0.5, contrast=0.4, saturation=0.5, grayscale_p=0.25, blur_p=0.3,
+                                pad_p=0.15, text_p=0.3, shapes_p=0.2, jpeg_p=0.4),
     "none": AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotate=0.0,
                           brightness=0.0, contrast=0.0, saturation=0.0),
 }
@@ -220,12 +221,12 @@ class TrainConfig:
     unfreeze: tuple[tuple[int, tuple[str, ...]], ...] = ()
     accumulate: int = 1
     self_supervised: bool = False
-    augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["faces"])
+    augment: AugmentConfig = field(default_factory=lambda: AUGMENT_PRESETS["portraits"])
     rotations: int = 1  # 2 or 4: each training identity also turned by 180° (or every 90°), each turn a new identity
     val_fraction: float = 0.2
     val_group_depth: int = 0  # 0: split identities; 1: split by first folder (e.g. whole alphabets)
     ways: int = 20
-    episodes: int = 2000  # validation one-shot episodes: with 400, the best epoch was the luckiest (SE 0.013 at 0.93)
+    episodes: int = 2000  # validation one-shot episodes: with fewer, the best epoch is the luckiest (docs/recipes.md)
     seed: int = 0
     whiten_views: int = 2  # augmented views of each image beside its plain one that the learned whitening sees
 
@@ -247,60 +248,6 @@ class TrainConfig:
             raise UsageError("val_fraction must be in [0, 1)")
 
 
-# Named recipes: what `siamsearch train` builds when no flag overrides a field; siamsearch.training.recipes picks one from a
-# sample of the folder (and fits channels, input size and the held-out split to it). "copies" (train --self-supervised)
-# turns the ImageNet EfficientNet-Lite0 into a copy detector, after SSCD: GeM pooling, a linear projection, NT-Xent on
-# two strongly edited views plus KoLeo. On a 2-core CPU the trunk stays frozen: in scripts/bench_neardup.py's minutes,
-# training only the projection (and GeM's p) measured better than fine-tuning the trunk at a tenth of the lr or
-# unfreezing its last blocks, which take fewer steps in the same time. The learned whitening after SGD (each image
-# an identity of its augmented views) spreads what the copy edits leave alone: with it the bench's F1 at the default
-# margin was 0.972, 0.950, 0.980, 0.980, 0.921 on seeds 0-4 (without it 0.953 and 0.896 on seeds 0 and 1). Test
-# scales 1.41 (each vector also pooled over the image at 1.41 times the side: a copy cropped to half the area then
-# meets the original's matching part at its own scale) lifted captioned half-area crops, refitted on the same models:
-# seed 1 0.948 → 0.980, seed 3 0.980 → 0.990, seed 4 0.921 → 0.940 (scales 0.71 or 2 beside it: no better); the
-# bench run anew with both: 0.928, 0.980, 0.980, 0.990, 0.929, and precision 0.996 (was 0.683) with 5,000 distractors;
-# with dedup's kept linkage (the default since; the model unchanged): 0.980, 0.990, 1.000, 1.000, 0.980.
-# The SGD identity recipes stop on a time budget.
-BUDGET = dict(epochs=1000, max_minutes=15.0)  # the time budget decides; --epochs alone lifts it (recipes.with_options)
-# Identities on the ImageNet trunk: a linear projection of its average-pooled features, NT-Xent. On a 2-core CPU the
-# trunk stays frozen (as for copies): on AT&T faces, unfreezing its last blocks at a tenth of the lr after 2 epochs
-# lowered validation, and a random MLP head lost to the untrained trunk; --freeze-backbone --unfreeze 3:blocks.6,head
-# gives the head-first-then-blocks plan where steps are cheap.
-_PRETRAINED = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, dim=256, head="linear")
-_HEAD_ONLY = dict(loss="ntxent", freeze_backbone=True, lr=3e-3)
-# Faces: no SGD at all. The frozen trunk's GeM-pooled features at 192 px and a learned whitening to 128 dimensions
-# (siamsearch.training.whitening), fitted in seconds on the training people under the lighting augmentation: on AT&T faces
-# (scripts/bench_identity.py, 10 unseen people) ROC AUC 0.984, where the NT-Xent head above reached 0.963 and the
-# untrained trunk 0.973. Size, pooling and whitening size were chosen on 6 validation people of the 30.
-_WHITENED = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=192, pooling="gem", head="none",
-                          dim=1280, whiten=128)
-# Glyphs at 40 px: Omniglot's validation one-shot (3 held-out alphabets, 15 minutes) 0.933 against 0.920 at 28 px,
-# though each epoch costs twice as much; then the whitening fitted after SGD on the trunk's pooled 256 features, the
-# MLP head left to the loss: within-alphabet validation one-shot 0.890 whitening the head's 128 to 128, 0.912 the
-# pooled features to 64 (0.913 to 48, 0.908 to 96); and 0.916 with test shifts of 1 px (0.911 without, on
-# another run's last epoch).
-RECIPES: dict[str, tuple[EncoderConfig, TrainConfig]] = {
-    "glyphs": (EncoderConfig(backbone="small", image_size=40, channels=1, whiten=64, whiten_from="pool", test_shifts=1),
-               TrainConfig(loss="ntxent", augment=AUGMENT_PRESETS["characters"], **BUDGET)),
-    "faces": (_WHITENED, TrainConfig(augment=AUGMENT_PRESETS["lighting"], epochs=0, freeze_backbone=True)),
-    "photos": (_PRETRAINED, TrainConfig(augment=AUGMENT_PRESETS["faces"], **_HEAD_ONLY, **BUDGET)),
-    "identities": (EncoderConfig(backbone="small", image_size=64), TrainConfig()),
-    "copies": (EncoderConfig(backbone="efficientnet_lite0", pretrained=True, dim=256, image_size=128, pooling="gem",
-                             head="linear", whiten=256, test_scales=(1.41,)),
-               TrainConfig(loss="ntxent", temperature=0.05, koleo=10.0, epochs=100, max_minutes=10.0,
-                           ids_per_batch=48, images_per_id=2, lr=3e-3, freeze_backbone=True, self_supervised=True,
-                           augment=AUGMENT_PRESETS["copies"], val_fraction=0.1)),
-}
-RECIPE_HELP = {
-    "glyphs": "grey two-tone drawings (characters): small net from scratch, small input, NT-Xent, its pooled "
-              "features whitened",
-    "faces": "grey photos (faces): frozen pretrained trunk, whitening fitted under lighting changes",
-    "photos": "colour photos (people, products): frozen pretrained trunk, linear head, NT-Xent",
-    "identities": "the former default: small net from scratch, 64 px",
-    "copies": "no identity folders, or --self-supervised: near-duplicates on the frozen trunk",
-}
-
-
 def with_overrides(cfg: T, values: dict[str, Any]) -> T:
     """`cfg` with each field a value is given for (not None) replaced: flags override a recipe field by field."""
     given = {f.name: values[f.name] for f in dataclasses.fields(cfg)  # type: ignore[arg-type]
@@ -316,7 +263,7 @@ class Runtime:
     workers: int | None = None  # decode workers; None: the consumer's default (embedding: cores - 1;
     # training: cores - 1 on a GPU, 0 on a CPU, whose cores run the model)
     amp: bool | None = None  # mixed precision; None: on CUDA only
-    batch_size: int = 64  # images per embedding batch
+    batch_size: int = 64  # images per embedding batch: the one default of every command and use case that embeds
     cache_gb: float = 4.0  # training decodes its images into memory up to this size
     decode: str = "auto"  # embedding's JPEG decoding: auto (on the device when it is a GPU), pil or device
     compile: bool = False  # torch.compile the encoder for embedding: pays on a GPU for large collections

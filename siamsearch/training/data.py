@@ -1,4 +1,6 @@
-"""The training folder as the loop sees it: the held-out split, the decoded cache, P×K batches, validation views."""
+"""The training folder as the loop sees it: built once from the scan the recipe choice made, it owns its held-out
+split, decoded cache, failures and purpose, and makes every view of a batch the loop, the validation and the
+learned whitening see."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import numpy as np
 import torch
 
 from ..core.config import EncoderConfig, Runtime, TrainConfig
+from ..core.decoding import DecodedImages, decode_images, loader
 from ..core.device import resolve_device, train_workers
-from ..core.embed import DecodedImages, decode_images, loader
 from ..core.errors import UsageError
-from ..core.images import Failure, Selection, scan_images
-from .sampling import PKSampler, encode_labels, split_folder
+from ..core.images import Failure, Scan
 from ..core.transforms import augment_batch, resize_batch, train_load_size
+from .sampling import PKSampler, encode_labels, split_folder
+
+SAMPLE = 4000  # training images the learned whitening is fitted on, at most (drawn at random when more)
 
 
 @dataclass
@@ -25,24 +29,6 @@ class Split:
     paths: list[Path]
     labels: np.ndarray
     views: tuple[torch.Tensor, ...] = ()  # one (N, C, s, s) uint8 tensor per cached size
-
-
-@dataclass
-class TrainData:
-    """Training and held-out validation splits of an image folder."""
-
-    train: Split
-    val: Split
-    self_supervised: bool
-    failures: list[Failure] = field(default_factory=list)
-
-
-def _decode(paths: list[Path], labels: np.ndarray, sizes: list[int], enc: EncoderConfig, workers: int,
-            failures: list[Failure]) -> Split:
-    """Decode a split into memory, framed as the encoder frames its input, dropping (and recording) unreadable files."""
-    kept, views, bad = decode_images(paths, sizes, enc.channels, workers, framing=enc.framing)
-    failures.extend(bad)
-    return Split([paths[i] for i in kept], labels[kept], views)
 
 
 def turned(split: Split, rotations: int) -> Split:
@@ -61,64 +47,105 @@ def turned(split: Split, rotations: int) -> Split:
                        for v in split.views))
 
 
-def load_data(root: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(),
-              selection: Selection = Selection()) -> TrainData:
-    """Scan an identity folder (the files selection keeps), hold out validation identities, decode what fits.
+@dataclass
+class TrainData:
+    """Training and held-out validation splits of an image folder, and how to see them.
 
-    Sub-folders are identities. With no sub-folders (or --self-supervised) every image is its own
-    identity and its positive is an augmented view of itself.
+    purpose: "identities" (sub-folders are identities; positives are two images of one) or "near-duplicates"
+    (every image its own identity; its positive an augmented view of itself), the word the calibration stores.
     """
-    scan = scan_images(root, selection)  # its failures (FIFOs, broken links, loops) are reported with the decode failures
-    paths = scan.images
-    if not paths:
-        raise UsageError(f"no images found under {root}")
-    names, tr, va, self_sup = split_folder(paths, root, cfg)
-    labels, _ = encode_labels(names)
-    size, load = enc.image_size, train_load_size(enc.image_size)
-    workers = train_workers(runtime.workers, resolve_device(runtime.device))
-    failures: list[Failure] = list(scan.failures)
-    train_paths = [paths[i] for i in tr]
-    fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
-    train = (_decode(train_paths, labels[tr], [load], enc, workers, failures) if fits
-             else Split(train_paths, labels[tr]))
-    train = turned(train, 1 if self_sup else cfg.rotations)
-    val_sizes = [size, load] if self_sup else [size]
-    val = _decode([paths[i] for i in va], labels[va], val_sizes, enc, workers, failures)
-    return TrainData(train, val, self_sup, failures)
 
+    train: Split
+    val: Split
+    purpose: str
+    enc: EncoderConfig
+    cfg: TrainConfig
+    workers: int = 0  # decode workers for batches not cached
+    failures: list[Failure] = field(default_factory=list)
 
-def sampler_for(data: TrainData, cfg: TrainConfig) -> PKSampler:
-    """P×K batches of the training split; self-supervised runs draw each image twice (K=2 views)."""
-    self_sup = data.self_supervised
-    return PKSampler(data.train.labels, cfg.ids_per_batch, 2 if self_sup else cfg.images_per_id,
-                     min_images=1 if self_sup else 2, seed=cfg.seed)
+    @classmethod
+    def load(cls, root: Path, scan: Scan, enc: EncoderConfig, cfg: TrainConfig,
+             runtime: Runtime = Runtime()) -> TrainData:
+        """The scanned folder split into held-out identities, decoded into memory as far as the cache allows.
 
+        Raises:
+            UsageError: no images.
+        """
+        paths = scan.images
+        if not paths:
+            raise UsageError(f"no images found under {root}")
+        names, tr, va, self_sup = split_folder(paths, root, cfg)
+        labels, _ = encode_labels(names)
+        data = cls(Split([], labels[:0]), Split([], labels[:0]), "near-duplicates" if self_sup else "identities",
+                   enc, cfg, train_workers(runtime.workers, resolve_device(runtime.device)), list(scan.failures))
+        load = train_load_size(enc.image_size)
+        train_paths = [paths[i] for i in tr]
+        fits = len(tr) * enc.channels * load * load <= runtime.cache_gb * 2**30
+        train = data._decoded(train_paths, labels[tr], [load]) if fits else Split(train_paths, labels[tr])
+        data.train = turned(train, 1 if self_sup else cfg.rotations)
+        data.val = data._decoded([paths[i] for i in va], labels[va], [enc.image_size, load] if self_sup
+                                 else [enc.image_size])
+        return data
 
-def train_batches(split: Split, sampler: PKSampler, load: int, enc: EncoderConfig, workers: int,
-                  failures: list[Failure], pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 images, labels) per P×K batch, from the memory cache or decoded on the fly (pinned for a GPU)."""
-    if split.views:
-        for idx in sampler:
-            yield split.views[0][idx], torch.from_numpy(split.labels[idx])
-        return
-    images = DecodedImages(split.paths, [load], enc.channels, framing=enc.framing)
-    for batch in loader(images, workers, pin, batch_sampler=sampler):
-        failures.extend(Failure(split.paths[i], why) for i, why in batch.failures)
-        yield batch.views[0], torch.from_numpy(split.labels[batch.indices])
+    @property
+    def self_supervised(self) -> bool:
+        """True when each image is its own identity."""
+        return self.purpose == "near-duplicates"
 
+    def _decoded(self, paths: list[Path], labels: np.ndarray, sizes: list[int]) -> Split:
+        """A split decoded into memory, framed as the encoder frames its input; unreadable files recorded."""
+        kept, views, bad = decode_images(paths, sizes, self.enc.channels, self.workers, framing=self.enc.framing)
+        self.failures.extend(bad)
+        return Split([paths[i] for i in kept], labels[kept], views)
 
-def val_views(data: TrainData, enc: EncoderConfig, cfg: TrainConfig) -> tuple[torch.Tensor, np.ndarray] | None:
-    """The validation images as the encoder sees them, and their labels; None when nothing is held out.
+    def sampler(self) -> PKSampler:
+        """P×K batches of the training split; near-duplicate runs draw each image twice (K=2 views)."""
+        return PKSampler(self.train.labels, self.cfg.ids_per_batch, 2 if self.self_supervised else
+                         self.cfg.images_per_id, min_images=1 if self.self_supervised else 2, seed=self.cfg.seed)
 
-    Self-supervised runs validate on (image, augmented copy) pairs: exactly the question dedup asks.
-    """
-    val = data.val
-    if not len(val.labels):
-        return None
-    if not data.self_supervised:
-        return val.views[0], val.labels
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    copies = augment_batch(val.views[1], enc.image_size, cfg.augment, gen)
-    clean = resize_batch(val.views[1], enc.image_size)
-    n = len(val.labels)
-    return torch.cat([clean, copies]), np.concatenate([np.arange(n), np.arange(n)])
+    def batches(self, sampler: PKSampler, pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) per P×K batch, from the cache or decoded on the fly (pinned for a GPU)."""
+        split = self.train
+        if split.views:
+            for idx in sampler:
+                yield split.views[0][idx], torch.from_numpy(split.labels[idx])
+            return
+        images = DecodedImages(split.paths, [train_load_size(self.enc.image_size)], self.enc.channels,
+                               framing=self.enc.framing)
+        for batch in loader(images, self.workers, pin, batch_sampler=sampler):
+            self.failures.extend(Failure(split.paths[i], why) for i, why in batch.failures)
+            yield batch.views[0], torch.from_numpy(split.labels[batch.indices])
+
+    def augmented(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A batch under the recipe's augmentation, at the input size: what training and the whitening see."""
+        return augment_batch(images, self.enc.image_size, self.cfg.augment, gen)
+
+    def plain(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch as it is, at the input size."""
+        return resize_batch(images, self.enc.image_size)
+
+    def validation(self) -> tuple[torch.Tensor, np.ndarray] | None:
+        """The validation images as the encoder sees them, and their labels; None when nothing is held out.
+
+        Near-duplicate runs validate on (image, augmented copy) pairs: exactly the question dedup asks.
+        """
+        val = self.val
+        if not len(val.labels):
+            return None
+        if not self.self_supervised:
+            return val.views[0], val.labels
+        copies = self.augmented(val.views[1], torch.Generator().manual_seed(self.cfg.seed + 1))
+        n = len(val.labels)
+        return torch.cat([self.plain(val.views[1]), copies]), np.concatenate([np.arange(n), np.arange(n)])
+
+    def whitening_sample(self, gen: torch.Generator) -> tuple[torch.Tensor, np.ndarray]:
+        """Up to SAMPLE training images (uint8, the cached training view) and their identities, drawn at random
+        (decoded now when the split was too large to cache); a near-duplicate image is an identity of its own."""
+        pick = torch.randperm(len(self.train.labels), generator=gen)[:SAMPLE].sort().values.numpy()
+        if self.train.views:
+            images, labels = self.train.views[0][pick], self.train.labels[pick]
+        else:
+            kept, views, _ = decode_images([self.train.paths[i] for i in pick], [train_load_size(self.enc.image_size)],
+                                           self.enc.channels, framing=self.enc.framing)
+            images, labels = views[0], self.train.labels[pick[kept]]
+        return images, np.arange(len(labels)) if self.self_supervised else labels

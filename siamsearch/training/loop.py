@@ -15,14 +15,14 @@ import torch
 
 from ..core.checkpoint import damaged, load_checkpoint, load_encoder, load_resume, save_model, save_resume, update_model_file
 from ..core.config import EncoderConfig, Runtime, TrainConfig, from_dict, to_dict
-from ..core.device import autocast, precision, resolve_device, train_workers
+from ..core.device import autocast, precision, resolve_device
 from .distributed import World
 from ..core.errors import RefusedError, UsageError
-from ..core.images import Failure, Selection
+from ..core.images import Failure, Scan, Selection, scan_images
 from .losses import batch_loss
 from ..core.model import Encoder, build_encoder, count_parameters, set_trainable, whitening_size
-from .data import TrainData, load_data, sampler_for, train_batches, val_views
-from ..core.transforms import augment_batch, normalize, train_load_size
+from .data import TrainData
+from ..core.transforms import normalize
 from .validation import calibration_of, kept_epoch, validate
 from .whitening import fit_whitening
 
@@ -246,10 +246,12 @@ def _setup(enc: EncoderConfig, cfg: TrainConfig, weights_file: Path | None, out:
     return run
 
 
-def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer, selection: Selection | None) -> TrainData:
-    """The training folder (the files selection keeps), decoded, with a line saying how much and how long."""
+def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer, scan: Scan | None,
+          selection: Selection | None) -> TrainData:
+    """The training folder (as scanned; else the files selection keeps), decoded, with a line saying how much and
+    how long."""
     t0 = time.perf_counter()
-    data = load_data(root, run.enc, run.cfg, runtime, selection or Selection())
+    data = TrainData.load(root, scan or scan_images(root, selection or Selection()), run.enc, run.cfg, runtime)
     bad = f"; skipped {len(data.failures)} unreadable" if data.failures else ""
     obs.message(f"{len(data.train.labels):,} training images, {len(data.val.labels):,} validation images "
                 f"({'self-supervised' if data.self_supervised else 'held-out identities'}), decoded in "
@@ -262,14 +264,15 @@ def _load(root: Path, run: _Run, runtime: Runtime, obs: Observer, selection: Sel
 
 def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: Runtime = Runtime(), *,
           weights_file: Path | None = None, resume: bool = False, force: bool = False,
-          observer: Observer | None = None, world: World = World(),
+          observer: Observer | None = None, world: World = World(), scan: Scan | None = None,
           selection: Selection | None = None) -> TrainResult:
     """Train an encoder on an identity folder and write the best checkpoint to `out`.
 
     `enc` and `cfg` are the recipe, kept in the model file and the resume state; `runtime` is this
     machine's (device, decode workers, mixed precision, cache), so a resumed run uses the one given now.
     `world`: this process's place under torchrun (distributed.launched); only its rank 0 writes files.
-    An existing `out` is replaced only with `force` (or continued with `resume`).
+    An existing `out` is replaced only with `force` (or continued with `resume`). `scan`: the folder as the recipe
+    choice already scanned it (else it is scanned here, keeping the files selection keeps).
     """
     _check_out(out, force, resume)
     obs, device = observer or Quiet(), world.place(resolve_device(runtime.device))
@@ -279,9 +282,9 @@ def train(root: Path, out: Path, enc: EncoderConfig, cfg: TrainConfig, runtime: 
         obs.message(f"resuming at epoch {run.start_epoch} ({run.elapsed / 60:.1f} min trained so far)")
     obs.message(f"encoder: {run.enc}\ntraining: {run.cfg}")
     obs.message("{:,} of {:,} parameters train on {}".format(*count_parameters(run.model), device))
-    data = _load(root, run, runtime, obs, selection)
+    data = _load(root, run, runtime, obs, scan, selection)
     amp = device.type == "cuda" if runtime.amp is None else runtime.amp
-    best, stopped, calibration = _loop(run, data, out, device, amp, train_workers(runtime.workers, device), obs, world)
+    best, stopped, calibration = _loop(run, data, out, device, amp, obs, world)
     if run.enc.whiten and stopped != "interrupted" and world.main:
         best, calibration = _whiten(run, data, out, best, device, amp, obs)
     if best is not None and world.main:  # the best file gets the whole history, for training curves
@@ -297,8 +300,8 @@ def _whiten(run: _Run, data: TrainData, out: Path, best: dict[str, Any] | None, 
     validation measured anew) ends the history."""
     model = load_encoder(out, device)[0] if best is not None else run.model
     t0 = time.perf_counter()
-    images = fit_whitening(model, data.train, run.enc, run.cfg, data.self_supervised, device, amp)
-    val = val_views(data, run.enc, run.cfg)
+    images = fit_whitening(model, data, device, amp)
+    val = data.validation()
     fitted = (time.perf_counter() - t0) / 60
     sgd = {k: v for k, v in (best or {"epoch": 0}).items() if k in ("epoch", "loss", "images_per_s", "lr")}
     record = sgd | {"whitened": float(images), "minutes": (run.history[-1]["minutes"] if run.history else 0.0) + fitted}
@@ -307,28 +310,27 @@ def _whiten(run: _Run, data: TrainData, out: Path, best: dict[str, Any] | None, 
     obs.message(f"learned whitening {model.whitening_reads} → {run.enc.whiten} from {images:,} training images and "
                 f"their augmented views in {fitted * 60:.1f}s")
     run.history.append(record)
-    purpose = "near-duplicates" if data.self_supervised else "identities"
-    calibration = calibration_of(record, tails, purpose, precision(device, amp))
+    calibration = calibration_of(record, tails, data.purpose, precision(device, amp))
     run.fingerprint = save_model(out, model, run.cfg, run.history, calibration)
     return record, calibration
 
 
-def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool, workers: int,
-          obs: Observer, world: World) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
+def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool, obs: Observer,
+          world: World) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
     """The epochs: P×K batches, validation, the best model to `out`, the state --resume needs.
 
     Returns:
         (best epoch's record, why training stopped, the calibration saved with the best model).
     """
     model, enc, cfg, clock = run.model, run.enc, run.cfg, world.clock(_Clock(run.elapsed, run.cfg.max_minutes))
-    sampler, val = world.shard(sampler_for(data, cfg)), val_views(data, enc, cfg) if world.main else None
+    sampler, val = world.shard(data.sampler()), data.validation() if world.main else None
     stepper = _Stepper(run.optimizer, cfg, len(sampler), run.start_epoch, clock, device, amp)
     loss_fn = batch_loss(cfg.loss, cfg.hinge, cfg.temperature, cfg.koleo)
     gen = torch.Generator().manual_seed(world.seed(cfg.seed + run.start_epoch))
-    pre, load = enc.preprocess(), train_load_size(enc.image_size)
+    pre = enc.preprocess()
     keep = partial(kept_epoch, episodes=cfg.episodes, self_supervised=data.self_supervised)
     best, stopped, epoch = keep(run.history), "epochs", run.start_epoch
-    purpose, calibration = "near-duplicates" if data.self_supervised else "identities", {}
+    calibration: dict[str, Any] = {}
     try:
         for epoch in range(run.start_epoch, cfg.epochs + 1):
             _unfreeze_due(run, epoch, obs)
@@ -337,9 +339,8 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             model.train()
             obs.epoch_start(epoch, len(sampler))
             loss_sum, batches, seen, shown, t0 = torch.zeros((), device=device), 0, 0, math.nan, time.perf_counter()
-            for batches, (images, labels) in enumerate(train_batches(data.train, sampler, load, enc, workers,
-                                                                     data.failures, device.type == "cuda"), 1):
-                x = augment_batch(images.to(device, non_blocking=True), enc.image_size, cfg.augment, gen)
+            for batches, (images, labels) in enumerate(data.batches(sampler, device.type == "cuda"), 1):
+                x = data.augmented(images.to(device, non_blocking=True), gen)
                 with autocast(device, amp):
                     emb = net(normalize(x, pre).contiguous(memory_format=torch.channels_last))
                 loss = loss_fn(*world.gather(emb.float(), labels.to(device, non_blocking=True)))
@@ -358,7 +359,7 @@ def _loop(run: _Run, data: TrainData, out: Path, device: torch.device, amp: bool
             tails = record.pop("tails", None)
             run.history.append(record)
             if keep(run.history) is record:
-                best, calibration = record, calibration_of(record, tails, purpose, precision(device, amp))
+                best, calibration = record, calibration_of(record, tails, data.purpose, precision(device, amp))
                 run.fingerprint = save_model(out, model, cfg, run.history, calibration) if world.main else None
             obs.epoch_end(record)
             if world.main:

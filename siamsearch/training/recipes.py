@@ -1,9 +1,12 @@
-"""Which recipe fits a training folder: a sample of its images, looked at before anything is built, names one.
+"""The named recipes `train` starts from, and which one fits a training folder.
 
-Rules, in order: no identity folders (or --self-supervised) → copies; every sampled image single-channel and
-two-tone (nearly all pixels near black or white) and at most GLYPH_SIDE px → glyphs; every one single-channel →
-faces; else photos. The recipe is then fitted to the folder: channels, an input no larger than the images (glyphs),
-and a held-out split only when enough identities remain (whole top folders when identities nest two deep).
+A Recipe is a name, the encoder and training configs, what it is for, and whether it fits a folder. Which one a
+folder gets: a sample of its images, looked at before anything is built. Rules, in order: no identity folders
+(or --self-supervised) → copies; every sampled image single-channel and two-tone (nearly all pixels near black or
+white) and at most GLYPH_SIDE px → glyphs; every one single-channel → faces; else photos. The recipe is then
+fitted to the folder: channels, an input no larger than the images (glyphs), and a held-out split only when
+enough identities remain (whole top folders when identities nest two deep). Why each recipe is what it is, with
+the runs that chose it: docs/recipes.md#why-each-recipe-is-what-it-is.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.config import RECIPES, EncoderConfig, TrainConfig, with_overrides
+from ..core.config import AUGMENT_PRESETS, EncoderConfig, TrainConfig, with_overrides
 from ..core.errors import UsageError
 from ..core.images import ORIGINAL_SIZE, BadImageError, identity_of, load_image
 
@@ -44,13 +47,100 @@ class Survey:
 
 
 @dataclass(frozen=True)
-class Choice:
-    """A recipe chosen (or named) for a folder and fitted to it, before the options given replace fields."""
+class Recipe:
+    """A named starting point for `train`: the encoder and how it trains, what it is for, how it fits a folder.
+
+    Every field of `encoder` and `train` can be replaced by an option of the same name (with_options).
+    """
 
     name: str
+    encoder: EncoderConfig
+    train: TrainConfig
+    summary: str  # what it is for, and how: the last column of `train --recipe list`
+    fits_folder: bool = True  # fitted() adapts channels, input size and the held-out split; False: kept as declared
+
+    @property
+    def budget(self) -> str:
+        """How long it trains: its time budget, else its epochs, else "seconds" (the learned whitening alone)."""
+        cfg = self.train
+        return f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs" if cfg.epochs else "seconds"
+
+    def fitted(self, survey: Survey) -> Recipe:
+        """This recipe fitted to a surveyed folder: channels, a small net's input no larger than the images, and
+        the held-out split (none below MIN_VAL_IDENTITIES; whole top folders from MIN_VAL_GROUPS of them).
+
+        A recipe that does not fit folders (copies, identities) is kept as it is: its fields already say what it does.
+        """
+        if not self.fits_folder:
+            return self
+        enc, cfg = self.encoder, self.train
+        size = min(enc.image_size, survey.side) if enc.backbone == "small" else enc.image_size
+        enough = survey.identities >= MIN_VAL_IDENTITIES
+        return dataclasses.replace(
+            self, encoder=dataclasses.replace(enc, channels=1 if survey.single_channel == 1.0 else 3,
+                                              image_size=max(8, size)),
+            train=dataclasses.replace(cfg, val_fraction=cfg.val_fraction if enough else 0.0,
+                                      val_group_depth=1 if enough and survey.groups >= MIN_VAL_GROUPS else 0))
+
+    def with_options(self, options: dict[str, Any]) -> Recipe:
+        """This recipe with every option given (not None) in place of its field of the same name.
+
+        An `epochs` given without `max_minutes` also lifts the time budget: the epochs asked for are run; a `dim`
+        below the size of a whitening that reads the head, without `whiten`, takes the whitening down with it.
+        """
+        dim, whiten = options.get("dim"), options.get("whiten")
+        reads_head = (options.get("whiten_from") or self.encoder.whiten_from) == "head"
+        if dim is not None and whiten is None and reads_head and self.encoder.whiten > dim:
+            options = options | {"whiten": dim}
+        cfg = with_overrides(self.train, options)
+        if options.get("epochs") is not None and options.get("max_minutes") is None:
+            cfg = dataclasses.replace(cfg, max_minutes=None)
+        return dataclasses.replace(self, encoder=with_overrides(self.encoder, options), train=cfg)
+
+
+_BUDGET = dict(epochs=1000, max_minutes=15.0)  # the SGD identity recipes stop on time; --epochs alone lifts it
+# What `train` builds where no option replaces a field; why: docs/recipes.md#why-each-recipe-is-what-it-is
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
+    Recipe("glyphs",
+           EncoderConfig(backbone="small", image_size=40, channels=1, whiten=64, whiten_from="pool", test_shifts=1),
+           TrainConfig(loss="ntxent", augment=AUGMENT_PRESETS["characters"], **_BUDGET),
+           "grey two-tone drawings (characters): small net from scratch, small input, NT-Xent, its pooled features "
+           "whitened"),
+    Recipe("faces",
+           EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=192, pooling="gem", head="none",
+                         dim=1280, whiten=128),
+           TrainConfig(augment=AUGMENT_PRESETS["lighting"], epochs=0, freeze_backbone=True),
+           "grey photos (faces): frozen pretrained trunk, whitening fitted under lighting changes"),
+    Recipe("photos",
+           EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, dim=256, head="linear"),
+           TrainConfig(loss="ntxent", freeze_backbone=True, lr=3e-3, augment=AUGMENT_PRESETS["portraits"], **_BUDGET),
+           "colour photos (people, products): frozen pretrained trunk, linear head, NT-Xent"),
+    Recipe("identities", EncoderConfig(backbone="small", image_size=64), TrainConfig(),
+           "the former default: small net from scratch, 64 px", fits_folder=False),
+    Recipe("copies",
+           EncoderConfig(backbone="efficientnet_lite0", pretrained=True, dim=256, image_size=128, pooling="gem",
+                         head="linear", whiten=256, test_scales=(1.41,)),
+           TrainConfig(loss="ntxent", temperature=0.05, koleo=10.0, epochs=100, max_minutes=10.0, ids_per_batch=48,
+                       images_per_id=2, lr=3e-3, freeze_backbone=True, self_supervised=True,
+                       augment=AUGMENT_PRESETS["copy-edits"], val_fraction=0.1),
+           "no identity folders, or --self-supervised: near-duplicates on the frozen trunk", fits_folder=False),
+)}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The recipe chosen (or named) for a folder, fitted to it, and the survey the choice rests on.
+
+    The options given then replace its fields: `Choice(choice.recipe.with_options(options), choice.survey)`.
+    """
+
+    recipe: Recipe
     survey: Survey
-    enc: EncoderConfig
-    cfg: TrainConfig
+
+    @property
+    def name(self) -> str:
+        """The recipe's name, as `train` prints it."""
+        return self.recipe.name
 
 
 def _looks(path: Path) -> tuple[bool, bool, int] | None:
@@ -98,24 +188,9 @@ def recipe_name(survey: Survey, self_supervised: bool = False) -> str:
     return "faces" if survey.single_channel == 1.0 else "photos"
 
 
-def fitted(name: str, survey: Survey) -> tuple[EncoderConfig, TrainConfig]:
-    """RECIPES[name] fitted to the folder: channels, glyph input no larger than the images, the held-out split.
-
-    "copies" and "identities" are kept as they are: their own fields already say what they do.
-    """
-    enc, cfg = RECIPES[name]
-    if name in ("copies", "identities"):
-        return enc, cfg
-    channels = 1 if survey.single_channel == 1.0 else 3
-    size = min(enc.image_size, survey.side) if enc.backbone == "small" else enc.image_size
-    enough = survey.identities >= MIN_VAL_IDENTITIES
-    return (dataclasses.replace(enc, channels=channels, image_size=max(8, size)),
-            dataclasses.replace(cfg, val_fraction=cfg.val_fraction if enough else 0.0,
-                                val_group_depth=1 if enough and survey.groups >= MIN_VAL_GROUPS else 0))
-
-
 def choose(paths: list[Path], root: Path, recipe: str = "auto", self_supervised: bool = False) -> Choice:
-    """The recipe for training on `paths` under `root`: the one its survey picks ("auto") or the one named.
+    """The recipe for training on `paths` under `root`: the one its survey picks ("auto") or the one named,
+    fitted to the folder.
 
     Raises:
         UsageError: an unknown recipe name, or no readable image in the sample.
@@ -124,20 +199,4 @@ def choose(paths: list[Path], root: Path, recipe: str = "auto", self_supervised:
         raise UsageError(f"unknown recipe {recipe!r}; choose auto or one of {', '.join(RECIPES)}")
     survey = survey_folder(paths, root)
     name = recipe_name(survey, self_supervised) if recipe == "auto" else recipe
-    return Choice(name, survey, *fitted(name, survey))
-
-
-def with_options(choice: Choice, options: dict[str, Any]) -> tuple[EncoderConfig, TrainConfig]:
-    """The chosen recipe with every option given (not None) in place of its field.
-
-    An --epochs given without --max-minutes also lifts the recipe's time budget: the epochs asked for are run; a
-    --dim below the size of a whitening that reads the head, without --whiten, takes the whitening down with it.
-    """
-    dim, whiten = options.get("dim"), options.get("whiten")
-    reads_head = (options.get("whiten_from") or choice.enc.whiten_from) == "head"
-    if dim is not None and whiten is None and reads_head and choice.enc.whiten > dim:
-        options = options | {"whiten": dim}
-    enc, cfg = with_overrides(choice.enc, options), with_overrides(choice.cfg, options)
-    if options.get("epochs") is not None and options.get("max_minutes") is None:
-        cfg = dataclasses.replace(cfg, max_minutes=None)
-    return enc, cfg
+    return Choice(RECIPES[name].fitted(survey), survey)

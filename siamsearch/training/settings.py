@@ -19,6 +19,8 @@ from ..core.errors import UsageError
 
 CONFIGS = (EncoderConfig, TrainConfig, Runtime)  # what a setting may name a field of
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+# augmentation presets under the names they had while they shared them with recipes: accepted for one release
+AUGMENT_ALIASES = {"faces": "portraits", "photos": "photo-edits", "copies": "copy-edits"}
 
 
 def fields() -> dict[str, Any]:
@@ -54,9 +56,10 @@ def value_of(name: str, raw: Any) -> Any:
 def _convert(name: str, hint: Any, raw: Any) -> Any:
     """The value of one field from text or a TOML value, by its declared type."""
     if name == "augment":
-        if raw not in AUGMENT_PRESETS:
+        preset = AUGMENT_ALIASES.get(raw, raw)
+        if preset not in AUGMENT_PRESETS:
             raise UsageError(f"augment must be one of {', '.join(AUGMENT_PRESETS)}, got {raw!r}")
-        return AUGMENT_PRESETS[raw]
+        return AUGMENT_PRESETS[preset]
     if name == "unfreeze":
         return parse_unfreeze(raw.split() if isinstance(raw, str) else list(raw))
     if name == "test_scales":

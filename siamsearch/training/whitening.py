@@ -3,10 +3,10 @@
 Radenović, Tolias and Chum ("Fine-tuning CNN image retrieval with no human annotation", TPAMI 2018) fit it on
 matching pairs: whiten the within-identity scatter, then rotate onto the principal axes of what remains and
 keep the first `whiten` of them. Fitted on a few thousand images in seconds, it cannot overfit the way a head
-trained by SGD on 24 people does: on AT&T faces it lifts the frozen ImageNet trunk from ROC AUC 0.93 to 0.98
-on held-out people (scripts/bench_identity.py). The within-identity scatter comes from the training
-identities, each image seen plainly and under the recipe's augmentation (so lighting, crops or overlaid text
-count as "the same"); a self-supervised image is an identity of its own views.
+trained by SGD on 24 people does (its figures on AT&T faces: docs/recipes.md, scripts/bench_identity.py). The
+within-identity scatter comes from the training identities (training.data.TrainData.whitening_sample), each image
+seen plainly and under the recipe's augmentation (so lighting, crops or overlaid text count as "the same"); a
+self-supervised image is an identity of its own views.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.config import EncoderConfig, TrainConfig
-from ..core.embed import decode_images, embed_tensors
+from ..core.embed import embed_tensors
 from ..core.model import Encoder, Whitening
-from .data import Split
-from ..core.transforms import augment_batch, resize_batch, train_load_size
+from .data import TrainData
 
 SHRINK = 0.3  # the within-identity covariance is pulled this far towards its mean eigenvalue: few images, many axes
-MAX_IMAGES = 4000  # training images the fit looks at, drawn at random when there are more
 CHUNK = 256  # images embedded at once
 
 
@@ -49,31 +46,19 @@ def learned_whitening(vectors: np.ndarray, labels: np.ndarray, out_dim: int,
     return mean.astype(np.float32), (inv_sqrt @ axes[:out_dim].T).astype(np.float32)
 
 
-def _sample(split: Split, enc: EncoderConfig, gen: torch.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """Up to MAX_IMAGES training images (uint8, the cached training view) and their labels, drawn at random;
-    decoded now when the split was too large to cache."""
-    pick = torch.randperm(len(split.labels), generator=gen)[:MAX_IMAGES].sort().values.numpy()
-    if split.views:
-        return split.views[0][pick], split.labels[pick]
-    kept, views, _ = decode_images([split.paths[i] for i in pick], [train_load_size(enc.image_size)], enc.channels,
-                                   framing=enc.framing)
-    return views[0], split.labels[pick[kept]]
-
-
-def fit_whitening(model: Encoder, split: Split, enc: EncoderConfig, cfg: TrainConfig, self_supervised: bool,
-                  device: torch.device, amp: bool) -> int:
-    """Fit a whitening to enc.whiten dimensions on a sample of the training split and install it in the model
-    (which has none yet; its config becomes `enc`); returns the images used."""
+def fit_whitening(model: Encoder, data: TrainData, device: torch.device, amp: bool) -> int:
+    """Fit a whitening to the recipe's dimensions on a sample of the training split, each image seen plainly and
+    under cfg.whiten_views draws of the augmentation, and install it in the model (which has none yet; its config
+    becomes the recipe's); returns the images used."""
+    enc, cfg = data.enc, data.cfg
     model.eval()
     pre = model.cfg.preprocess()
     gen = torch.Generator().manual_seed(cfg.seed + 2)
-    images, labels = _sample(split, enc, gen)
-    labels = np.arange(len(labels)) if self_supervised else labels
+    images, labels = data.whitening_sample(gen)
     vectors, names = [], []
     for start in range(0, len(labels), CHUNK):
         batch = images[start:start + CHUNK]
-        views = [resize_batch(batch, enc.image_size)]  # the plain view, already [0, 1]
-        views += [augment_batch(batch, enc.image_size, cfg.augment, gen) for _ in range(cfg.whiten_views)]
+        views = [data.plain(batch)] + [data.augmented(batch, gen) for _ in range(cfg.whiten_views)]
         for view in views:
             vectors.append(embed_tensors(model.whitening_input, view, pre, device, amp))
             names.append(labels[start:start + CHUNK])
