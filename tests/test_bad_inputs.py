@@ -475,3 +475,13 @@ def test_rebuilding_a_truncated_index_uses_the_model_its_manifest_names(model_fi
     assert res.exit_code == 0 and json.loads(res.stdout)["count"] == 4, res.output
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["fingerprint"] == fingerprint and manifest["model"] == str(model_file.resolve())
+
+
+def test_query_html_of_an_image_whose_name_is_not_utf8_writes_the_page_with_the_name_escaped(world, tmp_path):
+    query = Path(os.fsdecode(os.fsencode(tmp_path) + b"/q" + NON_UTF8))  # Latin-1 bytes on disk (item 18)
+    query.write_bytes(Path(world["good"][0]).read_bytes())
+    page = tmp_path / "q.html"
+    res = run_cli("query", query, "--index", world["index"], "-k", 2, "--html", page)
+    no_traceback(res)
+    assert res.exit_code == 0, res.output
+    assert "qcaf\\udce9.png" in page.read_text(encoding="utf-8")
