@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import report
-from .duplicates import standins
+from .duplicates import decisions, standins
 from .core.calibration import FALSE_PAIRS_PER_1000, MarginChoice, collection_margin
 from .core.checkpoint import CheckpointError, read_calibration, update_model_file
 from .duplicates.closepairs import Progress
@@ -33,6 +33,7 @@ from .core.errors import NotFoundError, RefusedError, UsageError
 from .evaluate import EvalResult, calibrate, evaluate
 from .core.images import Failure, Scan, Selection, scan_images
 from .index.folder import open_rows, read_manifest
+from .index.rows import Row
 from .index.indexing import found_model
 from .duplicates.moves import MovePlan, MoveReport, apply_moves, plan_moves
 from .training.recipes import Choice, choose
@@ -80,10 +81,11 @@ class DedupRun:
     plan: MovePlan | None = None
     moved: MoveReport | None = None
     written: list[Path] = field(default_factory=list)
+    decisions_applied: int = 0  # places a person's recorded decisions changed the groups (duplicates.decisions)
 
     def to_dict(self) -> dict[str, Any]:
         """The result's JSON, how the margin was chosen, and the moves when a destination was given."""
-        out = self.result.to_dict() | {"purpose": self.purpose}
+        out = self.result.to_dict() | {"purpose": self.purpose, "decisions_applied": self.decisions_applied}
         if self.chosen is not None:
             out |= self.chosen.to_dict()
         if self.plan is not None:
@@ -110,7 +112,7 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
                 linkage: str = "kept", keep: str = "largest", against: Path | str | None = None,
                 move_to: Path | str | None = None, yes: bool = False, csv_file: Path | None = None,
                 html_file: Path | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000,
-                identical_only: bool = False, html_limit: int | None = None,
+                identical_only: bool = False, html_limit: int | None = None, ignore_decisions: bool = False,
                 progress: Progress | None = None) -> DedupRun:
     """Group an index's duplicates at the margin (when None, the one its model gives this many images), report,
     then move.
@@ -119,15 +121,19 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
     report cannot hide what moved. Without yes, move_to is a dry run: the plan only. A model trained on
     identities groups photos of one person or product, not copies: moving them needs an explicit margin.
     identical_only groups byte-identical files by their stored hashes: no model, no vectors. The HTML page
-    shows the html_limit biggest groups first; progress(done, total) follows the search.
+    shows the html_limit biggest groups first; progress(done, total) follows the search. The decisions recorded in
+    the index (siamsearch.duplicates.decisions) shape every output unless ignore_decisions.
 
     Raises:
         RefusedError: --move-to with an identity model and no --margin.
     """
     _check_dedup_args(against, move_to, html_file, identical_only, margin, review_margin)
-    run = (DedupRun(identical_files(index_dir, keep)) if identical_only else
+    decided = decisions.Applied() if ignore_decisions else decisions.for_index(index_dir)
+    run = (DedupRun(identical_files(index_dir, keep, decided.keep)) if identical_only else
            _search_duplicates(index_dir, margin, review_margin, linkage, keep, against, move_to, false_pairs_per_1000,
-                              progress))
+                              progress, decided.keep))
+    if isinstance(run.result, DedupResult):
+        run.result, run.decisions_applied = decided.result(run.result)
     if csv_file is not None:
         run.written.append(report.write_csv(csv_file, run.result.FIELDS, run.result.records()))
     if html_file is not None:
@@ -148,7 +154,51 @@ def _move(run: DedupRun, index_dir: Path | str, move_to: Path | str, yes: bool) 
             standins.remember(store, run.plan, run.moved, run.result)
 
 
-def identical_files(index_dir: Path | str, keep: str = "largest") -> DedupResult:
+def decide(index_dir: Path | str, kind: str, paths: Sequence[Path | str]) -> int:
+    """Record a person's decision about indexed files (duplicates.decisions.record), named by their path (relative
+    to the index root, or absolute); how many decisions it made.
+
+    Raises:
+        NotFoundError: a path the index does not hold. DecisionError: see record.
+    """
+    return decisions.record(index_dir, kind, _rows_at(index_dir, paths))
+
+
+def forget_decisions(index_dir: Path | str, paths: Sequence[Path | str] | None = None) -> int:
+    """Remove the decisions about these indexed files (all of them when paths is None); how many went."""
+    return decisions.forget(index_dir, None if paths is None else _rows_at(index_dir, paths))
+
+
+def _rows_at(index_dir: Path | str, paths: Sequence[Path | str]) -> list[Row]:
+    """The rows of these files, by path relative to the index root or absolute.
+
+    Raises:
+        NotFoundError: a path the index does not hold.
+    """
+    folder = Path(index_dir)
+    table = open_rows(folder, Path(read_manifest(folder)["root"]))
+    try:
+        wanted = {_relative_to(Path(p), table.root): str(p) for p in paths}
+        found = {row.path: row for row in table if row.path in wanted}
+    finally:
+        table.close()
+    missing = [given for rel, given in wanted.items() if rel not in found]
+    if missing:
+        raise NotFoundError(f"{missing[0]} is not in the index {folder}")
+    return [found[rel] for rel in wanted]
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    """A path as the index names it: relative to root, posix."""
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
+    return path.as_posix()
+
+
+def identical_files(index_dir: Path | str, keep: str = "largest", prefer: frozenset[str] = frozenset()) -> DedupResult:
     """find_identical over an index's rows, read from its manifest and SQLite alone: FAISS and the model stay shut.
 
     Raises:
@@ -158,14 +208,14 @@ def identical_files(index_dir: Path | str, keep: str = "largest") -> DedupResult
     manifest = read_manifest(folder)
     table = open_rows(folder, Path(manifest["root"]))
     try:
-        return find_identical(table, table.root, keep)
+        return find_identical(table, table.root, keep, prefer)
     finally:
         table.close()
 
 
 def _search_duplicates(index_dir: Path | str, margin: float | None, review_margin: float | None, linkage: str,
                        keep: str, against: Path | str | None, move_to: Path | str | None,
-                       false_pairs_per_1000: float, progress: Progress | None) -> DedupRun:
+                       false_pairs_per_1000: float, progress: Progress | None, prefer: frozenset[str]) -> DedupRun:
     """dedup_index's margin search: the groups (or cross pairs) and how the margin was chosen, nothing written."""
     with Store.open(index_dir) as store:
         calibration = model_calibration(store) if margin is None else {}
@@ -177,7 +227,7 @@ def _search_duplicates(index_dir: Path | str, margin: float | None, review_margi
         margin = chosen.margin if chosen else margin
         if against is None:
             result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep,
-                                                                progress=progress)
+                                                                progress=progress, prefer=prefer)
         else:
             with Store.open(against) as other:
                 result = find_duplicates_in(store, other, margin, review_margin)

@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.calibration import FALSE_PAIRS_PER_1000
-from ..commands import dedup_index
+from ..commands import decide, dedup_index, forget_decisions
+from ..duplicates.decisions import listed
 from ..duplicates.moves import undo_folders, undo_moves
 from .options import IndexDir, Json
-from .terminal import console, err, note_skipped, print_dedup, print_json, print_moves, progress_bar, shown
+from .terminal import (console, err, note_skipped, print_decisions, print_dedup, print_json, print_moves, progress_bar,
+                       shown)
 from .app import app
 
 
@@ -37,6 +39,8 @@ def dedup(
     limit: Annotated[Optional[int], typer.Option(min=1, help="--html shows only the N biggest groups.")] = None,
     identical_only: Annotated[bool, typer.Option(help="Only byte-identical files, by the content hashes the index "
                                                       "stores: no model, no vectors.")] = False,
+    ignore_decisions: Annotated[bool, typer.Option(help="The raw answer: leave out the decisions recorded with "
+                                                        "`siamsearch decisions`.")] = False,
     as_json: Json = False,
 ) -> None:
     """Duplicate and same-identity groups from the stored embeddings (nothing is embedded again)."""
@@ -44,8 +48,10 @@ def dedup(
         run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
                           against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
                           false_pairs_per_1000=false_pairs, identical_only=identical_only, html_limit=limit,
-                          progress=progress)
+                          ignore_decisions=ignore_decisions, progress=progress)
     print_json(run.to_dict()) if as_json else print_dedup(run)
+    if run.decisions_applied:
+        err.print(f"applied {run.decisions_applied} recorded decision(s); --ignore-decisions shows the raw answer")
     for written in run.written:
         err.print(f"wrote {shown(written)}")
     if run.plan is not None:
@@ -70,3 +76,27 @@ def undo(manifest: Annotated[Path, typer.Argument(help="Manifest written by dedu
         err.print(f"  skipped {shown(skip.path)}: {skip.reason}")
     back = f", {len(done.already)} already back" if done.already else ""
     console.print(f"restored {len(done.done)} file(s){back}, skipped {len(done.skipped)}")
+
+
+@app.command()
+def decisions(
+    index_dir: IndexDir,
+    keep: Annotated[Optional[list[Path]], typer.Option(help="Keep this file in its group whatever --keep says "
+                                                             "(repeatable).")] = None,
+    not_duplicates: Annotated[Optional[list[Path]], typer.Option(help="These files (two or more: repeat it) are not "
+                                                                       "duplicates of each other.")] = None,
+    duplicate: Annotated[Optional[list[Path]], typer.Option(help="Confirm this file as a duplicate, also from the "
+                                                                  "review band (repeatable).")] = None,
+    forget: Annotated[Optional[list[Path]], typer.Option(help="Remove the decisions about this file (repeatable).")
+                      ] = None,
+    forget_all: Annotated[bool, typer.Option(help="Remove every decision of the index.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Decisions about duplicates that every later dedup remembers: record, list or forget them (files followed
+    by content)."""
+    for kind, paths in (("keep", keep), ("not-duplicates", not_duplicates), ("duplicate", duplicate)):
+        if paths:
+            err.print(f"recorded {decide(index_dir, kind, paths)} {kind} decision(s)")
+    if forget or forget_all:
+        err.print(f"forgot {forget_decisions(index_dir, None if forget_all else forget)} decision(s)")
+    print_decisions(listed(index_dir), as_json)

@@ -26,6 +26,7 @@ from ..commands import DedupRun, EvalRun
 from ..duplicates.dedup import CrossResult, DedupResult, multiframe
 from ..core.embed import Progress as EmbedProgress
 from ..core.images import Failure
+from ..duplicates.decisions import Decision
 from ..duplicates.moves import MovePlan, MoveReport
 from ..index.search import QueryResult
 from ..training.loop import TrainResult
@@ -223,6 +224,16 @@ def dedup_table(result: DedupResult | CrossResult, same_identity: bool = False) 
         table.add_row("link", f"{shown(p.path)} ~ {shown(p.other_path)}", f"{p.distance:.4f}",
                       "duplicate, across groups")
     return table
+
+
+def print_decisions(decisions: list[Decision], as_json: bool) -> None:
+    """`siamsearch decisions`: each decision with the paths its files had when it was made."""
+    if as_json:
+        return print_json([d.to_dict() for d in decisions])
+    table = Table("decision", "file", "other file", "made", title=f"{len(decisions)} decision(s)", title_justify="left")
+    for d in decisions:
+        table.add_row(d.kind, shown(d.a_path), shown(d.b_path), d.created)
+    console.print(table)
 
 
 def print_moves(plan: MovePlan, moved: MoveReport | None, out: Console) -> None:

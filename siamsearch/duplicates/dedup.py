@@ -265,10 +265,15 @@ def _join_lone(parent: list[int], members: dict[int, list[int]], a_all: np.ndarr
         parent[x] = int(cluster_of_kept[k])
 
 
-def keep_ranks(rows: Sequence[Row], keep: str) -> np.ndarray:
+def _keep_key(keep: str, prefer: frozenset[str] = frozenset()) -> Callable[[Row], tuple]:
+    """The keep policy's sort key, files a person marked "keep this" (by content hash) first."""
+    return lambda r: (r.sha256 not in prefer, *KEEP_ORDER[keep](r))
+
+
+def keep_ranks(rows: Sequence[Row], keep: str, prefer: frozenset[str] = frozenset()) -> np.ndarray:
     """Each row's place in the keep policy's order (0 is kept first): what kept linkage needs of the rows."""
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
-    order = sorted(range(len(rows)), key=lambda n: KEEP_ORDER[keep](rows[n]))
+    order = sorted(range(len(rows)), key=lambda n: _keep_key(keep, prefer)(rows[n]))
     rank = np.empty(len(rows), np.int64)
     rank[order] = np.arange(len(rows))
     return rank
@@ -283,12 +288,13 @@ def choose_keep(rows: Sequence[Row], policy: str) -> Row:
     return min(rows, key=KEEP_ORDER[policy])
 
 
-def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str) -> Group:
+def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str,
+              prefer: frozenset[str] = frozenset()) -> Group:
     """One group: the kept file, the others by distance to it with their status, the largest inner distance.
 
     A member with the kept file's bytes is "identical" at distance 0, whatever its vector (an older index embedded
     each copy itself); otherwise a member is for review at any distance when it or the kept file is multi-frame."""
-    kept = min(rows, key=KEEP_ORDER[keep])
+    kept = min(rows, key=_keep_key(keep, prefer))
     k = rows.index(kept)
     distances = np.linalg.norm(vectors.astype(np.float64) - vectors[k], axis=1)
     members = [Member(row, 0.0, "identical") if _same_bytes(row, kept) else
@@ -317,12 +323,13 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "kept",
                     keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None,
-                    device: str | None = None) -> DedupResult:
+                    device: str | None = None, prefer: frozenset[str] = frozenset()) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; the biggest groups first (_by_size).
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
     when its distance to the kept file is within margin, else it is for review. progress(done, total)
     follows the search (siamsearch.duplicates.closepairs.close_pairs); device: a torch device ("cuda") to search on.
+    prefer: content hashes of files a person marked "keep this": each is kept in its group whatever the policy.
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
@@ -332,8 +339,8 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
     found = close_pairs(store, review, block=block, progress=progress, device=device)
     rows = _rows_with_copies(store, found)
-    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep)
-                      for ids, vectors in _expanded_groups(found, review, linkage, _rep_ranks(found, rows, keep))])
+    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep, prefer) for ids, vectors
+                       in _expanded_groups(found, review, linkage, _rep_ranks(found, rows, keep, prefer))])
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
                        _hidden_pairs(found.pairs, margin, groups, rows), found.capped)
 
@@ -350,9 +357,9 @@ def _rows_with_copies(store: Store, found: ClosePairs) -> dict[int, Row]:
     return dict(zip(ids.tolist(), store.rows(ids)))
 
 
-def _rep_ranks(found: ClosePairs, rows: dict[int, Row], keep: str) -> np.ndarray:
+def _rep_ranks(found: ClosePairs, rows: dict[int, Row], keep: str, prefer: frozenset[str]) -> np.ndarray:
     """Each representative's place in the keep order: that of the first of the copies it stands for."""
-    rank = dict(zip(rows, keep_ranks(list(rows.values()), keep).tolist()))
+    rank = dict(zip(rows, keep_ranks(list(rows.values()), keep, prefer).tolist()))
     return np.array([min(rank[c] for c in found.copies.get(r, [r])) for r in found.ids.tolist()], np.int64)
 
 
@@ -368,7 +375,8 @@ def _expanded_groups(found: ClosePairs, margin: float, linkage: str,
         yield np.concatenate(members), np.repeat(vectors, [len(m) for m in members], axis=0)
 
 
-def find_identical(rows: Iterable[Row], root: Path, keep: str = "largest") -> DedupResult:
+def find_identical(rows: Iterable[Row], root: Path, keep: str = "largest",
+                   prefer: frozenset[str] = frozenset()) -> DedupResult:
     """Groups of byte-identical files by the content hash and size each row stores: no model, no vectors.
 
     Rows of an older index have no hash: they are counted as unchecked, never grouped.
@@ -381,14 +389,14 @@ def find_identical(rows: Iterable[Row], root: Path, keep: str = "largest") -> De
             unchecked += 1
         else:
             same[(row.sha256, row.size)].append(row)
-    groups = _by_size([_identical_group(copies, keep) for copies in same.values() if len(copies) > 1])
+    groups = _by_size([_identical_group(copies, keep, prefer) for copies in same.values() if len(copies) > 1])
     pairs = sum(len(g.members) * (len(g.members) + 1) // 2 for g in groups)
     return DedupResult(root, 0.0, 0.0, False, groups, pairs, unchecked=unchecked)
 
 
-def _identical_group(copies: list[Row], keep: str) -> Group:
+def _identical_group(copies: list[Row], keep: str, prefer: frozenset[str]) -> Group:
     """One group of files with the same bytes: the kept one by policy, the others at distance 0 by path."""
-    kept = min(copies, key=KEEP_ORDER[keep])
+    kept = min(copies, key=_keep_key(keep, prefer))
     members = sorted((Member(r, 0.0, "identical") for r in copies if r is not kept), key=lambda m: m.path)
     return Group(kept, 0.0, members)
 

@@ -23,6 +23,7 @@ from .rows import RowTable
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, ROWS, LOCK = "manifest.json", "index.faiss", "rows.sqlite", ".lock"
+DECISIONS = "decisions.sqlite"  # what a person decided about duplicates (siamsearch.duplicates.decisions): kept by --rebuild
 MANIFEST_KEYS = {"root": str, "fingerprint": str, "dim": int, "requested_kind": str, "search": dict}
 
 

@@ -42,12 +42,13 @@ from ..core.embed import EmbedResult, Progress, embed_batches
 from ..core.errors import (ModelMismatchError, NotAnIndexError, NotFoundError, PruneRefusedError, StoreError,
                      StoreWriteError)
 from ..core.images import Failure, Scan, Selection, frame_count, identity_of, scan_images
-from .folder import INDEX, LOCK, MANIFEST, ROWS, read_manifest
+from .folder import DECISIONS, INDEX, LOCK, MANIFEST, ROWS, read_manifest
 from .rows import NewRow, Row
 from .store import Store
 
 COMMIT_GROWTH = 0.1  # a chunk is at least this fraction of the vectors stored: O(N) bytes written in all
-INDEX_FILES = frozenset({MANIFEST, INDEX, ROWS, f"{ROWS}-wal", f"{ROWS}-shm", f"{ROWS}-journal", LOCK})
+INDEX_FILES = frozenset({MANIFEST, INDEX, ROWS, f"{ROWS}-wal", f"{ROWS}-shm", f"{ROWS}-journal", LOCK, DECISIONS,
+                         f"{DECISIONS}-journal"})
 MAX_PRUNE_SHARE = 0.5  # a run that would drop more of the rows than this refuses, unless told prune=True
 EmbedStream = Callable[[Sequence[Path]], Iterable[EmbedResult]]  # files → their embedded batches, in order
 Stamp = tuple[Path, int, int]  # (absolute path, size, mtime_ns)
