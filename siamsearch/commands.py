@@ -129,9 +129,8 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
     """
     _check_dedup_args(against, move_to, html_file, identical_only, margin, review_margin)
     decided = decisions.Applied() if ignore_decisions else decisions.for_index(index_dir)
-    run = (DedupRun(identical_files(index_dir, keep, decided.keep)) if identical_only else
-           _search_duplicates(index_dir, margin, review_margin, linkage, keep, against, move_to, false_pairs_per_1000,
-                              progress, decided.keep))
+    run = duplicate_groups(index_dir, margin, review_margin, linkage, keep, against, move_to, false_pairs_per_1000,
+                           identical_only, progress, decided.keep)
     if isinstance(run.result, DedupResult):
         run.result, run.decisions_applied = decided.result(run.result)
     if csv_file is not None:
@@ -213,10 +212,15 @@ def identical_files(index_dir: Path | str, keep: str = "largest", prefer: frozen
         table.close()
 
 
-def _search_duplicates(index_dir: Path | str, margin: float | None, review_margin: float | None, linkage: str,
-                       keep: str, against: Path | str | None, move_to: Path | str | None,
-                       false_pairs_per_1000: float, progress: Progress | None, prefer: frozenset[str]) -> DedupRun:
-    """dedup_index's margin search: the groups (or cross pairs) and how the margin was chosen, nothing written."""
+def duplicate_groups(index_dir: Path | str, margin: float | None = None, review_margin: float | None = None,
+                     linkage: str = "kept", keep: str = "largest", against: Path | str | None = None,
+                     move_to: Path | str | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000,
+                     identical_only: bool = False, progress: Progress | None = None,
+                     prefer: frozenset[str] = frozenset()) -> DedupRun:
+    """dedup_index's search: the groups (or cross pairs) and how the margin was chosen, the files in prefer kept
+    first, no other decision applied and nothing written (what the review page starts from)."""
+    if identical_only:
+        return DedupRun(identical_files(index_dir, keep, prefer))
     with Store.open(index_dir) as store:
         calibration = model_calibration(store) if margin is None else {}
         chosen = collection_margin(calibration, len(store), false_pairs_per_1000) if calibration else None

@@ -26,7 +26,7 @@ ORDER = {  # each package's modules, foundations first
     "training": ("settings", "recipes", "sampling", "distributed", "data", "whitening", "losses", "validation", "loop"),
     "index": ("ann", "rows", "folder", "store", "indexing", "relocation", "search"),
     "duplicates": ("closepairs", "dedup", "moves", "standins", "decisions"),
-    "": ("evaluate", "report", "commands", "demo"),
+    "": ("evaluate", "report", "commands", "review", "demo"),
     "cluster": ("runtime", "shards", "embedding", "building", "cells"),
     "cli": ("options", "terminal", "cluster", "app", "indexing", "duplicates", "training"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import webbrowser
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -100,3 +101,28 @@ def decisions(
     if forget or forget_all:
         err.print(f"forgot {forget_decisions(index_dir, None if forget_all else forget)} decision(s)")
     print_decisions(listed(index_dir), as_json)
+
+
+@app.command()
+def review(
+    index_dir: IndexDir,
+    margin: Annotated[Optional[float], typer.Option(min=0.0, max=2.0, help="Duplicate distance (default: as "
+                                                                              "dedup chooses it).")] = None,
+    review_margin: Annotated[Optional[float], typer.Option(help="Wider 'review' band shown with each group.")] = None,
+    keep: Annotated[str, typer.Option(help="File a group keeps unless you decide: largest, smallest, newest, oldest "
+                                           "or first.")] = "largest",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: a free one).")] = 0,
+    browser: Annotated[bool, typer.Option(help="Open the page in the browser.")] = True,
+) -> None:
+    """A local page to look at each group, decide (remembered by the index), move and undo."""
+    from ..review import Review, serve
+
+    err.print("finding the groups…")  # before the page opens, so it opens at once
+    server = serve(Review(Path(index_dir), margin, review_margin, keep=keep), port)
+    console.print(f"review page: {server.url}\n(only this machine can open it; Ctrl-C stops it, as does an idle hour)")
+    if browser:
+        webbrowser.open(server.url)
+    try:
+        server.thread.join()
+    except KeyboardInterrupt:
+        server.stop()
