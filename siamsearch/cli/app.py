@@ -23,8 +23,8 @@ from .terminal import literal_help, Skipped, TrainProgress, console, err, fmt, s
 class Commands(TyperGroup):
     """Where every command ends: its errors in one line, and the exit code (errors.py lists them)."""
 
-    ORDER = ("index", "relocate", "query", "info", "dedup", "review", "undo", "decisions", "train", "eval", "calibrate", "demo", "cluster",
-             "version")  # as a user meets them: the help lists them so, whichever module registers each
+    ORDER = ("index", "relocate", "query", "info", "dedup", "review", "undo", "decisions", "train", "eval",
+             "calibrate", "demo", "cluster", "version")  # as a user meets them: the help lists them so, whichever module registers each
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
