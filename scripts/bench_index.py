@@ -12,6 +12,8 @@ Appends one JSON line per measurement to --out; --table FILE prints such a file 
     .venv/bin/python scripts/bench_index.py --make 24 --backbones efficientnet_lite0 --decode device \
         --compare-decode efficientnet_lite0 --device cpu       # the device decoder's vectors against PIL's
     .venv/bin/python scripts/bench_index.py --table results.jsonl
+    .venv/bin/python scripts/bench_index.py --profile --make 200 --folder /tmp/bench33 \
+        --baseline-src /tmp/siamsearch-base            # issue 33: where index's time goes; % of the limit
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import dataclasses
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from multiprocessing import Pool
@@ -207,6 +211,47 @@ def table(path: Path) -> str:
     return "\n".join(lines + ["| " + " | ".join(cell(r.get(k)) for k in head) + " |" for r in rows])
 
 
+def profile(args: argparse.Namespace) -> None:
+    """Issue 33: per photo size and model (resnet18 at --image-size, the built-in model), the encoder's and the
+    decoder's rates, the limit they set, and `index` run in a subprocess (scripts/index_profile.py) with this
+    checkout's code and, when given, --baseline-src's, alternately: images/s, % of the limit, the profile."""
+    from index_profile import rates
+
+    from siamsearch.core import builtin
+
+    root = args.folder or Path(tempfile.mkdtemp(prefix="bench33-"))
+    models = {f"resnet18@{args.image_size}": model_file("resnet18", args.image_size, root),
+              "builtin": builtin.builtin_model()}
+    codes = {"before": args.baseline_src, "after": Path(__file__).resolve().parent.parent} if args.baseline_src else \
+        {"this": Path(__file__).resolve().parent.parent}
+    summary = []
+    for mp in (float(m) for m in args.profile_megapixels.split(",")):
+        folder = root / f"{mp}mp"
+        paths = (find_images(folder) if folder.is_dir() else []) or make_jpegs(folder, args.make, mp)
+        with Image.open(paths[0]) as first:
+            print(f"{len(paths)} JPEGs of {first.width}x{first.height} in {folder}", flush=True)
+        for name, model in models.items():
+            cost = rates(paths, model, args.batch_size)
+            emit(args.out, {"what": "rates", "model": name, "megapixels": mp} | cost)
+            speeds: dict[str, list[float]] = {code: [] for code in codes}
+            for _ in range(args.repeats):
+                for code, src in codes.items():  # alternately, so that both see the same load
+                    cmd = [sys.executable, str(Path(__file__).parent / "index_profile.py"), str(folder), str(model),
+                           str(root / f"index-{code}"), str(args.workers_profile), str(args.threads_profile),
+                           str(args.batch_size)]
+                    out = subprocess.run(cmd, env=os.environ | {"PYTHONPATH": str(src)}, capture_output=True,
+                                         text=True, check=True).stdout
+                    run = json.loads(out.strip().splitlines()[-1])
+                    speeds[code].append(run["images_per_s"])
+                    emit(args.out, {"what": f"index ({code})", "model": name, "megapixels": mp,
+                                    "of_limit": round(run["images_per_s"] / cost["limit_per_s"], 3)} | run)
+            summary += [f"{name:>14} {mp:>4} MP  limit {cost['limit_per_s']:5.1f}/s  " + "  ".join(
+                f"{code} best {max(v):5.1f}/s ({max(v) / cost['limit_per_s']:4.0%}) median {np.median(v):5.1f}/s"
+                for code, v in speeds.items())]
+    print("\n".join(["index images/s against the decode + forward limit (best and median of "
+                     f"{args.repeats} runs):", *summary]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folder", type=Path, help="the JPEG folder to index; made (and kept) when it holds no images")
@@ -224,12 +269,20 @@ def main() -> None:
                     "and report how far the vectors of this backbone are apart")
     ap.add_argument("--model-only-n", type=int, default=4096, help="images for the model-only figure")
     ap.add_argument("--out", type=Path, help="append the JSON lines here")
+    ap.add_argument("--profile", action="store_true", help="issue 33: index's profile and its share of the "
+                    "decode + forward limit, resnet18 and the built-in model, per --profile-megapixels")
+    ap.add_argument("--profile-megapixels", default="2,0.3")
+    ap.add_argument("--baseline-src", type=Path, help="with --profile: also run index with the siamsearch package "
+                    "under this folder (e.g. git archive HEAD siamsearch | tar -x -C DIR), alternately")
+    ap.add_argument("--repeats", type=int, default=1, help="with --profile: runs of index per case and code")
+    ap.add_argument("--workers-profile", default="auto", help="with --profile: decode workers (auto: the code's)")
+    ap.add_argument("--threads-profile", default="auto", help="with --profile: torch threads (auto: the code's)")
     ap.add_argument("--table", type=Path, help="print this results file as a Markdown table, and stop")
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
         return
-    run(args)
+    profile(args) if args.profile else run(args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from .evaluate import EvalResult, calibrate, evaluate
 from .core.images import Failure, Scan, Selection, scan_images
 from .index.folder import open_rows, read_manifest
 from .index.rows import Row
-from .index.indexing import found_model
+from .index.modelfile import found_model
 from .duplicates.moves import MovePlan, MoveReport, apply_moves, plan_moves
 from .training.recipes import Choice, choose
 from .core.samples import build_background
@@ -44,7 +44,7 @@ from .training.loop import Observer, TrainResult, train
 
 
 def model_calibration(store: Store) -> dict[str, Any]:
-    """The calibration (with its "purpose") of the model that built the index (siamsearch.index.indexing.found_model).
+    """The calibration (with its "purpose") of the model that built the index (siamsearch.index.modelfile.found_model).
 
     Raises:
         DedupError: no model file, not the model that built the index, or no calibration in it.

@@ -29,7 +29,8 @@ from .core.checkpoint import load_checkpoint
 from .commands import dedup_index
 from .core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
 from .evaluate import evaluate
-from .index.indexing import found_model, index_folder
+from .index.indexing import index_folder
+from .index.modelfile import found_model
 from .core.samples import DIGIT_SIZE, build_digits, build_photos
 from .index.search import Searcher
 from .training.loop import Observer, Quiet, train

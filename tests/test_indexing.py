@@ -341,3 +341,48 @@ def test_a_full_disk_is_one_line_and_leaves_the_index_as_it_was(identity_dir, mo
     assert res.exit_code == 2 and "free some space" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     monkeypatch.undo()
     assert len(Store.open(idx)) == 96 and "--rebuild" not in res.stderr
+
+
+def test_hashes_and_frames_read_in_the_decode_workers_leave_the_vectors_as_a_direct_embed_gives(
+        identity_dir, model_file, tmp_path, monkeypatch):
+    from siamsearch.core.checkpoint import load_encoder
+    from siamsearch.core.embed import embed_paths
+    from siamsearch.core.images import file_sha256, frame_count
+
+    frames = [Image.new("RGB", (32, 32), (40 * k, 90, 200 - 40 * k)) for k in range(3)]
+    frames[0].save(identity_dir / "anim.gif", save_all=True, append_images=frames[1:])
+    copy = identity_dir / "copy.png"
+    copy.write_bytes(next(identity_dir.rglob("*.png")).read_bytes())  # one of the two is embedded, the other
+    # takes its vector, and its facts are read at its commit
+    read_here = []  # files whose frames the main process reads: one of the two byte-identical files
+    monkeypatch.setattr(indexing, "frame_count", lambda p: read_here.append(p) or frame_count(p))
+    store, report = index_folder(identity_dir, tmp_path / "idx", model_file, commit_every=10,
+                                 runtime=Runtime(workers=2, batch_size=7))
+    assert report.added == len(store) == len(find_images(identity_dir))
+    assert [p.read_bytes() for p in read_here] == [copy.read_bytes()]
+    rows = {row.abspath: row for row in store.iter_rows()}
+    assert all(row.sha256 == file_sha256(p) and row.frames == frame_count(p) for p, row in rows.items())
+    assert rows[identity_dir / "anim.gif"].frames == 3
+    model, ckpt = load_encoder(model_file)
+    direct = embed_paths(model, ckpt.preprocess, sorted(rows), workers=0)
+    stored = store.vectors([rows[p].id for p in direct.paths])[1]
+    assert np.abs(stored - direct.vectors).max() <= 1e-6
+
+
+def test_a_run_killed_midway_with_decode_workers_and_run_again_holds_every_file_once(identity_dir, model_file,
+                                                                                     tmp_path, monkeypatch):
+    real_add, commits = store_mod.Store.add, []
+
+    def killed_at_third(self, rows, vectors):
+        commits.append(len(rows))
+        if len(commits) == 3:
+            raise KeyboardInterrupt
+        return real_add(self, rows, vectors)
+
+    monkeypatch.setattr(store_mod.Store, "add", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        index_folder(identity_dir, tmp_path / "idx", model_file, commit_every=10, runtime=Runtime(workers=2, batch_size=7))
+    monkeypatch.setattr(store_mod.Store, "add", real_add)
+    store, report = index_folder(identity_dir, tmp_path / "idx", model_file, runtime=Runtime(workers=2, batch_size=7))
+    paths = [row.path for row in store.iter_rows()]
+    assert len(paths) == len(set(paths)) == len(find_images(identity_dir)) and report.unchanged == sum(commits[:2])

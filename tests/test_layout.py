@@ -24,7 +24,7 @@ ORDER = {  # each package's modules, foundations first
     "core": ("errors", "atomic", "config", "device", "images", "samples", "transforms", "devicedecode", "decoding", "embed",
              "model", "metrics", "calibration", "checkpoint", "builtin"),
     "training": ("settings", "recipes", "sampling", "distributed", "data", "whitening", "losses", "validation", "loop"),
-    "index": ("ann", "rows", "folder", "store", "indexing", "relocation", "search"),
+    "index": ("ann", "rows", "folder", "store", "modelfile", "indexing", "relocation", "search"),
     "duplicates": ("closepairs", "dedup", "moves", "standins", "decisions"),
     "": ("evaluate", "report", "commands", "review", "demo"),
     "cluster": ("runtime", "shards", "embedding", "building", "cells"),

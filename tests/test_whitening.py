@@ -109,3 +109,16 @@ def test_nothing_to_fit_or_a_wrong_size_is_one_clear_error(identity_dir, tmp_pat
     frozen = dataclasses.replace(ENC, head="none", dim=256)
     with pytest.raises(UsageError, match="nothing to train"):
         train(identity_dir, tmp_path / "m.pt", frozen, dataclasses.replace(CFG, epochs=1, freeze_backbone=True))
+
+
+def test_a_folder_too_small_for_the_recipes_size_gets_a_whitening_of_the_axes_its_views_span(identity_dir, tmp_path):
+    from siamsearch.training.loop import train
+
+    out = tmp_path / "m.pt"
+    train(identity_dir, out, dataclasses.replace(ENC, whiten=250, whiten_from="pool"), CFG)  # ~70 images × 3 views
+    model, ckpt = load_encoder(out)
+    kept = ckpt.encoder.whiten
+    assert kept < 250 and model.whitening.projection.shape == (256, kept)
+    with torch.no_grad():
+        vectors = model(torch.rand(3, 3, 32, 32))
+    assert vectors.shape == (3, kept) and torch.allclose(vectors.norm(dim=1), torch.ones(3))

@@ -45,6 +45,7 @@ def index(
     with progress_bar("embedding") as progress:
         store, done = index_folder(image_dir, target, model, kind=kind, rebuild=rebuild, prune=prune, verify=verify,
                                    selection=Selection.of(include, exclude), progress=progress,
+                                   limited_by=progress.limited_by,
                                    runtime=with_overrides(Runtime(), locals()))  # device, workers, amp, decode...
     report_failures(done.failures)
     if as_json:

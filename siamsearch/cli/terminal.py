@@ -24,7 +24,6 @@ from ..core.calibration import calibrated_margin, collection_margin
 from ..duplicates.closepairs import MAX_NEIGHBOURS
 from ..commands import DedupRun, EvalRun
 from ..duplicates.dedup import CrossResult, DedupResult, multiframe
-from ..core.embed import Progress as EmbedProgress
 from ..core.images import Failure
 from ..duplicates.decisions import Decision
 from ..duplicates.moves import MovePlan, MoveReport
@@ -156,14 +155,27 @@ def print_training(result: TrainResult) -> None:
     console.print(f"wrote {shown(result.out)} (fingerprint {result.fingerprint})")
 
 
+class Bar:
+    """A bar's progress(done, total), and limited_by(what): shown beside its label ("embedding, encoder-bound")."""
+
+    def __init__(self, bar: Progress, task: Any, label: str) -> None:
+        self._bar, self._task, self._label = bar, task, label
+
+    def __call__(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
+    def limited_by(self, what: str) -> None:
+        self._bar.update(self._task, description=f"{self._label}, {what}-bound")
+
+
 @contextmanager
-def progress_bar(label: str) -> Iterator[EmbedProgress]:
+def progress_bar(label: str) -> Iterator[Bar]:
     """A transient bar with a count and ETA on stderr (so --json stays clean), fed as progress(done, total)."""
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=err, transient=True, disable=not err.is_terminal or console.quiet)
     task = bar.add_task(label, total=None)
     with bar:
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        yield Bar(bar, task, label)
 
 
 def print_json(data: Any) -> None:

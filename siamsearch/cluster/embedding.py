@@ -32,7 +32,7 @@ from ..core.decoding import DecodedImages, Progress
 from ..core.embed import embed_tensors
 from ..core.errors import NotFoundError, UsageError
 from ..core.images import Failure, identity_of, scan_images
-from ..index.indexing import file_sha256
+from ..core.images import file_sha256
 from . import shards
 
 ROW_FIELDS = ("path", "identity", "size", "mtime_ns", "width", "height", "sha256", "error")

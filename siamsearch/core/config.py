@@ -260,8 +260,8 @@ class Runtime:
     """How to run on this machine, never saved in a model file: a resumed run may change any of it."""
 
     device: str = "auto"  # auto: CUDA when present, else CPU
-    workers: int | None = None  # decode workers; None: the consumer's default (embedding: cores - 1;
-    # training: cores - 1 on a GPU, 0 on a CPU, whose cores run the model)
+    workers: int | None = None  # decode workers; None: the consumer's default (embedding: cores - 1 on a GPU, one
+    # per core on a CPU at the lowest priority; training: cores - 1 on a GPU, 0 on a CPU, whose cores run the model)
     amp: bool | None = None  # mixed precision; None: on CUDA only
     batch_size: int = 64  # images per embedding batch: the one default of every command and use case that embeds
     cache_gb: float = 4.0  # training decodes its images into memory up to this size

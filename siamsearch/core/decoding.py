@@ -3,11 +3,14 @@
 A worker decodes each file (siamsearch.core.images.load_image) to square views at one or more sizes, framed as
 the encoder frames its input, or only reads a plain JPEG for the device to decode (devicedecode); it stacks the
 batch itself, so one tensor crosses to the main process and the DataLoader pins one tensor. A bad file comes back
-as its reason, never an exception; a worker that cannot hand a batch over ends the run in one line.
+as its reason, never an exception; a worker that cannot hand a batch over ends the run in one line. Asked to
+(facts=True), it also hashes each file it decodes and counts its frames, so that the main process, which runs
+the encoder, never reads a file (siamsearch.index.indexing stores both in the file's row).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -20,11 +23,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .devicedecode import Jpeg, read_jpeg
 from .errors import UsageError
-from .images import ORIGINAL_SIZE, BadImageError, Failure, load_image
+from .images import ORIGINAL_SIZE, BadImageError, Failure, file_sha256, frame_count, load_image
 from .transforms import square_view
 
 Progress = Callable[[int, int], None]  # (done, total): files finished so far, of all there are to do
 SHARED_MEMORY_FULL = ("</torch_", "shared memory")  # torch's words when a worker cannot hand a batch over
+POLITE_NICENESS = 19  # a polite worker's nice: a core busy with the encoder gives it ~1.5% (CFS weight 15 of 1024)
+
+
+class FileFacts(NamedTuple):
+    """What a row records of a file's content besides its vector, read in the worker that decodes it."""
+
+    sha256: str | None  # hex SHA-256 of the bytes; None when they could not be read
+    frames: int | None  # frames or pages (images.frame_count); None when the headers could not be read
 
 
 class Decoded(NamedTuple):
@@ -35,33 +46,40 @@ class Decoded(NamedTuple):
     size: tuple[int, int]  # original (width, height), upright
     reason: str  # why the file is skipped; "" when it is not
     jpeg: Jpeg | None = None  # bytes for the device to decode instead of views
+    facts: FileFacts | None = None  # with facts=True, of every usable file
 
 
 class DecodedImages(Dataset):
     """Decodes image i to square uint8 views at one or more sizes; a bad file yields its reason.
 
     With jpeg=True (one size only, centre framing), a plain JPEG is only read: the device decodes it (devicedecode).
-    framing: how a picture becomes a square (transforms.square_view).
+    framing: how a picture becomes a square (transforms.square_view). facts: also hash each usable file and
+    count its frames (FileFacts).
     """
 
     def __init__(self, paths: Sequence[Path], sizes: Sequence[int], channels: int, jpeg: bool = False,
-                 framing: str = "centre") -> None:
+                 framing: str = "centre", facts: bool = False) -> None:
         self.paths, self.sizes, self.channels, self.jpeg = list(paths), tuple(sizes), channels, jpeg
-        self.framing = framing
+        self.framing, self.facts = framing, facts
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Decoded:
-        jpeg = read_jpeg(Path(self.paths[i]), self.channels) if self.jpeg else None
+        path = Path(self.paths[i])
+        jpeg = read_jpeg(path, self.channels) if self.jpeg else None
         if jpeg is not None:
-            return Decoded(i, None, jpeg.size, "", jpeg)
+            return Decoded(i, None, jpeg.size, "", jpeg, self._facts(path))
         try:
-            img = load_image(self.paths[i], self.channels, draft_size=max(self.sizes))
+            img = load_image(path, self.channels, draft_size=max(self.sizes))
         except BadImageError as exc:
             return Decoded(i, None, (0, 0), exc.reason)
         views = tuple(square_view(img, s, self.framing) for s in self.sizes)
-        return Decoded(i, views, img.info.get(ORIGINAL_SIZE, img.size), "")
+        return Decoded(i, views, img.info.get(ORIGINAL_SIZE, img.size), "", facts=self._facts(path))
+
+    def _facts(self, path: Path) -> FileFacts | None:
+        """The file's hash and frame count when asked for, read right after the file itself (from the page cache)."""
+        return FileFacts(file_sha256(path), frame_count(path)) if self.facts else None
 
 
 class JpegFile(NamedTuple):
@@ -84,6 +102,7 @@ class Batch:
     failures: list[tuple[int, str]]  # (index, reason)
     jpegs: list[JpegFile] = field(default_factory=list)  # files left for the device to decode
     blob: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))  # their bytes, in order
+    facts: dict[int, FileFacts] = field(default_factory=dict)  # index → its facts, when the dataset reads them
 
     def pin_memory(self) -> Batch:
         """The batch with its views in page-locked memory: the DataLoader's pinning thread calls this."""
@@ -102,7 +121,8 @@ def collate(items: list[Decoded], sizes: tuple[int, ...], channels: int) -> Batc
                   else torch.empty(0, channels, s, s, dtype=torch.uint8) for j, s in enumerate(sizes))
     jpegs = [it for it in items if it.jpeg is not None]
     batch = Batch([it.index for it in good], views, [it.size for it in good],
-                  [(it.index, it.reason) for it in items if it.reason])
+                  [(it.index, it.reason) for it in items if it.reason],
+                  facts={it.index: it.facts for it in items if it.facts is not None})
     if jpegs:
         batch.jpegs = [JpegFile(it.index, it.jpeg.size, it.jpeg.orientation, len(it.jpeg.data)) for it in jpegs]
         batch.blob = handed_over(torch.cat([it.jpeg.data for it in jpegs]))
@@ -116,15 +136,21 @@ def handed_over(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def loader(images: DecodedImages, workers: int, pin: bool, batch_size: int | None = None,
-           batch_sampler: Sampler | None = None) -> Iterator[Batch]:
+           batch_sampler: Sampler | None = None, polite: bool = False) -> Iterator[Batch]:
     """Batches of `images`, collated in the workers, pinned by the DataLoader for an asynchronous copy to a GPU.
+
+    polite: the workers run at the lowest priority, for an encoder on the same cores: its threads run whenever it
+    has a batch, and while it waits for the next, the workers decode on every core. Decode and encoder then take
+    turns on all the cores, instead of a worker stalling the encoder's threads (which wait for each other) by
+    taking one of their cores midway; a run comes near cores / (cores / forward + 1 / decode) images/s.
 
     Raises:
         UsageError: a worker could not hand a batch over (shared memory or the file-size limit ran out).
     """
     batches = DataLoader(images, batch_size=batch_size, batch_sampler=batch_sampler, num_workers=workers,
                          collate_fn=partial(collate, sizes=images.sizes, channels=images.channels), pin_memory=pin,
-                         prefetch_factor=4 if workers else None)
+                         prefetch_factor=4 if workers else None,
+                         worker_init_fn=_lowest_priority if polite and workers else None)
     try:
         yield from batches
     except RuntimeError as exc:
@@ -133,6 +159,12 @@ def loader(images: DecodedImages, workers: int, pin: bool, batch_size: int | Non
         reason = str(exc).strip().splitlines()[-1]
         raise UsageError(f"decode workers could not hand a batch over ({reason}); use fewer --workers, or --workers 0, "
                          "or give /dev/shm more room (docker run --shm-size=1g)") from None
+
+
+def _lowest_priority(worker_id: int) -> None:
+    """A polite worker's start: the lowest priority (POLITE_NICENESS) where there are nice values (not on Windows)."""
+    if hasattr(os, "nice"):
+        os.nice(POLITE_NICENESS - os.nice(0))
 
 
 def decode_images(paths: Sequence[Path], sizes: Sequence[int], channels: int, workers: int = 0,

@@ -26,9 +26,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def default_workers() -> int:
-    """Decode workers: all cores but one for the main process, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+def default_workers(device: torch.device | None = None) -> int:
+    """Decode workers, at most 8: all cores but one for the main process that feeds a GPU; on a CPU (device
+    cpu), one per core, since the encoder takes every core whenever it has a batch (decoding.loader's polite
+    workers yield to it) and the workers then decode on every core while it waits for the next."""
+    return max(0, min(8, (os.cpu_count() or 1) - (device is None or device.type != "cpu")))
 
 
 def train_workers(workers: int | None, device: torch.device) -> int:

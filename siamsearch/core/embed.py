@@ -9,15 +9,17 @@ and embeddings stay there until a chunk of batches is done, then come back in on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import Preprocess, Runtime
-from .decoding import Batch, DecodedImages, Progress, loader
+from .decoding import Batch, DecodedImages, FileFacts, Progress, loader
 from .device import autocast, default_workers
 from .devicedecode import decode_views
 from .errors import UsageError
@@ -36,6 +38,19 @@ class EmbedResult:
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, D), unit rows
     sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height)
     failures: list[Failure] = field(default_factory=list)
+    facts: list[FileFacts | None] = field(default_factory=list)  # with facts=True: hash and frames, one per path
+    waited: float = 0.0  # seconds the stream waited for its decoded batches
+    encoded: float = 0.0  # seconds it spent on them: views, encoder, the copy back
+
+
+def what_limits(waited: float, encoded: float) -> str:
+    """What limits a stream that waited `waited` seconds for decoded batches and spent `encoded` on them: "decode"
+    or "encoder". On a CPU the polite workers decode on every core while the encoder waits, so the two times
+    are the two jobs' shares of the cores; on a GPU the stream waits only when decoding cannot keep up."""
+    return "decode" if waited > encoded else "encoder"
+
+
+Pending = tuple[list[int], torch.Tensor, list[tuple[int, int]], list[Failure], list[FileFacts | None]]
 
 
 def forward(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, pre: Preprocess, device: torch.device,
@@ -90,13 +105,15 @@ def prepared(model: torch.nn.Module, device: torch.device, compile: bool = False
 @torch.inference_mode()
 def embed_batches(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path], *, batch_size: int = Runtime.batch_size,
                   workers: int | None = None, device: torch.device | str = "cpu", amp: bool | None = None,
-                  decode: str = "auto", compile: bool = False, chunk: int | None = None) -> Iterator[EmbedResult]:
+                  decode: str = "auto", compile: bool = False, chunk: int | None = None,
+                  facts: bool = False) -> Iterator[EmbedResult]:
     """Embed many image files as one stream: one DataLoader and worker pool for all, a chunk of batches at a time.
 
     A caller that stores results as they come (siamsearch.index.indexing) keeps its work if stopped midway.
     decode: one of DECODES; "device" decodes JPEGs on `device` even when it is the CPU.
     chunk: batches whose embeddings stay on the device before one copy back (default CHUNK_BATCHES on
-    a GPU, 1 on a CPU, where there is no copy to save).
+    a GPU, 1 on a CPU, where there is no copy to save). facts: the workers also hash each file they decode and
+    count its frames (EmbedResult.facts), so that a caller storing rows reads no file itself.
 
     Yields:
         One EmbedResult per chunk, in input order: vectors (B, D) float32, rows L2-normalised.
@@ -106,29 +123,43 @@ def embed_batches(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path]
     device = torch.device(device)
     on_gpu = device.type == "cuda"
     net = prepared(model, device, compile)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(device) if workers is None else workers
     chunk = chunk or (CHUNK_BATCHES if on_gpu else 1)
     on_device = pre.framing == "centre" and (decode == "device" or decode == "auto" and on_gpu)  # devicedecode centres
-    images = DecodedImages(paths, [pre.image_size], pre.channels, jpeg=on_device, framing=pre.framing)
-    pending: list[tuple[list[int], torch.Tensor, list[tuple[int, int]], list[Failure]]] = []
-    for batch in loader(images, workers, pin=on_gpu, batch_size=batch_size):
-        idx, views, sizes, failures = _views(batch, paths, pre.image_size, pre.channels, device)
+    images = DecodedImages(paths, [pre.image_size], pre.channels, jpeg=on_device, framing=pre.framing, facts=facts)
+    pending: list[Pending] = []
+    waited = encoded = 0.0
+    polite = device.type == "cpu"  # the workers share the encoder's cores: they decode while it waits (loader)
+    parts = max(1, workers) if polite else 1  # a batch in one piece per worker, so that every core decodes it
+    batches = loader(images, workers, pin=on_gpu, batch_size=max(1, batch_size // parts), polite=polite)
+    mark = time.perf_counter()
+    while group := list(islice(batches, parts)):
+        waited, mark = waited + time.perf_counter() - mark, time.perf_counter()
+        got = [_views(batch, paths, pre.image_size, pre.channels, device) for batch in group]
+        idx, views, sizes, failures = ([x for g in got for x in g[k]] for k in range(4))
         vectors = forward(net, torch.stack(views), pre, device, amp) if idx else torch.zeros(0, _dim(model), device=device)
-        pending.append((idx, vectors, sizes, failures))
+        known = {i: f for batch in group for i, f in batch.facts.items()}
+        pending.append((idx, vectors, sizes, failures, [known.get(i) for i in idx] if facts else []))
         if len(pending) == chunk:
-            yield _to_host(pending, paths)
-            pending = []
+            done = _to_host(pending, paths)
+            done.waited, done.encoded = waited, encoded + time.perf_counter() - mark
+            yield done
+            pending, waited, encoded, mark = [], 0.0, 0.0, time.perf_counter()  # the caller's time is neither
+        else:
+            encoded, mark = encoded + time.perf_counter() - mark, time.perf_counter()
     if pending:
-        yield _to_host(pending, paths)
+        done = _to_host(pending, paths)
+        done.waited, done.encoded = waited, encoded + time.perf_counter() - mark
+        yield done
 
 
-def _to_host(pending: list[tuple[list[int], torch.Tensor, list[tuple[int, int]], list[Failure]]],
-             paths: Sequence[Path]) -> EmbedResult:
+def _to_host(pending: list[Pending], paths: Sequence[Path]) -> EmbedResult:
     """A chunk of batches as one EmbedResult: its vectors come to the host in one copy, the one wait for the device."""
-    parts = [vectors for _, vectors, _, _ in pending if len(vectors)] or [pending[0][1]]
+    parts = [vectors for _, vectors, *_ in pending if len(vectors)] or [pending[0][1]]
     vectors = torch.cat(parts).cpu().numpy()
     return EmbedResult([Path(paths[i]) for idx, *_ in pending for i in idx], vectors,
-                       [wh for _, _, sizes, _ in pending for wh in sizes], [f for *_, bad in pending for f in bad])
+                       [wh for _, _, sizes, *_ in pending for wh in sizes], [f for *_, bad, _ in pending for f in bad],
+                       [f for *_, facts in pending for f in facts])
 
 
 def embed_paths(model: torch.nn.Module, pre: Preprocess, paths: Sequence[Path], *, batch_size: int = Runtime.batch_size,

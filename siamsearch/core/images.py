@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import math
 import os
 import stat
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,14 +292,29 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-@contextmanager
-def _pixel_limit(pixels: int | None) -> Iterator[None]:
-    """Set Pillow's own guard (89.5 MP by default; None: off) while decoding; its old limit comes back after."""
-    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, pixels
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+class _GuardOff:
+    """Pillow's own decompression-bomb guard (89.5 MP by default) off while any thread decodes, back on when the
+    last one is done: MAX_PIXELS is checked instead, with the size. Counted under a lock, because the guard is one
+    global and threads (the review page's thumbnails) decode at once: saving and restoring it in each would
+    interleave and could leave it off for everyone."""
+
+    def __init__(self) -> None:
+        self.lock, self.users, self.saved = threading.Lock(), 0, Image.MAX_IMAGE_PIXELS
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            self.users += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                Image.MAX_IMAGE_PIXELS = self.saved
+
+
+_guard_off = _GuardOff()
 
 
 def _reduced(img: Image.Image, side: int) -> Image.Image:
@@ -313,13 +327,21 @@ def _reduced(img: Image.Image, side: int) -> Image.Image:
     return img.reduce(factor) if factor > 1 and reducible else img
 
 
+def file_sha256(path: Path) -> str | None:
+    """Hex SHA-256 of a file's content, or None when it cannot be read (an unknown hash verifies nothing)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
 def frame_count(path: Path) -> int | None:
     """Frames or pages a file holds (an animated GIF, a multi-page TIFF), read from its headers: an image of many
     is embedded by its first alone, so it is a duplicate only of its own bytes. None when it cannot be read now."""
     _register_plugins()
     try:
-        with warnings.catch_warnings(), Image.open(path) as img:
-            warnings.simplefilter("ignore")
+        with _guard_off, Image.open(path) as img:  # headers only: no bomb guard to warn
             return int(getattr(img, "n_frames", 1))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
@@ -342,8 +364,7 @@ def load_image(path: Path | str, channels: int = 3, draft_size: int | None = Non
     _check_regular(path)
     _register_plugins()  # a spawned decode worker has not scanned
     try:
-        with warnings.catch_warnings(), _pixel_limit(None):  # MAX_PIXELS is checked here, with the size
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _guard_off:  # MAX_PIXELS is checked here, with the size (no warnings filter: that too is one global)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise BadImageError(path, f"too large ({img.width}x{img.height} pixels; the limit is "

@@ -1,9 +1,10 @@
 """Folder → diff file stamps → embed new and changed files → store, incremental.
 
 Files are matched to rows by relative path, size and mtime_ns; with verify, also by the SHA-256 of their
-content, which every row records. Rows of vanished and changed files go first; then the new and changed
-files are embedded in one stream (one DataLoader, one worker pool) and committed to the store in chunks
-as the stream fills them, so an interrupted run keeps its work and the next run carries on. Unchanged
+content, which every row records with the file's frame count (both read by the decode worker that reads the
+file for its vector). Rows of vanished and changed files go first; then the new and changed files are embedded
+in one stream (one DataLoader, one worker pool) and committed to the store in chunks as the stream fills them,
+so an interrupted run keeps its work and the next run carries on. Unchanged
 files keep their ids; unreadable files are reported, and tried again next time.
 
 Byte-identical files are embedded once: a file to embed whose size another file shares is hashed first, and
@@ -22,7 +23,6 @@ in flight: commit_every files or a tenth of what it had stored.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -32,18 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..core import builtin
-from ..core.checkpoint import CheckpointError, load_encoder, model_with
+from ..core.checkpoint import load_encoder
 from ..core.config import Runtime, to_dict
-from ..core.device import amp_for, precision, resolve_device
-from ..core.embed import EmbedResult, Progress, embed_batches
-from ..core.errors import (ModelMismatchError, NotAnIndexError, NotFoundError, PruneRefusedError, StoreError,
-                     StoreWriteError)
-from ..core.images import Failure, Scan, Selection, frame_count, identity_of, scan_images
-from .folder import DECISIONS, INDEX, LOCK, MANIFEST, ROWS, read_manifest
+from ..core.device import precision, resolve_device
+from ..core.decoding import FileFacts
+from ..core.embed import EmbedResult, Progress, embed_batches, what_limits
+from ..core.errors import NotAnIndexError, NotFoundError, PruneRefusedError, StoreError, StoreWriteError
+from ..core.images import Failure, Scan, Selection, file_sha256, frame_count, identity_of, scan_images
+from .folder import DECISIONS, INDEX, LOCK, MANIFEST, ROWS
 from .rows import NewRow, Row
+from .modelfile import index_amp, model_file
 from .store import Store
 
 COMMIT_GROWTH = 0.1  # a chunk is at least this fraction of the vectors stored: O(N) bytes written in all
@@ -52,7 +51,8 @@ INDEX_FILES = frozenset({MANIFEST, INDEX, ROWS, f"{ROWS}-wal", f"{ROWS}-shm", f"
 MAX_PRUNE_SHARE = 0.5  # a run that would drop more of the rows than this refuses, unless told prune=True
 EmbedStream = Callable[[Sequence[Path]], Iterable[EmbedResult]]  # files → their embedded batches, in order
 Stamp = tuple[Path, int, int]  # (absolute path, size, mtime_ns)
-Embedded = tuple[str, np.ndarray | None, tuple[int, int], Failure | None]  # (relative path, vector, (w, h), failure)
+# (relative path, vector, (w, h), failure, the hash and frames read with it: None where the commit reads them)
+Embedded = tuple[str, np.ndarray | None, tuple[int, int], Failure | None, FileFacts | None]
 Content = tuple[str, int]  # (hex SHA-256, size): files with the same are byte-identical
 
 
@@ -89,68 +89,18 @@ class Todo:
     copies: dict[str, list[str]] = field(default_factory=dict)  # an embedded path → paths with its bytes
 
 
-def model_of(store: Store, model_path: Path | str | None) -> Path:
-    """The model to use with an index: the one given, else the one that built it (found_model).
-
-    Raises:
-        CheckpointError: none given, and none found.
-    """
-    return _given_or_recorded(store.path, store.info(), model_path)
-
-
-def _given_or_recorded(folder: Path, manifest: dict[str, Any], model_path: Path | str | None) -> Path:
-    """model_path, else the model the manifest of the index at folder names (recorded_model).
-
-    Raises:
-        CheckpointError: none given, and none found.
-    """
-    found = Path(model_path) if model_path is not None else recorded_model(folder, manifest)
-    if found is None:
-        raise CheckpointError(f"the model that built {folder} is neither where its manifest says nor next to "
-                              "the index; pass --model")
-    return found
-
-
-def found_model(store: Store) -> Path | None:
-    """The model that built an index (recorded_model)."""
-    return recorded_model(store.path, store.info())
-
-
-def recorded_model(folder: Path, manifest: dict[str, Any]) -> Path | None:
-    """The model that built the index at folder: where its manifest says, else the file with its fingerprint next
-    to the index folder or one level up (an index that moved with its model); None when neither has it. An index
-    of the built-in model finds it in the cache, assembled again if need be. The manifest alone tells, so a broken
-    index's model is found too."""
-    recorded, fingerprint = manifest.get("model"), manifest["fingerprint"]
-    if recorded and Path(recorded).is_file():
-        return Path(recorded)
-    if manifest.get("model_name") == builtin.label() and fingerprint == builtin.fingerprint():
-        return builtin.builtin_model()  # its cache was cleared: assembled again, the same weights
-    near = folder.resolve().parent
-    return model_with(fingerprint, [near, near.parent], [Path(recorded).name] if recorded else [])
-
-
-def _model_file(index_dir: Path, store: Store | None, model_path: Path | str | None) -> Path:
-    """The model index_folder embeds with: the one given; else the index's own, which even a broken index's
-    manifest names (a rebuild keeps its model); else, for a new index, the built-in near-duplicate model."""
-    if store is not None:
-        return model_of(store, model_path)
-    try:
-        return _given_or_recorded(index_dir, read_manifest(index_dir), model_path)
-    except StoreError:  # a new index, or one whose manifest is too damaged to name its model
-        return Path(model_path) if model_path is not None else builtin.builtin_model()
-
-
 def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path | str | None = None, *,
                  kind: str = "auto", rebuild: bool = False, prune: bool = False, verify: bool = False,
                  selection: Selection | None = None, runtime: Runtime = Runtime(), commit_every: int = 2048,
-                 progress: Progress | None = None) -> tuple[Store, SyncReport]:
+                 progress: Progress | None = None,
+                 limited_by: Callable[[str], None] | None = None) -> tuple[Store, SyncReport]:
     """Create or update the index of a folder, embedding only new and changed files.
 
     A new index with no model_path is made with the built-in near-duplicate model (siamsearch.core.builtin).
     rebuild starts over, even from a broken index; prune drops the rows of missing files however many;
     verify re-embeds files whose content changed under an unchanged size and mtime. selection replaces
     the patterns the index records; None keeps them (a rebuilt readable index keeps them too).
+    limited_by is told, after each embedded batch, what limits the run so far: "decode" or "encoder".
 
     Raises:
         CheckpointError: no usable model. ModelMismatchError: the index was built by another model.
@@ -166,8 +116,8 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
     if store is not None and not rebuild and store.root != image_dir:
         raise StoreError(f"{index_dir} indexes {store.root}, not {image_dir}; if the folder moved, run siamsearch "
                          f"relocate --index {index_dir} {image_dir}; else pass another --index or --rebuild")
-    model_file = _model_file(index_dir, store, model_path)
-    model, ckpt = load_encoder(model_file)
+    model_path = model_file(index_dir, store, model_path)
+    model, ckpt = load_encoder(model_path)
     device = resolve_device(runtime.device)
     if selection is None:
         selection = store.selection if store is not None else Selection()
@@ -175,32 +125,15 @@ def index_folder(image_dir: Path | str, index_dir: Path | str, model_path: Path 
         if store is not None:
             store.close()
         store = Store.create(index_dir, dim=ckpt.encoder.embedding_dim, fingerprint=ckpt.fingerprint,
-                             encoder=to_dict(ckpt.encoder), model_path=str(Path(model_file).resolve()),
+                             encoder=to_dict(ckpt.encoder), model_path=str(Path(model_path).resolve()),
                              root=image_dir, index_kind=kind, overwrite=rebuild,
                              precision=precision(device, runtime.amp), model_name=ckpt.name)
     store.check_model(ckpt.fingerprint)
     embed = partial(embed_batches, model, ckpt.preprocess, batch_size=runtime.batch_size, workers=runtime.workers,
                     device=device, amp=index_amp(store, device, runtime.amp), decode=runtime.decode,
-                    compile=runtime.compile)
+                    compile=runtime.compile, facts=True)
     return store, sync(store, embed, rebuild=rebuild, prune=prune, verify=verify, selection=selection,
-                       commit_every=commit_every, progress=progress)
-
-
-def index_amp(store: Store, device: torch.device, amp: bool | None) -> bool | None:
-    """The amp that embeds in the precision the index records (its own when amp is None), so that a vector
-    of a file searched for is the one stored: distance 0 to itself, wherever the index was made.
-
-    Raises:
-        ModelMismatchError: amp asks for another precision than the index's (or this device cannot give it).
-    """
-    if store.precision is None:  # an index from before precisions were kept
-        return amp
-    wanted = amp_for(store.precision) if amp is None else amp
-    if precision(device, wanted) != store.precision:
-        raise ModelMismatchError(f"{store.path} holds {store.precision} vectors; on {device.type} with "
-                                 f"{'--amp' if wanted else '--no-amp'} they would be {precision(device, wanted)}: "
-                                 f"leave --amp/--no-amp out, or rebuild the index with --rebuild")
-    return wanted
+                       commit_every=commit_every, progress=progress, limited_by=limited_by)
 
 
 def _existing(index_dir: Path, rebuild: bool) -> Store | None:
@@ -234,13 +167,15 @@ def _index_file(name: str) -> bool:
 
 
 def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool = False, verify: bool = False,
-         selection: Selection | None = None, commit_every: int = 2048, progress: Progress | None = None) -> SyncReport:
+         selection: Selection | None = None, commit_every: int = 2048, progress: Progress | None = None,
+         limited_by: Callable[[str], None] | None = None) -> SyncReport:
     """Make the index match the images under its root its selection keeps, embedding only new and changed files.
 
     embed is called once, with every file to embed; rebuild=True embeds every file again; prune=True drops
     the rows of missing files even when they may only be out of sight; verify=True also compares contents;
     selection, when given, chooses the files and is recorded in the manifest once the run may go on (files it
-    leaves out lose their rows); a selection refused for pruning is not recorded.
+    leaves out lose their rows); a selection refused for pruning is not recorded. limited_by is told, after
+    each batch, what limits the stream so far (embed.what_limits): "decode" or "encoder".
 
     Raises:
         NotFoundError: the root folder is gone. StoreLockedError: another process is writing to this index.
@@ -254,13 +189,13 @@ def sync(store: Store, embed: EmbedStream, *, rebuild: bool = False, prune: bool
         raise ValueError("commit_every must be >= 1")
     with store.writing():
         report = _sync(store, embed, selection, rebuild, prune, verify, commit_every,
-                       progress or (lambda done, total: None))
+                       progress or (lambda done, total: None), limited_by or (lambda what: None))
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _sync(store: Store, embed: EmbedStream, selection: Selection | None, rebuild: bool, prune: bool, verify: bool,
-          commit_every: int, progress: Progress) -> SyncReport:
+          commit_every: int, progress: Progress, limited_by: Callable[[str], None]) -> SyncReport:
     """The body of sync, run under the store's write lock."""
     scan = scan_images(store.root, selection or store.selection)
     files, failures = _stamps(scan, store.root)
@@ -278,7 +213,10 @@ def _sync(store: Store, embed: EmbedStream, selection: Selection | None, rebuild
     pending, embed_now = _plan_copies(store, todo, work, kept)
     report.embedded, relative, done = len(embed_now), {files[path][0]: path for path in embed_now}, len(pending)
     progress(done, len(todo))
+    waited = encoded = 0.0
     for batch in embed([files[path][0] for path in embed_now]) if embed_now else ():
+        waited, encoded = waited + batch.waited, encoded + batch.encoded
+        limited_by(what_limits(waited, encoded))
         entries = _per_file(batch, relative, work)
         pending.extend(entries)
         while len(pending) >= (size := max(commit_every, int(COMMIT_GROWTH * len(store)))):
@@ -318,7 +256,8 @@ def _plan_copies(store: Store, todo: list[str], work: Todo, kept: list[Row]) -> 
             first[content] = path
             embed_now.append(path)
     vectors = store.vectors([row.id for _, row in reused])[1]
-    return [(path, v, (row.width, row.height), None) for (path, row), v in zip(reused, vectors)], embed_now
+    return [(path, v, (row.width, row.height), None, FileFacts(row.sha256, row.frames))
+            for (path, row), v in zip(reused, vectors)], embed_now
 
 
 def _stamps(scan: Scan, root: Path) -> tuple[dict[str, Stamp], list[Failure]]:
@@ -362,15 +301,6 @@ def _same_content(file: Path, row: Row) -> bool:
     return row.sha256 is not None and row.sha256 == file_sha256(file)
 
 
-def file_sha256(path: Path) -> str | None:
-    """Hex SHA-256 of a file's content, or None when it cannot be read (an unknown hash verifies nothing)."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 def _check_pruning(gone: int, known: int, scan: Scan, files: dict[str, Stamp], root: Path) -> None:
     """Refuse to drop the rows of files that may only be out of sight (prune=True skips this)."""
     if not files:
@@ -386,24 +316,36 @@ def _check_pruning(gone: int, known: int, scan: Scan, files: dict[str, Stamp], r
 
 
 def _per_file(batch: EmbedResult, relative: dict[Path, str], work: Todo) -> list[Embedded]:
-    """A batch as one entry per file and per copy of it, sorted by relative path, so chunks cut anywhere."""
-    good = [(path, v, wh, None) for p, v, wh in zip(batch.paths, batch.vectors, batch.sizes, strict=True)
+    """A batch as one entry per file and per copy of it, sorted by relative path, so chunks cut anywhere.
+
+    A file's hash and frames are those its decode worker read (none when the stream gives none); a copy's are
+    read at its commit (its hash was taken before embedding)."""
+    facts = batch.facts or [None] * len(batch.paths)
+    good = [(path, v, wh, None, fact if path == relative[p] else None)
+            for p, v, wh, fact in zip(batch.paths, batch.vectors, batch.sizes, facts, strict=True)
             for path in (relative[p], *work.copies.get(relative[p], ()))]
-    bad = [(relative[f.path], None, (0, 0), f) for f in batch.failures]
-    bad += [(path, None, (0, 0), Failure(work.files[path][0], f.reason)) for f in batch.failures
+    bad = [(relative[f.path], None, (0, 0), f, None) for f in batch.failures]
+    bad += [(path, None, (0, 0), Failure(work.files[path][0], f.reason), None) for f in batch.failures
             for path in work.copies.get(relative[f.path], ())]
     return sorted(good + bad, key=lambda entry: entry[0])
 
 
+def _facts(path: str, known: FileFacts | None, work: Todo) -> FileFacts:
+    """A row's hash and frames: as read with its vector; what is missing (a stream that gives none, a row of an
+    old index) is read now, the hash taken before embedding (of a file that may have a twin) first."""
+    file, known = work.files[path][0], known or FileFacts(None, None)
+    sha256 = known.sha256 or (work.hashes[path] if path in work.hashes else file_sha256(file))
+    return FileFacts(sha256, frame_count(file) if known.frames is None else known.frames)
+
+
 def _commit(store: Store, chunk: list[Embedded], work: Todo, report: SyncReport) -> None:
-    """Store one chunk: a row per readable file from its stamp and hash; count it in the report."""
-    good = [(path, vector, wh) for path, vector, wh, failure in chunk if failure is None]
-    report.failures.extend(failure for *_, failure in chunk if failure is not None)
+    """Store one chunk: a row per readable file from its stamp, hash and frames; count it in the report."""
+    good = [(path, vector, wh, facts) for path, vector, wh, failure, facts in chunk if failure is None]
+    report.failures.extend(failure for *_, failure, _ in chunk if failure is not None)
     rows = [NewRow(path, identity_of(work.files[path][0], store.root), *work.files[path][1:], *wh,
-                   work.hashes[path] if path in work.hashes else file_sha256(work.files[path][0]),
-                   frame_count(work.files[path][0]))
-            for path, _, wh in good]
-    vectors = np.stack([vector for _, vector, _ in good]) if good else np.zeros((0, store.dim), np.float32)
+                   *_facts(path, facts, work))
+            for path, _, wh, facts in good]
+    vectors = np.stack([vector for _, vector, *_ in good]) if good else np.zeros((0, store.dim), np.float32)
     for row, row_id in zip(rows, store.add(rows, vectors)):
         if row_id < 0:
             report.failures.append(Failure(work.files[row.path][0], "embedding is not finite"))

@@ -5,7 +5,7 @@ one place. relocate checks that the new root holds the indexed files: a sample o
 each file with the size and mtime_ns of its row, and the smaller ones (up to HASH_BYTES in all) with its
 content hash. Files changed since the last run may miss, so MATCH_SHARE of the sample must match; a folder
 that is not the one indexed matches almost none. The model is found where the manifest says, else by
-fingerprint next to the index (siamsearch.index.indexing.found_model), and recorded with the root.
+fingerprint next to the index (siamsearch.index.modelfile.found_model), and recorded with the root.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from ..core.checkpoint import read_fingerprint
 from ..core.errors import ModelMismatchError, NotFoundError, RelocateRefusedError
-from .indexing import file_sha256, found_model
+from ..core.images import file_sha256
+from .modelfile import found_model
 from .rows import Row
 from .store import Store
 

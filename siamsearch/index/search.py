@@ -21,7 +21,7 @@ from ..core.config import Runtime
 from ..core.device import resolve_device
 from ..core.embed import embed_paths
 from ..core.images import Failure, Scan, scan_images
-from .indexing import index_amp, model_of
+from .modelfile import index_amp, model_of
 from ..core.model import Encoder
 from .store import Store
 

@@ -307,8 +307,9 @@ def _whiten(run: _Run, data: TrainData, out: Path, best: dict[str, Any] | None, 
     record = sgd | {"whitened": float(images), "minutes": (run.history[-1]["minutes"] if run.history else 0.0) + fitted}
     record |= validate(model, *val, run.cfg, device, amp) if val else {}
     tails = record.pop("tails", None)
-    obs.message(f"learned whitening {model.whitening_reads} → {run.enc.whiten} from {images:,} training images and "
-                f"their augmented views in {fitted * 60:.1f}s")
+    fewer = f" (the recipe asks {run.enc.whiten}: too few images for more)" if model.cfg.whiten < run.enc.whiten else ""
+    obs.message(f"learned whitening {model.whitening_reads} → {model.cfg.whiten}{fewer} from {images:,} training "
+                f"images and their augmented views in {fitted * 60:.1f}s")
     run.history.append(record)
     calibration = calibration_of(record, tails, data.purpose, precision(device, amp))
     run.fingerprint = save_model(out, model, run.cfg, run.history, calibration)

@@ -11,6 +11,8 @@ self-supervised image is an identity of its own views.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -49,7 +51,8 @@ def learned_whitening(vectors: np.ndarray, labels: np.ndarray, out_dim: int,
 def fit_whitening(model: Encoder, data: TrainData, device: torch.device, amp: bool) -> int:
     """Fit a whitening to the recipe's dimensions on a sample of the training split, each image seen plainly and
     under cfg.whiten_views draws of the augmentation, and install it in the model (which has none yet; its config
-    becomes the recipe's); returns the images used."""
+    becomes the recipe's); returns the images used. A folder whose views span fewer axes than the recipe asks
+    (a few dozen images) gets a whitening of as many as they span, and the model's config says so."""
     enc, cfg = data.enc, data.cfg
     model.eval()
     pre = model.cfg.preprocess()
@@ -63,6 +66,8 @@ def fit_whitening(model: Encoder, data: TrainData, device: torch.device, amp: bo
             vectors.append(embed_tensors(model.whitening_input, view, pre, device, amp))
             names.append(labels[start:start + CHUNK])
     mean, projection = learned_whitening(np.concatenate(vectors), np.concatenate(names), enc.whiten)
+    if projection.shape[1] < enc.whiten:  # a small folder gives fewer axes than the recipe's size: keep them all
+        enc = dataclasses.replace(enc, whiten=projection.shape[1])
     model.cfg = enc
     model.whitening = Whitening(model.whitening_reads, enc.whiten).to(device)
     model.whitening.set(mean, projection)
