@@ -52,31 +52,35 @@ class Review:
     manifest: str | None = None  # the last move made from the page, for its undo button
     _raw: DedupRun | None = field(default=None, repr=False)
     _prefer: frozenset[str] | None = field(default=None, repr=False)
+    _rows: dict[int, Row] = field(default_factory=dict, repr=False)  # every row of the raw groups, by id
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def current(self) -> tuple[DedupResult, int, decisions.Applied]:
-        """The groups as the decisions make them, how many places they changed, and the decisions."""
-        decided = decisions.for_index(self.index_dir)
+    def current(self) -> tuple[DedupResult, int, decisions.Applied, int]:
+        """The groups as the decisions make them, how many places they changed, the decisions and their count."""
+        listed = decisions.listed(self.index_dir)
+        decided = decisions.Applied.of(listed)
         with self._lock:
             if self._raw is None or self._prefer != decided.keep:
                 self._raw = duplicate_groups(self.index_dir, self.margin, self.review_margin, self.linkage, self.keep,
                                              prefer=decided.keep)
                 self._prefer = decided.keep
+                self._rows = {r.id: r for g in self._raw.result.groups for r in _files(g)}
                 self.margin = self._raw.result.margin  # the margin chosen once stays the page's (and its move's)
                 self.review_margin = self._raw.result.review_margin
             raw = self._raw.result
         result, applied = decided.result(raw)
-        return result, applied, decided
+        return result, applied, decided, len(listed)
 
     def rows(self) -> dict[int, Row]:
-        """Every row of the raw groups by id: the only files whose thumbnails are served."""
-        result = self.current()[0] if self._raw is None else self._raw.result
-        return {r.id: r for g in result.groups for r in (g.keep, *(m.row for m in g.members))}
+        """Every row of the raw groups by id: the only files whose thumbnails are served (made with the groups)."""
+        if self._raw is None:
+            self.current()
+        return self._rows
 
     def page(self, offset: int, limit: int, show: str, folder: str, max_distance: float | None) -> dict[str, Any]:
         """One page of groups for the browser, with the counts and the margins."""
-        result, applied, decided = self.current()
-        marked = {h for pair in decided.distinct for h in pair} | decided.keep | decided.duplicate
+        result, applied, decided, count = self.current()
+        marked = decided.named
         groups = [(n, g) for n, g in enumerate(result.groups, 1)
                   if (show != "undecided" or not _files_marked(g, marked))
                   and (not folder or any(r.path.startswith(folder) for r in _files(g)))
@@ -86,7 +90,7 @@ class Review:
                 "shown": len(groups), "offset": offset, "manifest": self.manifest, "applied": applied,
                 "counts": {"duplicates": sum(m.status != "review" for m in members),
                            "review": sum(m.status == "review" for m in members),
-                           "decisions": len(decisions.listed(self.index_dir)),
+                           "decisions": count,
                            "undecided": sum(not _files_marked(g, marked) for g in result.groups)},
                 "groups": [_group_json(n, g) for n, g in groups[offset:offset + limit]]}
 
@@ -110,8 +114,8 @@ class Review:
         else the one rule (a --keep policy) keeps; how many groups it decided."""
         if rule not in KEEP_ORDER:
             raise decisions.DecisionError(f"unknown keep rule {rule!r}; choose one of {', '.join(KEEP_ORDER)}")
-        result, _, decided = self.current()
-        marked = {h for pair in decided.distinct for h in pair} | decided.keep | decided.duplicate
+        result, _, decided, _ = self.current()
+        marked = decided.named
         ext = prefer_format.lower().lstrip(".")
         chosen = [min(_files(g), key=lambda r: (not (prefer_folder and r.path.startswith(prefer_folder)),
                                                  not (ext and r.path.lower().endswith("." + ext)),
@@ -149,7 +153,7 @@ def _files(group: Group) -> list[Row]:
     return [group.keep, *(m.row for m in group.members)]
 
 
-def _files_marked(group: Group, marked: set[str]) -> bool:
+def _files_marked(group: Group, marked: frozenset[str]) -> bool:
     """True when a decision names a file of the group."""
     return any(r.sha256 in marked for r in _files(group))
 

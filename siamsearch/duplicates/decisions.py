@@ -17,11 +17,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.errors import UsageError
-from ..index.folder import DECISIONS
+from ..index.folder import DECISIONS, now, side_table
 from ..index.rows import Row
 from .dedup import DedupResult, Group
 
@@ -58,22 +57,17 @@ class DecisionError(UsageError):
 
 @contextmanager
 def _table(index_dir: Path) -> Iterator[sqlite3.Connection]:
-    """decisions.sqlite with its tables made, committed when the block ends well, closed in any case.
+    """decisions.sqlite with its tables made (index.folder.side_table), its schema version checked.
 
     Raises:
         DecisionError: it was written by a newer siamsearch.
     """
-    db = sqlite3.connect(Path(index_dir) / DECISIONS, timeout=30)
-    try:
-        db.executescript(SCHEMA)
+    with side_table(Path(index_dir) / DECISIONS, SCHEMA) as db:
         version = int(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise DecisionError(f"{Path(index_dir) / DECISIONS} has schema {version}; this siamsearch reads up to "
                                 f"{SCHEMA_VERSION}: upgrade it")
         yield db
-        db.commit()
-    finally:
-        db.close()
 
 
 def _hashed(rows: Sequence[Row]) -> list[Row]:
@@ -87,11 +81,6 @@ def _hashed(rows: Sequence[Row]) -> list[Row]:
         raise DecisionError(f"{unknown[0]} was indexed without a content hash (an older index): run `siamsearch "
                             "index --verify` on its folder first")
     return list(rows)
-
-
-def _now() -> str:
-    """UTC timestamp of a decision."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def record(index_dir: Path | str, kind: str, rows: Sequence[Row]) -> int:
@@ -114,7 +103,7 @@ def record(index_dir: Path | str, kind: str, rows: Sequence[Row]) -> int:
         entries = [(kind, r.sha256, "", r.path, "") for r in rows]
     with _table(Path(index_dir)) as db:
         db.executemany("INSERT OR REPLACE INTO decisions (kind, a, b, a_path, b_path, created) VALUES (?, ?, ?, ?, ?, ?)",
-                       [(*e, _now()) for e in entries])
+                       [(*e, now()) for e in entries])
     return len(entries)
 
 
@@ -153,6 +142,11 @@ class Applied:
         for d in decisions:
             found[d.kind].add((d.a, d.b) if d.kind == "not-duplicates" else d.a)
         return cls(frozenset(found["keep"]), frozenset(found["duplicate"]), frozenset(found["not-duplicates"]))
+
+    @property
+    def named(self) -> frozenset[str]:
+        """Every content hash some decision names: a group holding none of them is undecided."""
+        return frozenset(h for pair in self.distinct for h in pair) | self.keep | self.duplicate
 
     def apart(self, a: Row, b: Row) -> bool:
         """True when a person said these two files are not duplicates."""

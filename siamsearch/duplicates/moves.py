@@ -22,7 +22,7 @@ from ..core.atomic import sync_folder, write_json
 from .dedup import DedupResult, Group
 from ..core.errors import NotFoundError, RefusedError, SiamsearchError
 from ..core.images import frame_count, is_image_path
-from ..index.folder import read_manifest
+from ..index.folder import now, read_manifest
 from ..index.rows import Row
 
 
@@ -272,8 +272,7 @@ def apply_moves(plan: MovePlan) -> MoveReport:
         return report
     plan.dest.mkdir(parents=True, exist_ok=True)
     report.manifest = _new_manifest_path(plan.dest)
-    data = {"root": str(plan.root), "dest": str(plan.dest), "created": datetime.now(timezone.utc).isoformat(
-        timespec="seconds"), "moves": entries} | ({"index": str(plan.index)} if plan.index else {})
+    data = {"root": str(plan.root), "dest": str(plan.dest), "created": now(), "moves": entries} | ({"index": str(plan.index)} if plan.index else {})
     write_json(report.manifest, data)  # first: an interrupted run can still be undone
     moved, keeps = [], {move.path: move.keep for move in plan.moves}
     for entry in entries:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 
 from .dedup import DedupResult
-from ..index.folder import ROWS
+from ..index.folder import ROWS, side_table
 from .moves import MovePlan, MoveReport
 from ..index.store import Store
 
@@ -77,13 +77,6 @@ def _stood_for(index_dir: Path, hashes: Iterable[str]) -> dict[str, list[tuple[s
     return found
 
 
-@contextmanager
-def _table(index_dir: Path) -> Iterator[sqlite3.Connection]:
-    """rows.sqlite with the stand_ins table made; committed when the block ends well, closed in any case."""
-    db = sqlite3.connect(Path(index_dir) / ROWS, timeout=30)
-    try:
-        db.execute(TABLE)
-        yield db
-        db.commit()
-    finally:
-        db.close()
+def _table(index_dir: Path) -> AbstractContextManager[sqlite3.Connection]:
+    """rows.sqlite with the stand_ins table made (index.folder.side_table)."""
+    return side_table(Path(index_dir) / ROWS, TABLE)

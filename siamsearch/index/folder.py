@@ -93,8 +93,21 @@ def locked(folder: Path) -> Iterator[None]:
 
 
 def now() -> str:
-    """UTC timestamp for the manifest."""
+    """UTC timestamp for a manifest or a record."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextmanager
+def side_table(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
+    """An SQLite file of the index folder with `schema` (CREATE ... IF NOT EXISTS) applied: what the index keeps
+    beside its rows (moves' stand-ins, a person's decisions). Committed when the block ends well, closed always."""
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        db.executescript(schema)
+        yield db
+        db.commit()
+    finally:
+        db.close()
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
