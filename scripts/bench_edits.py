@@ -9,8 +9,12 @@ neither a copy nor distinct from them.
 
 A seeded share of the files has a copy: chosen shots get one to three copies each, of the kinds in
 siamsearch.core.samples.COPIES and in EDITS below (what users ask about), dealt so that every kind appears once
-enough copies are made. Dead-leaves images (siamsearch.core.samples.write_dead_leaves) fill the folder up to its
-size, so the copy rate is set by the filler. Originals are PNG or JPEG at random; copies are JPEG quality 90.
+enough copies are made. Unrelated pictures fill the folder up to its size, so the copy rate is set by the filler:
+with --filler photos (the default), the quarters of the photos of Ubuntu's wallpaper contests (Debian's
+lomiri-wallpapers-16.04 and -20.04: four pictures of one scene that never overlap) and the AT&T faces (one photo
+of each person, then a second, and so on: two photos of one person are distinct pictures), in a seeded order;
+with --filler dead-leaves, procedural dead-leaves images (siamsearch.core.samples.write_dead_leaves), a stress
+test no photo folder looks like. Originals are PNG or JPEG at random; copies are JPEG quality 90.
 
     .venv/bin/python scripts/bench_edits.py runs/edits --rate 0.2 --seed 0   # writes one folder, prints a summary
 """
@@ -30,6 +34,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from siamsearch.core.samples import COPIES, write_dead_leaves
 
 PACKAGES = ("gnome-backgrounds", "ukui-wallpapers")
+FILLER_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
+FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "att_faces"
+FILLERS = ("photos", "dead-leaves")
 RASTER = (".jpg", ".jpeg", ".png", ".webp")
 WALLPAPER_SIDE = 1024
 SHOT_FRACTION = 0.6  # each shot spans 60% of the longer side: two shots overlap by 20%, a third of a shot
@@ -122,11 +129,11 @@ class Collection:
         return list(members.values())
 
 
-def wallpapers(debs: Path) -> dict[str, Path]:
+def wallpapers(debs: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     """The packages' raster wallpapers by name ('gnome/adwaita-l'), downloaded and unpacked into `debs` if missing."""
     debs.mkdir(parents=True, exist_ok=True)
     found = {}
-    for package in PACKAGES:
+    for package in packages:
         if not list(debs.glob(f"{package}_*.deb")):
             subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
         root = debs / "unpacked" / package
@@ -193,12 +200,38 @@ def stem(name: str) -> str:
     return name.replace("/", "-").replace("#", "-")
 
 
+def filler_photos(debs: Path) -> list[Image.Image]:
+    """The quarters of each contest photo (longer side WALLPAPER_SIDE), then the AT&T faces, one per person a round."""
+    quarters = []
+    for path in wallpapers(debs, FILLER_PACKAGES).values():
+        img = Image.open(path).convert("RGB")
+        img.thumbnail((WALLPAPER_SIDE, WALLPAPER_SIDE), Image.Resampling.LANCZOS)
+        w, h = img.width // 2, img.height // 2
+        quarters += [img.crop((x, y, x + w, y + h)) for y in (0, h) for x in (0, w)]
+    people = sorted(FACES.glob("s*"), key=lambda d: int(d.name[1:]))
+    faces = [Image.open(person / f"{i}.pgm").convert("RGB") for i in range(1, 11) for person in people]
+    return quarters + faces
+
+
+def write_filler(folder: Path, count: int, kind: str, debs: Path, seed: int) -> None:
+    """`count` unrelated pictures (FILLERS), in filler_photos' order, as JPEG files filler_NNNN.jpg named in a
+    seeded order."""
+    if kind == "dead-leaves":
+        write_dead_leaves(folder, count, FILLER_SIDE, seed)
+        return
+    pool = filler_photos(debs)
+    if count > len(pool):
+        raise SystemExit(f"--filler photos has {len(pool)} pictures, {count} needed: use fewer --files")
+    for i, k in enumerate(np.random.default_rng(seed).permutation(count)):
+        pool[k].save(folder / f"filler_{i:04d}.jpg", quality=92)
+
+
 def build_collection(folder: Path, shots_by_name: dict[str, Image.Image], files: int, rate: float,
-                     seed: int) -> Collection:
+                     seed: int, filler: str = "photos", debs: Path = Path("runs/bench_userflow/debs")) -> Collection:
     """Write `files` files of which a share `rate` has a copy (originals and copies both count).
 
     A third of those files are chosen originals and two thirds their copies (at least one each); every shot is
-    written; dead-leaves filler makes up the rest.
+    written; unrelated pictures (write_filler) make up the rest.
     """
     rng = np.random.default_rng(seed)
     names = sorted(shots_by_name)
@@ -221,9 +254,8 @@ def build_collection(folder: Path, shots_by_name: dict[str, Image.Image], files:
                 KINDS[kind](img).convert("RGB").save(folder / copy, quality=COPY_QUALITY)
                 out.original_of[copy], out.kind_of[copy] = file_of[name], kind
     out.distinct = [(file_of[a], file_of[b]) for a, b in distinct_pairs(names)]
-    filler = files - len(names) - len(out.original_of)
-    if filler > 0:
-        write_dead_leaves(folder, filler, FILLER_SIDE, seed)
+    if files > len(names) + len(out.original_of):
+        write_filler(folder, files - len(names) - len(out.original_of), filler, debs, seed)
     out.files = sorted(p.name for p in folder.iterdir() if p.is_file())
     return out
 
@@ -236,8 +268,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=240)
     parser.add_argument("--rate", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--filler", choices=FILLERS, default="photos")
     args = parser.parse_args()
-    c = build_collection(args.folder, load_shots(args.debs), args.files, args.rate, args.seed)
+    c = build_collection(args.folder, load_shots(args.debs), args.files, args.rate, args.seed, args.filler, args.debs)
     kinds = sorted(set(c.kind_of.values()))
     print(f"{len(c.files)} files, {len(c.groups())} originals with {len(c.original_of)} copies "
           f"({len(kinds)} of {len(KINDS)} kinds), {len(c.distinct)} similar-but-distinct pairs")

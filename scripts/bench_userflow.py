@@ -1,24 +1,24 @@
 """What a user gets: the README's commands, with their defaults, on a folder shaped like a photo folder.
 
 Each run writes one collection with scripts/bench_edits.py (wallpapers cut into similar-but-distinct shots,
-copies of a seeded share of them, dead-leaves filler; --files files in all) and runs, through the installed CLI
+copies of a seeded share of them, unrelated pictures as filler: photo quarters and faces, or with --filler
+dead-leaves procedural images; --files files in all) and runs, through the installed CLI
 with XDG_CACHE_HOME inside --workdir:
   * builtin: `siamsearch index FOLDER --index IDX` (no --model: the built-in model), `siamsearch dedup --index IDX
     --json`;
-  * readme: `siamsearch train FOLDER --self-supervised --out M.pt --max-minutes MIN`, then index with `--model
-    M.pt` and dedup: adapting to the very folder it dedups;
+  * readme: `siamsearch train FOLDER --self-supervised --out M.pt`, then index with `--model M.pt` and dedup:
+    adapting to the very folder it dedups, as the README's walk-through does;
   * phash: imagehash's 64-bit pHash, pairs within Hamming distance 10 (imagededup's default), no grouping.
 
 Scores are pairwise against the ground truth. True pairs: every pair within an original and its copies.
 Predicted pairs: every pair within one dedup group among its kept file and its duplicates; members in the review
-band and dedup's `links` are review pairs, counted apart. "false with filler": predicted pairs with a dead-leaves
-image in them (filler or distractor), to tell the photos' errors from the filler's. Per kind: the share of
+band and dedup's `links` are review pairs, counted apart. "false with filler": predicted pairs with a filler or
+distractor image in them, to tell the wallpapers' errors from the filler's. Per kind: the share of
 (original, copy) pairs predicted. "distinct grouped" / "distinct review+links": the share of similar-but-distinct
 pairs (two step-aside shots of one wallpaper, gnome's light and dark variants) predicted / in review (goal 0).
 --distractors N indexes the collection again beside N more dead-leaves images (builtin only) and scores it too.
 
-    .venv/bin/python scripts/bench_userflow.py --flows builtin,phash --seeds 0 1 2 3 4 --rates 0.02 0.2 0.5
-    .venv/bin/python scripts/bench_userflow.py --flows readme --minutes 3 --seeds 0 --rates 0.2
+    .venv/bin/python scripts/bench_userflow.py --flows builtin,readme,phash --seeds 0 1 2 3 4 --rates 0.02 0.2 0.5
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import imagehash
-from bench_edits import FILLER_SIDE, KINDS, Collection, build_collection, load_shots
+from bench_edits import FILLER_SIDE, FILLERS, KINDS, Collection, build_collection, load_shots
 from PIL import Image
 
 from siamsearch.core.samples import write_dead_leaves
@@ -94,12 +94,13 @@ def cli_flow(flow: Flow, folder: Path, run_dir: Path, env: dict[str, str], model
     return flow
 
 
-def readme_flow(folder: Path, run_dir: Path, env: dict[str, str], minutes: float) -> Flow:
-    """Train on the folder itself (--self-supervised, --max-minutes), then index and dedup with that model."""
+def readme_flow(folder: Path, run_dir: Path, env: dict[str, str], minutes: float | None) -> Flow:
+    """Train on the folder itself (--self-supervised; --max-minutes when given), then index and dedup with that
+    model."""
     flow, model = Flow("readme"), run_dir / "readme.pt"
+    budget = ["--max-minutes", str(minutes)] if minutes else []
     try:
-        run_cli(["train", str(folder), "--self-supervised", "--out", str(model), "--max-minutes", str(minutes)],
-                run_dir, env, flow, "train")
+        run_cli(["train", str(folder), "--self-supervised", "--out", str(model), *budget], run_dir, env, flow, "train")
     except RuntimeError as exc:
         flow.error = str(exc)
         return flow
@@ -229,20 +230,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.2])
     parser.add_argument("--files", type=int, default=240)
-    parser.add_argument("--minutes", type=float, default=10.0, help="readme: train's --max-minutes")
+    parser.add_argument("--filler", choices=FILLERS, default="photos", help="what fills the folder (bench_edits.py)")
+    parser.add_argument("--minutes", type=float, default=None, help="readme: train's --max-minutes (default: none)")
     parser.add_argument("--distractors", type=int, default=0, help="builtin: also index N more dead-leaves images")
     args = parser.parse_args()
     flows = args.flows.split(",")
     workdir = args.workdir.resolve()
     env = os.environ | {"XDG_CACHE_HOME": str(workdir / "cache")}
-    shots = load_shots(args.debs or workdir / "debs")
+    debs = args.debs or workdir / "debs"
+    shots = load_shots(debs)
     results = {}
     for seed, rate in itertools.product(args.seeds, args.rates):
         run_dir = workdir / f"seed{seed}-rate{rate:g}"
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         start = time.perf_counter()
-        collection = build_collection(run_dir / "photos", shots, args.files, rate, seed)
+        collection = build_collection(run_dir / "photos", shots, args.files, rate, seed, args.filler, debs)
         made = time.perf_counter() - start
         done = []
         if "builtin" in flows:

@@ -2,8 +2,8 @@
 
 From data anyone can install (scikit-image's and scikit-learn's bundled photos; the EfficientNet-Lite0 wheel):
 1. the background photos whole and cut 2x2 and 3x3 (samples.BACKGROUND_GRIDS) into an unlabelled folder, on
-   which `train` fits the learned whitening with --epochs 0 (no SGD): every image an identity of its plain view
-   and six views under a stronger `copies` augmentation (RECIPE);
+   which `train` runs the `copies` recipe (training.recipes): the learned whitening, no SGD, every image an
+   identity of its plain view and six views under the copy edits;
 2. commands.calibrate_on_background, as for every `train --self-supervised` model: `calibrate --group-depth 1`
    on samples.build_background (each tile and its copies an identity, each photo a group);
 3. the parts the trunk lacks (builtin.save_parts) and siamsearch/data/builtin-copies-v1.json, the dataset card.
@@ -17,7 +17,6 @@ Seeded throughout; on one machine it makes the same bytes again (--check compare
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys
@@ -28,25 +27,13 @@ from pathlib import Path
 import torch
 
 from siamsearch.core import builtin
-from siamsearch.core.config import AUGMENT_PRESETS, EncoderConfig, Runtime, TrainConfig
+from siamsearch.core.config import Runtime
 from siamsearch.commands import calibrate_on_background
 from siamsearch.core.samples import BACKGROUND_GRIDS, EXTRA_PHOTOS, PHOTOS, SKLEARN_PHOTOS, background_photos, save_tiles
 from siamsearch.training.loop import train
+from siamsearch.training.recipes import RECIPES
 
-# The built-in encoder: the frozen ImageNet trunk at 128 px and at 1.41 times that (a half-area crop meets the
-# original's matching part at its own scale), GeM-pooled (p = 3), whitened from its 1,280 pooled features to 256,
-# on the centred square of the picture inside any plain border (EncoderConfig.framing "trimmed"). The whitening
-# sees each picture plainly and in six views under the copy-edits augmentation with more padding, text and grayscale.
-# Chosen on 28 Debian wallpapers (gnome-backgrounds, ukui-wallpapers) with 7 copies each, F1 (precision, recall)
-# at the default margin / best F1 at any margin: centre framing and two plain views 0.800 (0.995, 0.668) / 0.862;
-# six stronger views 0.822 (0.987, 0.704) / 0.866; trimmed 0.750 (1.000, 0.600) / 0.856; trimmed and six
-# stronger views 0.764 (1.000, 0.618) / 0.875, and recall of letterboxed copies 0.39 -> 0.96, framed 0.79 ->
-# 0.96 beside them; the whole picture squeezed into the square (no crop) 0.815 (0.908, 0.739) / 0.855.
-ENCODER = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, pooling="gem", head="none",
-                        dim=1280, whiten=256, whiten_from="pool", test_scales=(1.41,), framing="trimmed")
-AUGMENT = dataclasses.replace(AUGMENT_PRESETS["copy-edits"], pad_p=0.3, text_p=0.5, grayscale_p=0.4)
-RECIPE = TrainConfig(epochs=0, freeze_backbone=True, self_supervised=True, augment=AUGMENT, val_fraction=0.0,
-                     seed=0, whiten_views=6)
+COPIES = RECIPES["copies"]  # the built-in model is this recipe fitted on the background photos
 LICENCES = {  # scikit-image's data/README.txt and scikit-learn's datasets/images/README.txt
     "scikit-image": "public domain or CC0, as listed for each image in skimage/data/README.txt",
     "scikit-learn": "CC BY 2.0 (china: Flickr user 'hehe'; flower: Flickr user 'Vincent Mineo'), "
@@ -63,7 +50,7 @@ def card() -> dict:
                "licence": LICENCES["scikit-image"]} for n in PHOTOS + EXTRA_PHOTOS]
     images += [{"name": n, "package": f"scikit-learn {sklearn.__version__}",
                 "file": f"sklearn/datasets/images/{n}.jpg", "licence": LICENCES["scikit-learn"]} for n in SKLEARN_PHOTOS]
-    return {"model": builtin.label(), "encoder": ENCODER.__dict__ | {"test_scales": list(ENCODER.test_scales)},
+    return {"model": builtin.label(), "encoder": COPIES.encoder.__dict__ | {"test_scales": list(COPIES.encoder.test_scales)},
             "whitening": "each photo whole and cut into grids " + ", ".join(f"{g}x{g}" for g in BACKGROUND_GRIDS)
                          + ", under the copy-edits augmentation; no SGD",
             "calibration": "copies (samples.COPIES) of each photo and tile; pairs across photos are the distinct pairs",
@@ -79,7 +66,7 @@ def build(out: Path, work: Path) -> str:
             save_tiles(img, f"{name}_g{grid}", tiles, grid)
     model = work / "builtin.pt"
     torch.manual_seed(0)
-    train(tiles, model, ENCODER, RECIPE, Runtime(workers=0))
+    train(tiles, model, COPIES.encoder, COPIES.train, Runtime(workers=0))
     calibration = calibrate_on_background(model, Runtime(workers=0))  # as train --self-supervised calibrates
     print(f"calibrated: {calibration['tails']['different_pairs']:,} distinct pairs, "
           f"best-F1 distance {calibration['threshold_best_f1']:.4f} (F1 {calibration['best_f1']:.4f})")

@@ -348,7 +348,7 @@ def train_folder(data_dir: Path, out: Path, options: dict[str, Any], *, recipe: 
     line = f"recipe: {choice.name} ({choice.survey.describe()}); the options given replace its fields"
     result = train(Path(data_dir), out, enc, cfg, runtime, weights_file=weights_file, resume=resume, force=force,
                    observer=_Headed(observer, line), world=world, scan=scan)
-    if cfg.self_supervised and result.calibration and world.main:
+    if cfg.self_supervised and result.best is not None and result.stopped != "interrupted" and world.main:
         result.calibration = calibrate_on_background(out, runtime)
         observer.message(f"calibrated on the background photos: {result.calibration['tails']['different_pairs']:,} "
                          "pairs of distinct images, none of them from the folder trained on")

@@ -39,7 +39,7 @@ def _folder_with_copies(root: Path, n: int, copied: int) -> Path:
 
 def test_copies_in_the_training_folder_leave_the_default_margin_where_it_is(tmp_path):
     pytest.importorskip("skimage", reason="the background photos ship inside scikit-image")
-    options = {"self_supervised": True, "backbone": "small", "pretrained": False, "image_size": 32, "dim": 32,
+    options = {"self_supervised": True, "backbone": "small", "pretrained": False, "image_size": 32, "dim": 256,
                "whiten": 32, "epochs": 0, "val_fraction": 0.5, "test_scales": ()}
     margins = []
     for name, count in (("plain", 0), ("copies", 10)):  # 10% of the 100 images get a copy

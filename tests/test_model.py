@@ -1,5 +1,7 @@
 """Shared weights, freezing and progressive unfreezing: what trains and what does not."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -156,6 +158,23 @@ def test_test_scales_add_resized_copies_to_the_average_out_of_training_only():
         assert torch.allclose(model(x), torch.nn.functional.normalize(plain.head(expected), dim=1), atol=1e-5)
         model.train(), plain.train()
         assert torch.allclose(model(x), plain(x), atol=1e-5)  # SGD sees the image alone
+
+
+def test_test_grey_averages_the_image_with_its_grey_copy_so_a_grey_copy_comes_closer():
+    from siamsearch.core.model import greyed
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(backbone="small", dim=16, image_size=32, head="linear", test_grey=True)
+    model, plain = build_encoder(cfg).eval(), build_encoder(dataclasses.replace(cfg, test_grey=False)).eval()
+    plain.load_state_dict(model.state_dict())
+    colour = torch.rand(4, 3, 32, 32) * 2 - 1
+    grey = greyed(colour, cfg.preprocess())
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    with torch.no_grad():
+        assert torch.allclose(model(grey), plain(grey), atol=1e-6)  # grey already: its grey copy is itself
+        apart = (model(colour) - model(grey)).norm(dim=1)
+        assert (apart < (plain(colour) - plain(grey)).norm(dim=1)).all()
+        assert torch.allclose(model.train()(colour), plain.train()(colour), atol=1e-6)  # SGD sees the image alone
 
 
 @pytest.mark.parametrize("scales", [(0.1,), (1.41, 5.0)])

@@ -32,12 +32,12 @@ HEADING = "## Walk-through on your own folders"
 SETUP = ("python3 -m venv", "source ")  # lines that make the environment this test already runs in
 PLACE = re.compile(r"~/[\w.-]+|/mnt/[\w.-]+")  # the README's example folders, replaced by sample ones
 # The only change made to a README command: `train` is made quick by options appended to it. As written it runs
-# for minutes (the copies recipe's budget is 10, then it embeds ~2,600 background photos to calibrate). Here each
-# stops at a 3-second budget (the epoch it is in ends); an identity folder's recipe sees 96 px instead of 192, and
-# --self-supervised trains a small net at 32 px instead of the ImageNet trunk at 128 px (the same copies recipe
-# otherwise: its loss, whitening and calibration on the background photos).
+# for a minute or more (the copies recipe embeds ~2,600 background photos to calibrate). Here an identity folder's
+# recipe stops at a 3-second budget (the epoch it is in ends) and sees 96 px instead of 192, and --self-supervised
+# fits a small untrained net's features at 32 px instead of the ImageNet trunk's at 128 px (the same copies recipe
+# otherwise: its whitening and calibration on the background photos).
 QUICK_TRAIN = ["--max-minutes", "0.05", "--image-size", "96"]
-QUICK_SELF_SUPERVISED = ["--max-minutes", "0.05", "--backbone", "small", "--no-pretrained", "--image-size", "32"]
+QUICK_SELF_SUPERVISED = ["--backbone", "small", "--no-pretrained", "--image-size", "32", "--set", "dim=256"]
 IMAGES = {".jpg", ".png"}  # what the sample folders hold
 
 pytest.importorskip("skimage", reason="the sample photos ship inside scikit-image")

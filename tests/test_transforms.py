@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from siamsearch.core.config import AUGMENT_PRESETS, AugmentConfig
-from siamsearch.core.transforms import augment_batch, draw_shapes, draw_text, jpeg
+from siamsearch.core.transforms import augment_batch, draw_page, draw_shapes, draw_text, jpeg
 
 BATCH = (torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
 
@@ -26,7 +26,7 @@ def test_copies_preset_keeps_shape_range_and_is_deterministic_per_seed(channels)
     assert torch.equal(a, b) and not torch.equal(a, run(AUGMENT_PRESETS["copy-edits"], 1, batch))
 
 
-@pytest.mark.parametrize("edit", ["text_p", "shapes_p", "jpeg_p", "pad_p"])
+@pytest.mark.parametrize("edit", ["text_p", "shapes_p", "jpeg_p", "pad_p", "page_p"])
 def test_each_copy_edit_changes_pixels(edit):
     plain = AUGMENT_PRESETS["none"]
     edited = run(dataclasses.replace(plain, **{edit: 1.0}))
@@ -41,6 +41,16 @@ def test_pil_edits_keep_size_and_mode(mode):
     for out in (draw_text(img, rng), draw_shapes(img, rng), jpeg(img, 30)):
         assert out.size == img.size and out.mode == mode
     assert np.asarray(draw_text(img, np.random.default_rng(1))).std() > 0  # the caption left ink
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_page_holds_the_picture_smaller_among_light_bars_and_lines(mode):
+    img = Image.new(mode, (200, 160), 0)  # black: the only black in a page drawn in greys of 60 and up
+    out = draw_page(img, np.random.default_rng(3))
+    assert out.size == img.size and out.mode == mode
+    black = (np.asarray(out.convert("L")) < 20).mean()
+    assert 0.35**2 * 0.9 <= black <= 0.65**2 + 0.05  # the picture shrunk to 35-65% of each side (a caption may add)
+    assert np.asarray(out.convert("L")).max() >= 225  # the page around it
 
 
 def test_lighting_raises_to_a_power_within_gamma_and_shades_one_side():

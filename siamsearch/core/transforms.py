@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from .config import AugmentConfig, Preprocess
+from .config import LUMA, AugmentConfig, Preprocess
 from .images import REDUCING_GAP
 
 # Training images are cached a little larger than the input so random crops keep detail.
@@ -110,7 +110,7 @@ def _colour(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
     if cfg.brightness:
         x = x * factor(cfg.brightness)
     gray = x.mean(dim=1, keepdim=True) if c == 1 else (
-        0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3])
     if cfg.contrast:
         mean = gray.mean(dim=(2, 3), keepdim=True)
         x = (x - mean) * factor(cfg.contrast) + mean
@@ -208,6 +208,30 @@ def draw_shapes(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return out
 
 
+def draw_page(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """img shrunk to 35-65% of the side and pasted into a light page of bars, blocks and lines of text, as a
+    screenshot of a photo on a web page or in an app shows it."""
+    w, h = img.size
+
+    def grey(lo: int, hi: int) -> int | tuple[int, ...]:
+        level = int(rng.integers(lo, hi))
+        return level if img.mode == "L" else (level,) * 3
+
+    page = Image.new(img.mode, img.size, grey(225, 256))
+    draw = ImageDraw.Draw(page)
+    bar = int(h * rng.uniform(0.04, 0.12))
+    draw.rectangle((0, 0, w, bar), fill=grey(150, 240) if rng.random() < 0.7 else _ink(rng, img.mode))
+    if rng.random() < 0.5:
+        draw.rectangle((0, bar, int(w * rng.uniform(0.1, 0.25)), h), fill=grey(200, 250))
+    for _ in range(int(rng.integers(4, 14))):
+        x0, y0 = int(rng.uniform(0, 0.8) * w), int(rng.uniform(bar / h, 0.97) * h)
+        draw.rectangle((x0, y0, x0 + int(w * rng.uniform(0.1, 0.5)), y0 + max(1, int(h * 0.015))), fill=grey(60, 200))
+    scale = rng.uniform(0.35, 0.65)
+    inner = img.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BILINEAR)
+    page.paste(inner, (int(rng.uniform(0, w - inner.width)), int(rng.uniform(bar, max(bar + 1, h - inner.height)))))
+    return page if rng.random() < 0.5 else draw_text(page, rng)
+
+
 def jpeg(img: Image.Image, quality: int) -> Image.Image:
     """img recompressed as a JPEG of this quality."""
     buf = io.BytesIO()
@@ -216,13 +240,14 @@ def jpeg(img: Image.Image, quality: int) -> Image.Image:
 
 
 def _pil_edits(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Text, shapes and JPEG on a random subset of the batch, each image drawn with its own seed from `gen`."""
+    """Page, text, shapes and JPEG on a random subset of the batch, each image drawn with its own seed from `gen`."""
     n = x.shape[0]
-    picks = torch.rand(3, n, generator=gen) < torch.tensor([cfg.text_p, cfg.shapes_p, cfg.jpeg_p]).view(3, 1)
+    chances = [cfg.page_p, cfg.text_p, cfg.shapes_p, cfg.jpeg_p]
+    picks = torch.rand(len(chances), n, generator=gen) < torch.tensor(chances).view(-1, 1)
     seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen)
     lo, hi = cfg.jpeg_quality
     edits: list[Callable[[Image.Image, np.random.Generator], Image.Image]] = [
-        draw_text, draw_shapes, lambda im, rng: jpeg(im, int(rng.integers(lo, hi + 1)))]
+        draw_page, draw_text, draw_shapes, lambda im, rng: jpeg(im, int(rng.integers(lo, hi + 1)))]
     out = x.clone()
     for i in torch.nonzero(picks.any(0)).flatten().tolist():
         rng, img = np.random.default_rng(int(seeds[i])), _to_pil(x[i])
@@ -237,7 +262,7 @@ def augment_batch(batch: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch
 
     One grid_sample does crop, resize, rotation, shear, shift and flip for the whole batch, so
     augmentation costs little next to the forward pass, on CPU and GPU alike; padding, then the copy
-    edits (text, shapes, JPEG) go image by image through PIL, on the few images drawn for them.
+    edits (page, text, shapes, JPEG) go image by image through PIL, on the few images drawn for them.
     Randomness comes from `gen` (a CPU generator) so runs are reproducible.
     """
     x = batch.float().div_(255.0)
@@ -249,7 +274,7 @@ def augment_batch(batch: torch.Tensor, size: int, cfg: AugmentConfig, gen: torch
     x = _colour(x, cfg, gen)
     x = _lighting(x, cfg, gen) if cfg.gamma > 1 or cfg.shade else x
     x = _blur(x, cfg.blur_p, gen) if cfg.blur_p else x
-    return _pil_edits(x, cfg, gen) if cfg.text_p or cfg.shapes_p or cfg.jpeg_p else x
+    return _pil_edits(x, cfg, gen) if cfg.page_p or cfg.text_p or cfg.shapes_p or cfg.jpeg_p else x
 
 
 def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:

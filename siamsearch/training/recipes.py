@@ -98,6 +98,16 @@ class Recipe:
         return dataclasses.replace(self, encoder=with_overrides(self.encoder, options), train=cfg)
 
 
+# The built-in near-duplicate model (core.builtin) is the copies recipe fitted on the background photos
+# (scripts/build_builtin.py); `train --self-supervised` fits it to the user's folder. The frozen ImageNet trunk at
+# 128 px, also at 1.41 times that (a half-area crop meets its original's matching part at its own scale) and in grey
+# (a grey copy shares that part of its vector), GeM-pooled, whitened from 1,280 to 256 on the centred square of the
+# picture inside any plain border; the whitening sees each picture plainly and in six views under the copy edits
+# with more padding, text and grey. Why: docs/recipes.md#the-built-in-model-and-the-copies-recipe.
+COPIES_ENCODER = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, pooling="gem",
+                               head="none", dim=1280, whiten=256, whiten_from="pool", test_scales=(1.41,),
+                               framing="trimmed")
+COPY_VIEWS = dataclasses.replace(AUGMENT_PRESETS["copy-edits"], pad_p=0.3, text_p=0.5, grayscale_p=0.4)
 _BUDGET = dict(epochs=1000, max_minutes=15.0)  # the SGD identity recipes stop on time; --epochs alone lifts it
 # What `train` builds where no option replaces a field; why: docs/recipes.md#why-each-recipe-is-what-it-is
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
@@ -117,13 +127,11 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
            "colour photos (people, products): frozen pretrained trunk, linear head, NT-Xent"),
     Recipe("identities", EncoderConfig(backbone="small", image_size=64), TrainConfig(),
            "the former default: small net from scratch, 64 px", fits_folder=False),
-    Recipe("copies",
-           EncoderConfig(backbone="efficientnet_lite0", pretrained=True, dim=256, image_size=128, pooling="gem",
-                         head="linear", whiten=256, test_scales=(1.41,)),
-           TrainConfig(loss="ntxent", temperature=0.05, koleo=10.0, epochs=100, max_minutes=10.0, ids_per_batch=48,
-                       images_per_id=2, lr=3e-3, freeze_backbone=True, self_supervised=True,
-                       augment=AUGMENT_PRESETS["copy-edits"], val_fraction=0.1),
-           "no identity folders, or --self-supervised: near-duplicates on the frozen trunk", fits_folder=False),
+    Recipe("copies", COPIES_ENCODER,
+           TrainConfig(epochs=0, freeze_backbone=True, self_supervised=True, augment=COPY_VIEWS, val_fraction=0.0,
+                       whiten_views=6),
+           "no identity folders, or --self-supervised: the built-in model, its whitening fitted to the folder",
+           fits_folder=False),
 )}
 
 
