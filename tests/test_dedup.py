@@ -16,6 +16,7 @@ from siamsearch.core.checkpoint import save_model
 from siamsearch.duplicates import closepairs
 from siamsearch.commands import dedup_index
 from siamsearch.duplicates.closepairs import find_pairs
+from siamsearch.duplicates.linkage import group, max_distance
 from siamsearch.core.config import EncoderConfig
 from siamsearch.duplicates.dedup import (
     DedupError,
@@ -25,9 +26,7 @@ from siamsearch.duplicates.dedup import (
     choose_keep,
     find_duplicates,
     find_duplicates_in,
-    group,
     keep_ranks,
-    max_distance,
 )
 from siamsearch.core.errors import ModelMismatchError
 from siamsearch.core.model import build_encoder
@@ -195,7 +194,7 @@ def test_groups_report_distances_and_statuses_from_the_vectors(tmp_path, linkage
     x = clustered(120, seed=5)
     dist = pairwise(x)
     margin, review = np.quantile(dist[np.triu_indices(120, 1)], [0.01, 0.03]).tolist()
-    result = find_duplicates(make_store(tmp_path, x), margin, review, linkage=linkage, keep="first")
+    result = find_duplicates(make_store(tmp_path, x), margin, review, linkage=linkage, keep="first", crowd=0)
     assert result.groups and (result.margin, result.review_margin, result.approximate) == (margin, review, False)
     statuses = set()
     for g in result.groups:
@@ -348,7 +347,7 @@ def test_cli_json_follows_the_schema_and_csv_has_a_row_per_member(tmp_path):
               "--csv", tmp_path / "out.csv")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links", "capped", "purpose",
+    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links", "capped", "crowded", "purpose",
                          "decisions_applied"}
     assert data["links"] == [] and data["capped"] == 0
     assert (data["margin"], data["review_margin"], data["approximate"]) == (0.1, 0.3, False)

@@ -23,6 +23,7 @@ from rich.text import Text
 from ..core.calibration import calibrated_margin, collection_margin
 from ..duplicates.closepairs import MAX_NEIGHBOURS
 from ..commands import DedupRun, EvalRun
+from ..duplicates.crowds import CROWD, STAND_OUT
 from ..duplicates.dedup import CrossResult, DedupResult, multiframe
 from ..core.images import Failure
 from ..duplicates.decisions import Decision
@@ -209,6 +210,10 @@ def print_dedup(run: DedupRun) -> None:
     if held:
         console.print(f"{held} file(s) of several frames or pages held for review: a multi-frame file is embedded "
                       "by its first frame, so only its byte-identical copies are duplicates")
+    if getattr(result, "crowded", 0):
+        console.print(f"{result.crowded} file(s) within the margin held for review: each is in a crowd of look-alikes "
+                      f"({CROWD}+ within the margin) and does not stand out of it (within {STAND_OUT:g} of the distance to "
+                      f"its {CROWD}th nearest)")
     console.print(f"margin {result.margin:.4f}{how}, review margin {result.review_margin:.4f}"
                   + ("; approximate index: a few duplicates may be missed" if result.approximate else "")
                   + (f"; {result.capped} image(s) had over {MAX_NEIGHBOURS} others within the margin: their "

