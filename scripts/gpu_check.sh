@@ -35,7 +35,7 @@ if [ "$QUICK" = 1 ]; then
 else
     JPEGS=20000 MEGAPIXELS=0.5 SIZE=224 BATCH=256 MODEL_ONLY=8192 BACKBONES=resnet50,resnet18,efficientnet_lite0
     COMPARE=efficientnet_lite0  # its vectors from nvJPEG's pixels against PIL's: the ImageNet weights notice
-    TRAIN_FILES=4096 TRAIN_ARGS=(--backbone resnet18 --image-size 224)
+    TRAIN_FILES=4096 TRAIN_ARGS=(--backbone resnet18 --image-size 224 --dim 256)
 fi
 failed=0
 
@@ -61,10 +61,11 @@ print(json.dumps({"what": label, "backbone": backbone, "precision": run["calibra
 EOF
 }
 
-train_run() {  # train_run EPOCHS LABEL [OPTION...]: a short self-supervised run of the whole net on the first JPEGs
-    local epochs=$1 label=$2
+train_run() {  # train_run EPOCHS LABEL [OPTION...]: a short self-supervised SGD run of the whole net (a linear head,
+    local epochs=$1 label=$2  # NT-Xent: the copies recipe itself fits a whitening only) on the first JPEGs
     shift 2
     "$PY" -m siamsearch train "$WORK/train" --out "$WORK/m.pt" --self-supervised "${TRAIN_ARGS[@]}" --no-pretrained \
+        --set head=linear --set loss=ntxent \
         --no-freeze-backbone --epochs "$epochs" --amp --json "$@" >"$WORK/train$epochs.json" && train_row "$label" "$WORK/train$epochs.json" "$epochs" "${TRAIN_ARGS[1]}"
 }
 
