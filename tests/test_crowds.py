@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from siamsearch.duplicates.crowds import crowd_margins
 from siamsearch.duplicates.dedup import find_duplicates
-from test_dedup import make_store
+from test_dedup import make_store, run
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -45,3 +47,6 @@ def test_a_crowd_of_look_alikes_is_for_review_but_a_copy_that_stands_out_of_it_i
     assert held.crowded >= 13 and held.to_dict()["crowded"] == held.crowded
     plain = find_duplicates(store, 0.5, keep="first", crowd=0)  # off: the margin alone, the crowd grouped
     assert plain.crowded == 0 and len(duplicates(plain)) > len(duplicates(held)) + 10
+    for flag, crowded in (("10", held.crowded), ("0", 0)):  # the CLI's --crowd says the same
+        report = json.loads(run("dedup", "--index", store.path, "--margin", 0.5, "--crowd", flag, "--json").stdout)
+        assert report["crowded"] == crowded

@@ -10,6 +10,7 @@ import typer
 
 from ..core.calibration import FALSE_PAIRS_PER_1000
 from ..commands import decide, dedup_index, forget_decisions
+from ..duplicates.crowds import CROWD
 from ..duplicates.decisions import listed
 from ..duplicates.moves import undo_folders, undo_moves
 from .options import IndexDir, Json
@@ -32,6 +33,8 @@ def dedup(
                                               "of each other) or single (pairs chain; beyond --margin: review).")
                        ] = "kept",
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
+    crowd: Annotated[int, typer.Option(min=0, help="A file with this many look-alikes within the margin is in a crowd: "
+                                                   "its duplicates must stand out of it (0: off).")] = CROWD,
     against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
     move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
@@ -49,7 +52,7 @@ def dedup(
         run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
                           against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
                           false_pairs_per_1000=false_pairs, identical_only=identical_only, html_limit=limit,
-                          ignore_decisions=ignore_decisions, progress=progress)
+                          ignore_decisions=ignore_decisions, progress=progress, crowd=crowd)
     print_json(run.to_dict()) if as_json else print_dedup(run)
     if run.decisions_applied:
         err.print(f"applied {run.decisions_applied} recorded decision(s); --ignore-decisions shows the raw answer")
