@@ -163,8 +163,8 @@ def test_recipe_list_shows_every_recipe_its_budget_and_what_it_is_for(monkeypatc
     assert set(rows) == set(RECIPES)
     for recipe in RECIPES.values():
         assert f" {recipe.budget} " in rows[recipe.name] and recipe.summary in rows[recipe.name]
-    assert [recipe.budget for recipe in RECIPES.values()] == ["15 min", "seconds", "15 min", "20 epochs", "seconds"]
-    assert "pooled → 64" in rows["glyphs"] and "128 px and ×1.41" in rows["copies"] and "no SGD" in rows["faces"]
+    assert [recipe.budget for recipe in RECIPES.values()] == ["15 min", "minutes", "15 min", "20 epochs", "minutes"]
+    assert "pooled → 64" in rows["glyphs"] and "128 px and ×1.41 and grey" in rows["copies"] and "no SGD" in rows["faces"]
 
 
 def test_no_images_or_none_readable_is_one_clear_error(tmp_path):

@@ -127,7 +127,8 @@ def print_recipes() -> None:
         enc, cfg = recipe.encoder, recipe.train
         trunk = enc.backbone + (" (ImageNet)" if enc.pretrained else "")
         whitening = f"{enc.dim if enc.whiten_from == 'head' else 'pooled'} → {enc.whiten}" if enc.whiten else "-"
-        size = f"{enc.image_size} px" + "".join(f" and ×{scale:g}" for scale in enc.test_scales)  # test-time scales
+        size = (f"{enc.image_size} px" + "".join(f" and ×{scale:g}" for scale in enc.test_scales)  # test-time views
+                + (" and grey" if enc.test_grey else ""))
         table.add_row(recipe.name, trunk, size, cfg.loss if cfg.epochs else "none (no SGD)", whitening,
                       recipe.budget, recipe.summary)
     console.print(table)

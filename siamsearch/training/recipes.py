@@ -61,9 +61,10 @@ class Recipe:
 
     @property
     def budget(self) -> str:
-        """How long it trains: its time budget, else its epochs, else "seconds" (the learned whitening alone)."""
+        """How long it trains: its time budget, else its epochs, else "minutes" (the learned whitening alone: seconds to
+        minutes, as many as the folder's images and their views)."""
         cfg = self.train
-        return f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs" if cfg.epochs else "seconds"
+        return f"{cfg.max_minutes:g} min" if cfg.max_minutes else f"{cfg.epochs} epochs" if cfg.epochs else "minutes"
 
     def fitted(self, survey: Survey) -> Recipe:
         """This recipe fitted to a surveyed folder: channels, a small net's input no larger than the images, and
