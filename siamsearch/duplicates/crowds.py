@@ -6,7 +6,7 @@ burst, textures. Their neighbours crowd within the margin, so a global margin wo
 group of duplicates. A copy stands out from its crowd: it is much nearer its original than the original's other
 neighbours are (Lowe's ratio test for local features, applied to whole pictures; SSCD normalises its scores by
 the same local density, Pizzi et al. 2022). So an image with CROWD or more distinct neighbours within the search
-margin is in a crowd, and its duplicates must lie within STAND_OUT times the distance to its CROWD-th nearest;
+margin (dedup's review margin, which is the margin unless a wider one is given) is in a crowd, and its duplicates must lie within STAND_OUT times the distance to its CROWD-th nearest;
 the others stay for review. An image with fewer such neighbours keeps the global margin: a group of up to CROWD
 copies of one photo (the original and nine edits) is not a crowd. Measured on bench_userflow's folders filled
 with faces (docs/benchmarks.md#crowds).
