@@ -114,7 +114,7 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
                 move_to: Path | str | None = None, yes: bool = False, csv_file: Path | None = None,
                 html_file: Path | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000,
                 identical_only: bool = False, html_limit: int | None = None, ignore_decisions: bool = False,
-                progress: Progress | None = None, crowd: int = CROWD) -> DedupRun:
+                progress: Progress | None = None, crowd: int = CROWD, check_overlap: bool = True) -> DedupRun:
     """Group an index's duplicates at the margin (when None, the one its model gives this many images), report,
     then move.
 
@@ -125,6 +125,7 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
     shows the html_limit biggest groups first; progress(done, total) follows the search. The decisions recorded in
     the index (siamsearch.duplicates.decisions) shape every output unless ignore_decisions. crowd: the neighbours
     within the margin that make a crowd, whose members' duplicates must stand out of it (0: off; duplicates.crowds).
+    check_overlap: pairs within the margin whose pictures overlap only in part are for review (duplicates.overlap).
 
     Raises:
         RefusedError: --move-to with an identity model and no --margin.
@@ -132,7 +133,7 @@ def dedup_index(index_dir: Path | str, *, margin: float | None = None, review_ma
     _check_dedup_args(against, move_to, html_file, identical_only, margin, review_margin)
     decided = decisions.Applied() if ignore_decisions else decisions.for_index(index_dir)
     run = duplicate_groups(index_dir, margin, review_margin, linkage, keep, against, move_to, false_pairs_per_1000,
-                           identical_only, progress, decided.keep, crowd)
+                           identical_only, progress, decided.keep, crowd, check_overlap)
     if isinstance(run.result, DedupResult):
         run.result, run.decisions_applied = decided.result(run.result)
     if csv_file is not None:
@@ -218,7 +219,8 @@ def duplicate_groups(index_dir: Path | str, margin: float | None = None, review_
                      linkage: str = "kept", keep: str = "largest", against: Path | str | None = None,
                      move_to: Path | str | None = None, false_pairs_per_1000: float = FALSE_PAIRS_PER_1000,
                      identical_only: bool = False, progress: Progress | None = None,
-                     prefer: frozenset[str] = frozenset(), crowd: int = CROWD) -> DedupRun:
+                     prefer: frozenset[str] = frozenset(), crowd: int = CROWD,
+                     check_overlap: bool = True) -> DedupRun:
     """dedup_index's search: the groups (or cross pairs) and how the margin was chosen, the files in prefer kept
     first, no other decision applied and nothing written (what the review page starts from)."""
     if identical_only:
@@ -233,7 +235,8 @@ def duplicate_groups(index_dir: Path | str, margin: float | None = None, review_
         margin = chosen.margin if chosen else margin
         if against is None:
             result: DedupResult | CrossResult = find_duplicates(store, margin, review_margin, linkage, keep,
-                                                                progress=progress, prefer=prefer, crowd=crowd)
+                                                                progress=progress, prefer=prefer, crowd=crowd,
+                                                                check_overlap=check_overlap)
         else:
             with Store.open(against) as other:
                 result = find_duplicates_in(store, other, margin, review_margin)

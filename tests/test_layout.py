@@ -25,7 +25,7 @@ ORDER = {  # each package's modules, foundations first
              "model", "metrics", "calibration", "checkpoint", "builtin"),
     "training": ("settings", "recipes", "sampling", "distributed", "data", "whitening", "losses", "validation", "loop"),
     "index": ("ann", "rows", "folder", "store", "modelfile", "indexing", "relocation", "search"),
-    "duplicates": ("closepairs", "linkage", "crowds", "dedup", "moves", "standins", "decisions"),
+    "duplicates": ("closepairs", "linkage", "crowds", "overlap", "dedup", "moves", "standins", "decisions"),
     "": ("evaluate", "report", "commands", "review", "demo"),
     "cluster": ("runtime", "shards", "embedding", "building", "cells"),
     "cli": ("options", "terminal", "cluster", "app", "indexing", "duplicates", "training"),

@@ -35,6 +35,9 @@ def dedup(
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
     crowd: Annotated[int, typer.Option(min=0, help="A file with this many look-alikes within the margin is in a crowd: "
                                                    "its duplicates must stand out of it (0: off).")] = CROWD,
+    overlap: Annotated[bool, typer.Option(help="Read the pictures of each pair within the margin: two that overlap "
+                                               "only in part (shots a step aside) are for review, not duplicates.")
+                       ] = True,
     against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
     move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
@@ -52,7 +55,8 @@ def dedup(
         run = dedup_index(index_dir, margin=margin, review_margin=review_margin, linkage=linkage, keep=keep,
                           against=against, move_to=move_to, yes=yes, csv_file=csv_file, html_file=html_file,
                           false_pairs_per_1000=false_pairs, identical_only=identical_only, html_limit=limit,
-                          ignore_decisions=ignore_decisions, progress=progress, crowd=crowd)
+                          ignore_decisions=ignore_decisions, progress=progress, crowd=crowd,
+                          check_overlap=overlap)
     print_json(run.to_dict()) if as_json else print_dedup(run)
     if run.decisions_applied:
         err.print(f"applied {run.decisions_applied} recorded decision(s); --ignore-decisions shows the raw answer")

@@ -27,6 +27,7 @@ import numpy as np
 from .closepairs import BLOCK, ClosePairs, Pairs, Progress, close_pairs, find_cross_pairs
 from .crowds import CROWD, own_margins
 from .linkage import check_linkage, group, max_distance
+from .overlap import partial_pairs
 from ..core.errors import UsageError
 from ..index.rows import Row
 from ..index.store import Store
@@ -96,6 +97,7 @@ class DedupResult:
     links: list[CrossPair] = field(default_factory=list)
     capped: int = 0  # images with more than MAX_NEIGHBOURS others within the review margin: nearest kept
     crowded: int = 0  # members within the margin held for review because they do not stand out of a crowd (crowds)
+    partial: int = 0  # pairs within the margin set apart: their pictures overlap only in part (overlap)
     unchecked: int | None = None  # identical-only: rows of an older index with no content hash; None otherwise
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,7 +107,8 @@ class DedupResult:
                             "members": [{"path": m.path, "distance": round(m.distance, 6), "status": m.status}
                                         for m in g.members]} for g in self.groups],
                 "links": [{"path": p.path, "other_path": p.other_path, "distance": round(p.distance, 6)}
-                          for p in self.links], "capped": self.capped, "crowded": self.crowded}
+                          for p in self.links], "capped": self.capped, "crowded": self.crowded,
+                "partial": self.partial}
                 | ({} if self.unchecked is None else {"unchecked": self.unchecked}))
 
     def records(self) -> list[dict[str, Any]]:
@@ -217,15 +220,16 @@ def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str, ow
 
 
 def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[int, Row],
-                  own: dict[int, float]) -> list[CrossPair]:
+                  own: dict[int, float], apart: set[tuple[int, int]]) -> list[CrossPair]:
     """Pairs within margin the groups do not show: not both the kept file or duplicates of one group; for review
-    when either file is multi-frame or the pair does not stand out of a crowd (own: crowds.own_margins)."""
+    when either file is multi-frame, the pair does not stand out of a crowd (own: crowds.own_margins) or its
+    pictures overlap only in part (apart: overlap.partial_pairs)."""
     shown: dict[int, int] = {}  # id → group number, for kept files and their duplicates
     for n, g in enumerate(groups):
         shown[g.keep.id] = n
         shown.update((m.row.id, n) for m in g.members if m.status != "review")
     hidden = [CrossPair(rows[a].path, rows[b].path, float(d), "review" if multiframe(rows[a]) or multiframe(rows[b])
-                        or d > min(own[a], own[b]) else "duplicate")
+                        or d > min(own[a], own[b]) or (a, b) in apart else "duplicate")
               for a, b, d in zip(*(column.tolist() for column in pairs))
               if d <= margin and (shown.get(a, -1) != shown.get(b, -2))]
     return sorted(hidden, key=lambda p: (p.distance, p.path, p.other_path))
@@ -236,7 +240,8 @@ def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[i
 
 def find_duplicates(store: Store, margin: float, review_margin: float | None = None, linkage: str = "kept",
                     keep: str = "largest", *, block: int = BLOCK, progress: Progress | None = None,
-                    device: str | None = None, prefer: frozenset[str] = frozenset(), crowd: int = CROWD) -> DedupResult:
+                    device: str | None = None, prefer: frozenset[str] = frozenset(), crowd: int = CROWD,
+                    check_overlap: bool = True) -> DedupResult:
     """Groups of duplicate images in one index, each with the file to keep; the biggest groups first (_by_size).
 
     Groups are formed at the review margin (the wider net; margin when None). A member is a duplicate
@@ -244,7 +249,8 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     follows the search (siamsearch.duplicates.closepairs.close_pairs); device: a torch device ("cuda") to search on.
     prefer: content hashes of files a person marked "keep this": each is kept in its group whatever the policy.
     crowd: distinct neighbours within the review margin that make a crowd, whose members' duplicates must stand
-    out of it (siamsearch.duplicates.crowds; 0: off).
+    out of it (siamsearch.duplicates.crowds; 0: off). check_overlap: read the pictures of each pair within the
+    margin and keep apart those that overlap only in part (siamsearch.duplicates.overlap).
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
@@ -254,13 +260,23 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
     found = close_pairs(store, review, block=block, progress=progress, device=device)
     rows, own = _rows_with_copies(store, found), own_margins(found, crowd)
+    apart = partial_pairs(_candidates(found.pairs, margin, own), lambda x: rows[x].abspath) if check_overlap else set()
     ranks = _rep_ranks(found, rows, keep, prefer)
     groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep, own, prefer)
-                       for ids, vectors in _expanded_groups(found, review, linkage, ranks)])
+                       for ids, vectors in _expanded_groups(found, review, linkage, ranks, apart)])
     crowded = sum(m.status == "review" and m.distance <= margin and not (multiframe(m.row) or multiframe(g.keep))
                   for g in groups for m in g.members)  # within the margin, for review: held by a crowd
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
-                       _hidden_pairs(found.pairs, margin, groups, rows, own), found.capped, crowded=crowded)
+                       _hidden_pairs(found.pairs, margin, groups, rows, own, apart), found.capped, crowded=crowded,
+                       partial=len(apart))
+
+
+def _candidates(pairs: Pairs, margin: float, own: dict[int, float]) -> Pairs:
+    """The pairs that could be (kept file, duplicate): within the margin and within both files' crowd margins."""
+    i, j, d = pairs
+    limit = np.minimum(np.array([own[x] for x in i.tolist()]), np.array([own[x] for x in j.tolist()]))
+    keep = d <= np.minimum(margin, limit) if len(d) else np.zeros(0, bool)
+    return i[keep], j[keep], d[keep]
 
 
 def _by_size(groups: list[Group]) -> list[Group]:
@@ -281,10 +297,11 @@ def _rep_ranks(found: ClosePairs, rows: dict[int, Row], keep: str, prefer: froze
     return np.array([min(rank[c] for c in found.copies.get(r, [r])) for r in found.ids.tolist()], np.int64)
 
 
-def _expanded_groups(found: ClosePairs, margin: float, linkage: str,
-                     rank: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) of each group: linked representatives, and lone ones with copies, each with its copies."""
-    linked = group(found.pairs, found.ids, found.vectors, margin, linkage, rank)
+def _expanded_groups(found: ClosePairs, margin: float, linkage: str, rank: np.ndarray,
+                     apart: set[tuple[int, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of each group: linked representatives (never two kept apart), and lone ones with copies,
+    each with its copies."""
+    linked = group(found.pairs, found.ids, found.vectors, margin, linkage, rank, apart)
     grouped = set(np.concatenate([np.zeros(0, np.int64), *linked]).tolist())
     lone = [np.array([rep]) for rep in found.copies if rep not in grouped]
     for reps in [*linked, *lone]:

@@ -7,6 +7,8 @@ margin, so every duplicate lies within the margin of the file kept in its place 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from ..core.errors import UsageError
@@ -49,7 +51,7 @@ def max_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> float:
 
 
 def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str = "kept",
-          rank: np.ndarray | None = None) -> list[np.ndarray]:
+          rank: np.ndarray | None = None, apart: Collection[tuple[int, int]] = ()) -> list[np.ndarray]:
     """Turn pairs into groups of ids (each sorted; groups ordered by their first id).
 
     single: connected components, which chain (A~B and B~C put A and C together however far apart).
@@ -63,15 +65,31 @@ def group(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, lin
         pairs: (i, j, distances) as find_pairs returns them.
         ids, vectors: (M,) sorted int64 ids, covering every id in pairs, and their (M, D) vectors.
         rank: (M,) for kept: each id's place in the keep order (keep_ranks), lowest kept.
+        apart: pairs of ids never to put in one group (siamsearch.duplicates.overlap), whatever the linkage.
     """
     check_linkage(linkage)
     if linkage == "kept" and rank is None:
         raise ValueError("kept linkage needs each id's rank in the keep order")
-    return _link(pairs, ids, vectors, margin, linkage, rank)
+    return _link(pairs, ids, vectors, margin, linkage, rank, _apart_positions(apart, ids))
+
+
+def _apart_positions(apart: Collection[tuple[int, int]], ids: np.ndarray) -> dict[int, set[int]]:
+    """Each position's positions it must stay apart from, both ways."""
+    partners: dict[int, set[int]] = {}
+    for a, b in apart:
+        pa, pb = (int(x) for x in np.searchsorted(ids, (a, b)))
+        partners.setdefault(pa, set()).add(pb)
+        partners.setdefault(pb, set()).add(pa)
+    return partners
+
+
+def _kept_apart(one: list[int], other: list[int], partners: dict[int, set[int]]) -> bool:
+    """True when a member of one must stay apart from a member of other."""
+    return bool(partners) and any(not partners.get(x, set()).isdisjoint(other) for x in one)
 
 
 def _link(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, linkage: str,
-          rank: np.ndarray | None) -> list[np.ndarray]:
+          rank: np.ndarray | None, partners: dict[int, set[int]]) -> list[np.ndarray]:
     """group() on checked arguments: union-find over pairs in ascending distance."""
     i, j, d = pairs
     a_all, b_all = np.searchsorted(ids, i), np.searchsorted(ids, j)
@@ -82,20 +100,22 @@ def _link(pairs: Pairs, ids: np.ndarray, vectors: np.ndarray, margin: float, lin
         ra, rb = sorted((_root(parent, a), _root(parent, b)), key=lambda r: -len(members[r]))
         if ra == rb or (ra, rb) in refused or (rb, ra) in refused:
             continue
-        if linkage != "single" and max_distance(vectors[members[ra]], vectors[members[rb]]) > margin:
+        if _kept_apart(members[ra], members[rb], partners) or (
+                linkage != "single" and max_distance(vectors[members[ra]], vectors[members[rb]]) > margin):
             refused.add((ra, rb))
             continue
         parent[rb] = ra
         members[ra].extend(members.pop(rb))
     if linkage == "kept":
-        _join_lone(parent, members, a_all, b_all, d, margin, rank)
+        _join_lone(parent, members, a_all, b_all, d, margin, rank, partners)
     return _components(ids, parent)
 
 
 def _join_lone(parent: list[int], members: dict[int, list[int]], a_all: np.ndarray, b_all: np.ndarray,
-               d: np.ndarray, margin: float, rank: np.ndarray) -> None:
+               d: np.ndarray, margin: float, rank: np.ndarray, partners: dict[int, set[int]]) -> None:
     """Each position alone after complete linkage joins the cluster whose kept position is nearest within margin
-    and ranks before it (so that file stays kept); the union-find is changed in place."""
+    and ranks before it (so that file stays kept), unless it must stay apart from one of its members; the
+    union-find is changed in place."""
     alone = np.zeros(len(parent), bool)
     alone[[root for root, m in members.items() if len(m) == 1]] = True
     cluster_of_kept = np.full(len(parent), -1, np.int64)
@@ -108,4 +128,5 @@ def _join_lone(parent: list[int], members: dict[int, list[int]], a_all: np.ndarr
     order = np.lexsort((kept, dist, lone))  # by lone position, then nearest, then the lower kept position
     first = np.unique(lone[order], return_index=True)[1]
     for x, k in zip(lone[order][first].tolist(), kept[order][first].tolist()):
-        parent[x] = int(cluster_of_kept[k])
+        if not _kept_apart([x], members[int(cluster_of_kept[k])], partners):
+            parent[x] = int(cluster_of_kept[k])
