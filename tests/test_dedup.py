@@ -347,7 +347,7 @@ def test_cli_json_follows_the_schema_and_csv_has_a_row_per_member(tmp_path):
               "--csv", tmp_path / "out.csv")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links", "capped", "crowded", "purpose",
+    assert set(data) == {"margin", "review_margin", "approximate", "groups", "links", "capped", "crowded", "partial", "unverified", "purpose",
                          "decisions_applied"}
     assert data["links"] == [] and data["capped"] == 0
     assert (data["margin"], data["review_margin"], data["approximate"]) == (0.1, 0.3, False)

@@ -1,5 +1,6 @@
 """Overlap: two shots a step aside are kept apart for review; a crop, a page holding the photo and a copy turned a
-quarter are copies; a file that cannot be read keeps what its vector says."""
+quarter are copies; two grains of one texture cannot show a copy's layout (review); a file that cannot be read keeps what its
+vector says."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from siamsearch.duplicates.dedup import find_duplicates
 from siamsearch.duplicates.linkage import group
-from siamsearch.duplicates.overlap import cells, overlap, partial_pairs
+from siamsearch.duplicates.overlap import cells, check_pairs, overlap
 from test_dedup import make_store, run
 
 
@@ -54,15 +55,20 @@ def test_shots_a_step_aside_overlap_in_part_and_copies_lie_inside_their_original
         assert found.whole and not found.partial, found
 
 
-def test_partial_pairs_checks_the_other_orientations_and_leaves_unreadable_files_alone(photo, tmp_path):
+def test_check_pairs_tries_the_turns_holds_look_alike_textures_and_leaves_unreadable_files_alone(photo, tmp_path):
     left, right = _shots(photo)
     files = {0: tmp_path / "left.jpg", 1: tmp_path / "right.jpg", 2: tmp_path / "turned.png", 3: tmp_path / "bad.jpg"}
     left.save(files[0])
     right.save(files[1])
     left.transpose(Image.Transpose.ROTATE_90).save(files[2])
     files[3].write_bytes(b"not an image")
-    pairs = (np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([0.2, 0.2, 0.2]))
-    assert partial_pairs(pairs, files.__getitem__) == {(0, 1)}
+    rng = np.random.default_rng(0)  # two grains of one texture: alike to a vector, no feature of one in the other
+    files[4], files[5] = tmp_path / "grain.png", tmp_path / "grain-2.png"
+    for n in (4, 5):
+        Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(files[n])
+    pairs = (np.array([0, 0, 0, 4]), np.array([1, 2, 3, 5]), np.array([0.2, 0.2, 0.2, 0.1]))
+    checked = check_pairs(pairs, files.__getitem__)
+    assert checked.partial == {(0, 1)} and checked.unverified == {(4, 5)}  # the unreadable file: no evidence
 
 
 def test_pairs_kept_apart_are_never_grouped_whatever_the_linkage():

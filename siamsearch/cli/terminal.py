@@ -215,9 +215,10 @@ def print_dedup(run: DedupRun) -> None:
         console.print(f"{result.crowded} file(s) within the margin held for review: each is in a crowd of look-alikes "
                       f"({CROWD}+ within the margin) and does not stand out of it (within {STAND_OUT:g} of the distance to "
                       f"its {CROWD}th nearest)")
-    if getattr(result, "partial", 0):
-        console.print(f"{result.partial} pair(s) within the margin set apart for review: their pictures overlap only "
-                      "in part (shots a step aside, not copies); --no-overlap skips this check")
+    if getattr(result, "partial", 0) or getattr(result, "unverified", 0):
+        console.print(f"pairs within the margin held for review by their layout: {result.partial} overlap only in "
+                      f"part (shots a step aside), {result.unverified} show too few matching features to tell a copy "
+                      "from a look-alike; --no-overlap skips this check")
     console.print(f"margin {result.margin:.4f}{how}, review margin {result.review_margin:.4f}"
                   + ("; approximate index: a few duplicates may be missed" if result.approximate else "")
                   + (f"; {result.capped} image(s) had over {MAX_NEIGHBOURS} others within the margin: their "

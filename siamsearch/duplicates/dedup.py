@@ -27,7 +27,7 @@ import numpy as np
 from .closepairs import BLOCK, ClosePairs, Pairs, Progress, close_pairs, find_cross_pairs
 from .crowds import CROWD, own_margins
 from .linkage import check_linkage, group, max_distance
-from .overlap import partial_pairs
+from .overlap import Checked, check_pairs
 from ..core.errors import UsageError
 from ..index.rows import Row
 from ..index.store import Store
@@ -98,6 +98,7 @@ class DedupResult:
     capped: int = 0  # images with more than MAX_NEIGHBOURS others within the review margin: nearest kept
     crowded: int = 0  # members within the margin held for review because they do not stand out of a crowd (crowds)
     partial: int = 0  # pairs within the margin set apart: their pictures overlap only in part (overlap)
+    unverified: int = 0  # pairs within the margin for review: too few of their features match to show a copy (overlap)
     unchecked: int | None = None  # identical-only: rows of an older index with no content hash; None otherwise
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class DedupResult:
                                         for m in g.members]} for g in self.groups],
                 "links": [{"path": p.path, "other_path": p.other_path, "distance": round(p.distance, 6)}
                           for p in self.links], "capped": self.capped, "crowded": self.crowded,
-                "partial": self.partial}
+                "partial": self.partial, "unverified": self.unverified}
                 | ({} if self.unchecked is None else {"unchecked": self.unchecked}))
 
     def records(self) -> list[dict[str, Any]]:
@@ -201,18 +202,18 @@ def choose_keep(rows: Sequence[Row], policy: str) -> Row:
 
 
 def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str, own: dict[int, float],
-              prefer: frozenset[str] = frozenset()) -> Group:
+              held: set[frozenset[int]], prefer: frozenset[str] = frozenset()) -> Group:
     """One group: the kept file, the others by distance to it with their status, the largest inner distance.
 
     A member with the kept file's bytes is "identical" at distance 0, whatever its vector (an older index embedded
     each copy itself); otherwise a member is for review at any distance when it or the kept file is multi-frame,
-    and beyond the crowd margin of either (own: crowds.own_margins)."""
+    beyond the crowd margin of either (own: crowds.own_margins), and when held (_held_pairs)."""
     kept = min(rows, key=_keep_key(keep, prefer))
     k = rows.index(kept)
     distances = np.linalg.norm(vectors.astype(np.float64) - vectors[k], axis=1)
     members = [Member(row, 0.0, "identical") if _same_bytes(row, kept) else
-               Member(row, dist, "review" if multiframe(row) or multiframe(kept) else
-                      _status(dist, min(margin, own[row.id], own[kept.id])))
+               Member(row, dist, "review" if multiframe(row) or multiframe(kept) or frozenset((row.id, kept.id)) in held
+                      else _status(dist, min(margin, own[row.id], own[kept.id])))
                for n, (row, dist) in enumerate(zip(rows, distances.tolist())) if n != k]
     members.sort(key=lambda m: (m.distance, m.path))
     distinct = np.unique(vectors, axis=0)  # copies of one vector add nothing to the diameter
@@ -220,16 +221,16 @@ def _describe(rows: list[Row], vectors: np.ndarray, margin: float, keep: str, ow
 
 
 def _hidden_pairs(pairs: Pairs, margin: float, groups: list[Group], rows: dict[int, Row],
-                  own: dict[int, float], apart: set[tuple[int, int]]) -> list[CrossPair]:
+                  own: dict[int, float], held: set[frozenset[int]]) -> list[CrossPair]:
     """Pairs within margin the groups do not show: not both the kept file or duplicates of one group; for review
     when either file is multi-frame, the pair does not stand out of a crowd (own: crowds.own_margins) or its
-    pictures overlap only in part (apart: overlap.partial_pairs)."""
+    pictures do not show a copy's layout (held: _held_pairs)."""
     shown: dict[int, int] = {}  # id → group number, for kept files and their duplicates
     for n, g in enumerate(groups):
         shown[g.keep.id] = n
         shown.update((m.row.id, n) for m in g.members if m.status != "review")
     hidden = [CrossPair(rows[a].path, rows[b].path, float(d), "review" if multiframe(rows[a]) or multiframe(rows[b])
-                        or d > min(own[a], own[b]) or (a, b) in apart else "duplicate")
+                        or d > min(own[a], own[b]) or frozenset((a, b)) in held else "duplicate")
               for a, b, d in zip(*(column.tolist() for column in pairs))
               if d <= margin and (shown.get(a, -1) != shown.get(b, -2))]
     return sorted(hidden, key=lambda p: (p.distance, p.path, p.other_path))
@@ -250,7 +251,8 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     prefer: content hashes of files a person marked "keep this": each is kept in its group whatever the policy.
     crowd: distinct neighbours within the review margin that make a crowd, whose members' duplicates must stand
     out of it (siamsearch.duplicates.crowds; 0: off). check_overlap: read the pictures of each pair within the
-    margin and keep apart those that overlap only in part (siamsearch.duplicates.overlap).
+    margin; those that overlap only in part are kept apart, those too featureless to check are for review
+    (siamsearch.duplicates.overlap).
 
     Raises:
         DedupError: margins not 0 < margin <= review_margin. ValueError: unknown linkage or keep policy.
@@ -260,15 +262,17 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     _check_choice(keep, list(KEEP_ORDER), "keep policy")
     found = close_pairs(store, review, block=block, progress=progress, device=device)
     rows, own = _rows_with_copies(store, found), own_margins(found, crowd)
-    apart = partial_pairs(_candidates(found.pairs, margin, own), lambda x: rows[x].abspath) if check_overlap else set()
+    checked = check_pairs(_candidates(found.pairs, margin, own), lambda x: rows[x].abspath) if check_overlap \
+        else Checked()
+    held = _held_pairs(checked.partial | checked.unverified, found.copies)
     ranks = _rep_ranks(found, rows, keep, prefer)
-    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep, own, prefer)
-                       for ids, vectors in _expanded_groups(found, review, linkage, ranks, apart)])
+    groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep, own, held, prefer)
+                       for ids, vectors in _expanded_groups(found, review, linkage, ranks, checked.partial)])
     crowded = sum(m.status == "review" and m.distance <= margin and not (multiframe(m.row) or multiframe(g.keep))
                   for g in groups for m in g.members)  # within the margin, for review: held by a crowd
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
-                       _hidden_pairs(found.pairs, margin, groups, rows, own, apart), found.capped, crowded=crowded,
-                       partial=len(apart))
+                       _hidden_pairs(found.pairs, margin, groups, rows, own, held), found.capped, crowded=crowded,
+                       partial=len(checked.partial), unverified=len(checked.unverified))
 
 
 def _candidates(pairs: Pairs, margin: float, own: dict[int, float]) -> Pairs:
@@ -277,6 +281,12 @@ def _candidates(pairs: Pairs, margin: float, own: dict[int, float]) -> Pairs:
     limit = np.minimum(np.array([own[x] for x in i.tolist()]), np.array([own[x] for x in j.tolist()]))
     keep = d <= np.minimum(margin, limit) if len(d) else np.zeros(0, bool)
     return i[keep], j[keep], d[keep]
+
+
+def _held_pairs(pairs: set[tuple[int, int]], copies: dict[int, np.ndarray]) -> set[frozenset[int]]:
+    """The pairs of row ids held for review: each pair of representatives, and of the exact copies they stand for."""
+    stand_for = lambda rep: copies.get(rep, [rep])  # noqa: E731
+    return {frozenset((int(a), int(b))) for i, j in pairs for a in stand_for(i) for b in stand_for(j)}
 
 
 def _by_size(groups: list[Group]) -> list[Group]:

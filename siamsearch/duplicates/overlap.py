@@ -9,19 +9,20 @@ close as a copy. So a pair within the margin is checked as a geometric verifier 
 px at SIDE px), cells matched to their mutual nearest neighbour when the nearest is clearly nearer than the
 second (Lowe's ratio test, which drops the look-alike cells of repeated patterns), then the axis-aligned scale
 and shift that most matches agree with, found by trying every pair of matches. With EVIDENCE or more agreeing
-matches, the mapping says how much of each picture lies inside the other; when neither lies CONTAINED or more
-inside the other, the pair overlaps in part, in the other orientations too (a copy turned a quarter or
-mirrored): it is for review, never a duplicate to move (siamsearch.duplicates.dedup). A pair with too few
-matches (flat designs, unreadable files) keeps what its vectors say, and a turned orientation counts only when
-more matches agree on it than upright (the two halves of a symmetric scene mirror each other). Measured in
-docs/benchmarks.md#overlap.
+matches, the mapping says how much of each picture lies inside the other; when one lies CONTAINED or more inside
+the other, upright or with one turned a quarter or mirrored (ORIENTATIONS; a turn counts only when more matches
+agree on it than upright, as the two halves of a symmetric scene mirror each other), the pair has a copy's
+layout. Otherwise it is for review, never a duplicate to move (siamsearch.duplicates.dedup): "partial" when
+the matches show the pictures overlap in part, "unverified" when too few agree (flat designs show too few
+features to tell a copy from a look-alike). A file that cannot be read, or is tiny, adds no evidence: its pair
+keeps what its vectors say. Measured in docs/benchmarks.md#overlap.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,9 +44,8 @@ HYPOTHESES = 4000  # pairs of matches tried, at most (a seeded sample beyond tha
 MAX_STRETCH = 1.6  # ratio of the horizontal to the vertical scale a mapping may have (a stretched copy is 1.3)
 MIN_SIDE = 32  # px: a smaller picture has too few cells to show its layout
 CACHE = 2048  # pictures whose cells are kept (about 140 kB each)
-ORIENTATIONS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
-                Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE,
-                Image.Transpose.TRANSVERSE)
+ORIENTATIONS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT)  # turned
+# a quarter either way, mirrored: the turns users ask about (each costs a pass over the picture)
 
 
 @dataclass(frozen=True)
@@ -167,18 +167,27 @@ def overlap(a: Cells, b: Cells) -> Overlap:
 
 
 def _turned_copy(a: Cells, turned: Cells | None, upright: Overlap) -> bool:
-    """True when b turned lies inside a (or holds it) by more agreeing matches than b upright overlaps a in part: a
-    copy turned or mirrored, not a symmetric scene's other half."""
+    """True when b turned lies inside a (or holds it) by more agreeing matches than b upright: a copy turned or
+    mirrored, not a symmetric scene's other half."""
     if turned is None:
         return False
     found = overlap(a, turned)
     return found.whole and found.agreeing > upright.agreeing
 
 
-def partial_pairs(pairs: Pairs, path_of: Callable[[int], Path]) -> set[tuple[int, int]]:
-    """The pairs (i, j) whose pictures overlap only in part, and in no orientation of j lie one inside the other:
-    of the pairs the vectors call copies, those the pictures' layout does not. Cells are kept for the last CACHE
-    pictures (pairs come sorted by i, so each i is read once)."""
+@dataclass
+class Checked:
+    """The pairs whose pictures do not show a copy's layout: partial (they overlap in part) and unverified (too few
+    matches agree in any orientation: flat designs, a burst of featureless frames)."""
+
+    partial: set[tuple[int, int]] = field(default_factory=set)
+    unverified: set[tuple[int, int]] = field(default_factory=set)
+
+
+def check_pairs(pairs: Pairs, path_of: Callable[[int], Path]) -> Checked:
+    """Each pair (i, j) the vectors call copies, checked for a copy's layout upright and with j turned (see the
+    module's docstring); a pair with a file that cannot be read (or is tiny) keeps what its vectors say. Cells
+    are kept for the last CACHE pictures (pairs come sorted by i, so each i is read once)."""
     cache: OrderedDict[int, Cells | None] = OrderedDict()
 
     def cells_of(x: int) -> Cells | None:
@@ -190,11 +199,10 @@ def partial_pairs(pairs: Pairs, path_of: Callable[[int], Path]) -> set[tuple[int
         cache.move_to_end(x)
         return cache[x]
 
-    found = set()
+    checked = Checked()
     for i, j in zip(pairs[0].tolist(), pairs[1].tolist()):
-        if (a := cells_of(i)) is None or (b := cells_of(j)) is None:
+        if (a := cells_of(i)) is None or (b := cells_of(j)) is None or (upright := overlap(a, b)).whole:
             continue
-        upright = overlap(a, b)
-        if upright.partial and not any(_turned_copy(a, read_cells(path_of(j), o), upright) for o in ORIENTATIONS):
-            found.add((i, j))
-    return found
+        if not any(_turned_copy(a, read_cells(path_of(j), o), upright) for o in ORIENTATIONS):
+            (checked.partial if upright.partial else checked.unverified).add((i, j))
+    return checked
