@@ -269,6 +269,7 @@ def find_duplicates(store: Store, margin: float, review_margin: float | None = N
     groups = _by_size([_describe([rows[x] for x in ids.tolist()], vectors, margin, keep, own, held, prefer)
                        for ids, vectors in _expanded_groups(found, review, linkage, ranks, checked.partial)])
     crowded = sum(m.status == "review" and m.distance <= margin and not (multiframe(m.row) or multiframe(g.keep))
+                  and frozenset((m.row.id, g.keep.id)) not in held
                   for g in groups for m in g.members)  # within the margin, for review: held by a crowd
     return DedupResult(store.root, margin, review, store.approximate, groups, len(found.pairs[0]),
                        _hidden_pairs(found.pairs, margin, groups, rows, own, held), found.capped, crowded=crowded,
