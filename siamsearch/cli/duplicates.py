@@ -35,9 +35,9 @@ def dedup(
     keep: Annotated[str, typer.Option(help="File a group keeps: largest, smallest, newest, oldest or first.")] = "largest",
     crowd: Annotated[int, typer.Option(min=0, help="A file with this many look-alikes within the margin is in a crowd: "
                                                    "its duplicates must stand out of it (0: off).")] = CROWD,
-    overlap: Annotated[bool, typer.Option(help="Read the pictures of each pair within the margin: two that overlap "
-                                               "only in part (shots a step aside) are for review, not duplicates.")
-                       ] = True,
+    overlap: Annotated[bool, typer.Option(help="Read the pictures of each pair within the margin: a pair where "
+                                               "neither lies inside the other (shots a step aside), or too plain "
+                                               "to tell, is for review, not duplicates.")] = True,
     against: Annotated[Optional[Path], typer.Option(help="Another index: this one's images with a duplicate there.")] = None,
     move_to: Annotated[Optional[Path], typer.Option(help="Move duplicates (not review) here, keeping relative paths.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really move; without it --move-to is a dry run.")] = False,
