@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .closepairs import Pairs
+from ..core.images import BadImageError, load_image
 
 SIDE = 384  # the longer side the pictures are compared at
 CELL_BLOCK = 3  # EfficientNet-Lite0's stage whose output is compared: 80 channels, a cell every 16 px
@@ -105,10 +106,8 @@ def read_cells(path: Path, orientation: Image.Transpose | None = None) -> Cells 
     """The cells of the picture as a viewer shows it (EXIF orientation applied), turned by `orientation`; None when
     the file cannot be read or is under MIN_SIDE px on a side (too small to show a layout)."""
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (SIDE, SIDE))
-            picture = ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
+        picture = load_image(path, 3, draft_size=SIDE)
+    except BadImageError:
         return None
     if min(picture.size) < MIN_SIDE:
         return None
